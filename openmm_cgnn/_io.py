@@ -1,0 +1,88 @@
+"""Small file helpers shared by every stage: atomic writes and overwrite checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class OutputExistsError(FileExistsError):
+    """Raised when an output path exists and the caller did not ask to overwrite it."""
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Return ``path`` as a Path; refuse an existing path unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output '{path}' already exists; choose another path or pass --overwrite (overwrite=True)"
+        )
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place.
+
+    A crash leaves either the old file or the new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Write a compressed NPZ atomically (numpy would otherwise append '.npz' to the temp name)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    return atomic_write(path, write)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour the results depend on."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("openmm_cgnn", "openmm", "torch", "hippynn", "mdtraj", "numpy", "vesin-torch",
+                 "acellera-openmmtorch-cpu", "acellera-openmmtorch-cu13"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out

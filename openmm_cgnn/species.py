@@ -1,0 +1,121 @@
+"""Built-in liquids: molecule templates and the force fields that run them.
+
+A species knows its residue name, atoms, bonds, a template geometry (nm) and which OpenMM
+force-field files parameterise it. Adding a liquid means adding one ``Species`` entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Species:
+    """One molecule type of a liquid.
+
+    ``template`` holds atom positions in nm, shape (n_atoms, 3), centred nowhere in particular.
+    ``forcefields`` maps a short name to the list of XML files ``openmm.app.ForceField`` loads.
+    """
+
+    name: str
+    residue: str
+    atom_names: tuple[str, ...]
+    elements: tuple[str, ...]
+    bonds: tuple[tuple[int, int], ...]
+    template: np.ndarray
+    forcefields: dict[str, tuple[str, ...]]
+    default_forcefield: str
+    default_density: float  # g/cm^3 near 300 K, 1 bar
+    rigid_water: bool = False
+
+    def forcefield_files(self, name: str | None = None) -> list[str]:
+        """Paths of the force-field XML files for ``name`` (default: the species' default)."""
+        name = name or self.default_forcefield
+        if name not in self.forcefields:
+            raise ValueError(
+                f"force field '{name}' is not available for {self.name}; choose one of "
+                f"{', '.join(sorted(self.forcefields))}")
+        files = []
+        for f in self.forcefields[name]:
+            if f.startswith("pkg:"):
+                files.append(str(resources.files("openmm_cgnn") / "data" / f[4:]))
+            else:
+                files.append(f)
+        return files
+
+
+def _place(zmatrix: list[tuple[int, float, int, float, int, float]]) -> np.ndarray:
+    """Cartesian coordinates (nm) from a Z-matrix of (bond_to, length nm, angle_to, angle deg,
+    dihedral_to, dihedral deg); the first three rows may leave later references as -1."""
+    xyz: list[np.ndarray] = []
+    for i, (a, r, b, theta, c, phi) in enumerate(zmatrix):
+        if i == 0:
+            xyz.append(np.zeros(3))
+        elif i == 1:
+            xyz.append(xyz[a] + np.array([r, 0.0, 0.0]))
+        else:
+            theta_r, phi_r = np.radians(theta), np.radians(phi)
+            pa, pb = xyz[a], xyz[b]
+            pc = xyz[c] if c >= 0 else pb + np.array([0.0, 1.0, 0.0])
+            bc = pb - pc
+            ab = pa - pb
+            n = np.cross(bc, ab)
+            if np.linalg.norm(n) < 1e-12:
+                n = np.cross(ab, np.array([0.0, 0.0, 1.0]))
+            n /= np.linalg.norm(n)
+            u = ab / np.linalg.norm(ab)
+            m = np.cross(n, u)
+            d = np.array([-r * np.cos(theta_r), r * np.sin(theta_r) * np.cos(phi_r),
+                          r * np.sin(theta_r) * np.sin(phi_r)])
+            xyz.append(pa + d[0] * u + d[1] * m + d[2] * n)
+    return np.array(xyz)
+
+
+METHANOL = Species(
+    name="methanol",
+    residue="MEOH",
+    atom_names=("CB", "OG", "HG1", "HB1", "HB2", "HB3"),
+    elements=("C", "O", "H", "H", "H", "H"),
+    bonds=((0, 1), (1, 2), (0, 3), (0, 4), (0, 5)),
+    template=_place([
+        (-1, 0.0, -1, 0.0, -1, 0.0),          # CB
+        (0, 0.1410, -1, 0.0, -1, 0.0),        # OG
+        (1, 0.0945, 0, 108.5, -1, 0.0),       # HG1
+        (0, 0.1090, 1, 109.5, 2, 60.0),       # HB1
+        (0, 0.1090, 1, 109.5, 2, 180.0),      # HB2
+        (0, 0.1090, 1, 109.5, 2, 300.0),      # HB3
+    ]),
+    forcefields={"oplsaa": ("pkg:methanol-oplsaa.xml",), "charmm36": ("charmm36.xml",)},
+    default_forcefield="oplsaa",
+    default_density=0.787,
+)
+
+WATER = Species(
+    name="water",
+    residue="HOH",
+    atom_names=("O", "H1", "H2"),
+    elements=("O", "H", "H"),
+    bonds=((0, 1), (0, 2)),
+    template=_place([
+        (-1, 0.0, -1, 0.0, -1, 0.0),
+        (0, 0.09572, -1, 0.0, -1, 0.0),
+        (0, 0.09572, 1, 104.52, -1, 0.0),
+    ]),
+    forcefields={"tip3p": ("tip3p.xml",), "spce": ("spce.xml",), "opc3": ("opc3.xml",)},
+    default_forcefield="spce",
+    default_density=0.997,
+    rigid_water=True,
+)
+
+SPECIES: dict[str, Species] = {s.name: s for s in (METHANOL, WATER)}
+
+
+def get_species(name: str) -> Species:
+    """The built-in species called ``name`` (case-insensitive)."""
+    key = name.lower()
+    if key not in SPECIES:
+        raise ValueError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}")
+    return SPECIES[key]
