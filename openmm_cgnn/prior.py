@@ -30,15 +30,24 @@ class PriorParams:
     taper: float        # nm (provenance: where the data start)
     strength: float     # kJ/mol/nm (provenance)
 
+    @property
+    def energy_at_taper(self) -> float:
+        """U0 = g exp(-a taper), kJ/mol. Evaluating U as U0 exp(-a (r - taper)) keeps every
+        intermediate inside float32 range (g itself can be ~1e24)."""
+        return float(self.g * np.exp(-self.a * self.taper))
+
     def energy(self, r: np.ndarray) -> np.ndarray:
         """Pair energies (kJ/mol) at distances r (nm), any shape."""
         r = np.asarray(r, dtype=np.float64)
-        return np.where(r < self.cutoff, self.g * (np.exp(-self.a * r) - np.exp(-self.a * self.cutoff)), 0.0)
+        e0 = self.energy_at_taper
+        shift = np.exp(-self.a * (self.cutoff - self.taper))
+        return np.where(r < self.cutoff, e0 * (np.exp(-self.a * (r - self.taper)) - shift), 0.0)
 
     def force(self, r: np.ndarray) -> np.ndarray:
         """Magnitude of the repulsive pair force -dU/dr (kJ/mol/nm) at r (nm)."""
         r = np.asarray(r, dtype=np.float64)
-        return np.where(r < self.cutoff, self.g * self.a * np.exp(-self.a * r), 0.0)
+        e0 = self.energy_at_taper
+        return np.where(r < self.cutoff, self.a * e0 * np.exp(-self.a * (r - self.taper)), 0.0)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
