@@ -233,3 +233,34 @@ def load_mapping_spec(path: str | Path) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise MappingError(f"mapping file '{path}' must hold an object of residue name -> list of beads")
     return spec
+
+
+def map_reference(reference: str | Path, out: str | Path, beads_per_residue: Mapping[str, Any] | None = None,
+                  overwrite: bool = False, skip: int = 0):
+    """Map an all-atom reference file (from ``openmm_cgnn.reference``) onto beads and write a CG data set.
+
+    ``skip`` drops that many leading frames. Returns the written :class:`~openmm_cgnn.dataset.CGDataset`.
+    """
+    from ._io import check_output_path, versions
+    from .dataset import CGDataset
+    from .reference import load_reference
+
+    out = check_output_path(out, overwrite)
+    ref = load_reference(reference)
+    mapping = create_mapping(ref.topology, beads_per_residue)
+    frames = slice(skip, None)
+    cg_pos = mapping.map_positions(ref.positions[frames].astype(np.float64), ref.boxes[frames])
+    cg_forces = mapping.map_forces(ref.forces[frames].astype(np.float64))
+    meta = {
+        "state": ref.metadata.get("state", {}),
+        "mapping": mapping.to_dict(),
+        "source": {"reference_file": Path(reference).name, "species": ref.metadata.get("species"),
+                   "forcefield": ref.metadata.get("forcefield"), "platform": ref.metadata.get("platform"),
+                   "config": ref.metadata.get("config"), "skipped_frames": skip},
+        "time_ps": ref.time[frames].tolist(),
+        "versions": versions(),
+    }
+    ds = CGDataset(cg_pos, cg_forces, ref.boxes[frames], ref.potential_energy[frames], mapping.bead_types,
+                   mapping.type_names, mapping.bead_masses, mapping.bead_residues, meta)
+    ds.save(out)
+    return ds

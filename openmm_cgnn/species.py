@@ -34,10 +34,12 @@ class Species:
     def forcefield_files(self, name: str | None = None) -> list[str]:
         """Paths of the force-field XML files for ``name`` (default: the species' default)."""
         name = name or self.default_forcefield
+        if name.endswith(".xml"):
+            return [name]  # a user's own force-field file (or one shipped with OpenMM)
         if name not in self.forcefields:
             raise ValueError(
                 f"force field '{name}' is not available for {self.name}; choose one of "
-                f"{', '.join(sorted(self.forcefields))}")
+                f"{', '.join(sorted(self.forcefields))}, or give the path of a force-field XML file")
         files = []
         for f in self.forcefields[name]:
             if f.startswith("pkg:"):

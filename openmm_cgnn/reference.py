@@ -1,0 +1,395 @@
+"""All-atom reference simulations: build a liquid box, equilibrate, and record forces for matching.
+
+The output is one compressed NPZ per state point (the *reference file*):
+
+=================  ==============  ==========================================================
+key                shape / dtype   meaning (units)
+=================  ==============  ==========================================================
+positions          (F, n, 3) f4    atomic positions, nm (not wrapped: molecules stay whole)
+forces             (F, n, 3) f4    atomic forces from the force field, kJ/mol/nm
+boxes              (F, 3, 3) f8    periodic box vectors as rows, nm
+potential_energy   (F,) f8         potential energy, kJ/mol
+time               (F,) f8         simulation time of each frame, ps (from the production start)
+top_*              arrays          the all-atom topology (see ``topology_io``)
+metadata_json      () str          JSON: config, state point, platform, versions, units
+=================  ==============  ==========================================================
+
+Long runs checkpoint into ``<out>.partial/`` every ``checkpoint_every`` frames; running the same
+command again resumes from the last checkpoint with no frame lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+from ._io import check_output_path, save_npz_atomic, versions, write_text_atomic
+from .species import Species, get_species
+from .topology_io import topology_from_arrays, topology_to_arrays
+from .units import volume_for_density_nm3
+
+REFERENCE_FORMAT = "openmm-cgnn/aa-reference"
+REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "potential_energy": "kJ/mol",
+                   "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
+
+
+class ReferenceError(ValueError):
+    """A reference run cannot be set up as asked (bad species, density, box, force field...)."""
+
+
+@dataclass
+class ReferenceConfig:
+    """Everything that defines an all-atom reference run. Units: K, g/cm^3, bar, nm, ps."""
+
+    species: str = "methanol"
+    n_molecules: int = 512
+    temperature: float = 300.0
+    density: float | None = None          # initial (NPT) or fixed (NVT) density; None: species default
+    pressure: float | None = None         # bar; set for NPT, None for NVT
+    forcefield: str | None = None         # None: the species' default
+    cutoff: float = 1.0                   # nm, real-space cutoff of PME and Lennard-Jones
+    timestep: float = 0.002               # ps
+    friction: float = 1.0                 # 1/ps, Langevin
+    equilibration: float = 100.0          # ps
+    production: float = 1000.0            # ps
+    frame_interval: float = 1.0           # ps between saved frames
+    barostat_interval: int = 25           # steps between Monte Carlo volume moves (NPT)
+    seed: int = 2024
+    platform: str | None = None           # None: CUDA if available, else CPU
+    checkpoint_every: int = 50            # frames between checkpoints
+
+    @property
+    def ensemble(self) -> str:
+        return "NPT" if self.pressure is not None else "NVT"
+
+    @property
+    def steps_per_frame(self) -> int:
+        return max(1, int(round(self.frame_interval / self.timestep)))
+
+    @property
+    def n_frames(self) -> int:
+        return max(1, int(round(self.production / self.frame_interval)))
+
+
+# -- building the box ---------------------------------------------------------------------------
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    a, b, c, d = q
+    return np.array([
+        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+        [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+    ])
+
+
+def build_topology(species: Species, n_molecules: int) -> app.Topology:
+    """An OpenMM Topology of ``n_molecules`` copies of ``species`` (one residue each)."""
+    top = app.Topology()
+    chain = top.addChain()
+    for m in range(n_molecules):
+        res = top.addResidue(species.residue, chain, id=str(m + 1))
+        atoms = [top.addAtom(name, app.Element.getBySymbol(el), res)
+                 for name, el in zip(species.atom_names, species.elements)]
+        for i, j in species.bonds:
+            top.addBond(atoms[i], atoms[j])
+    return top
+
+
+def build_box(species: Species, n_molecules: int, density: float,
+              rng: np.random.Generator) -> tuple[app.Topology, np.ndarray, float]:
+    """Place molecules on a cubic lattice with random orientations at ``density`` (g/cm^3).
+
+    Returns (topology with box set, positions (n_atoms, 3) nm, box edge nm).
+    """
+    if n_molecules < 1:
+        raise ReferenceError(f"need at least one molecule, got {n_molecules}")
+    if not (0.0 < density < 3.0):
+        raise ReferenceError(f"density {density} g/cm^3 is impossible for a molecular liquid; give a value in (0, 3)")
+    top = build_topology(species, n_molecules)
+    masses = np.array([app.Element.getBySymbol(e).mass.value_in_unit(u.dalton) for e in species.elements])
+    edge = volume_for_density_nm3(masses.sum() * n_molecules, density) ** (1.0 / 3.0)
+    per_side = math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9)
+    spacing = edge / per_side
+    centred = species.template - (masses[:, None] * species.template).sum(0) / masses.sum()
+    radius = float(np.max(np.linalg.norm(centred, axis=1)))
+    if spacing < 2.0 * radius + 0.05:
+        raise ReferenceError(
+            f"density {density} g/cm^3 puts {species.name} molecules {spacing:.3f} nm apart, closer than their size "
+            f"({2 * radius + 0.05:.3f} nm); lower the density")
+    sites = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
+    sites = sites[rng.permutation(len(sites))[:n_molecules]]
+    positions = np.concatenate([(centred @ _random_rotation(rng).T) + (s + 0.5) * spacing for s in sites])
+    top.setPeriodicBoxVectors(np.eye(3) * edge * u.nanometer)
+    return top, positions, edge
+
+
+# -- the OpenMM side --------------------------------------------------------------------------
+
+def choose_platform(name: str | None = None) -> openmm.Platform:
+    """The named OpenMM platform, or CUDA when it works here, else CPU."""
+    if name:
+        try:
+            return openmm.Platform.getPlatformByName(name)
+        except Exception:
+            names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+            raise ReferenceError(f"OpenMM platform '{name}' is not available; available: {', '.join(names)}") from None
+    for candidate in ("CUDA", "CPU"):
+        try:
+            platform = openmm.Platform.getPlatformByName(candidate)
+        except Exception:
+            continue
+        if candidate == "CUDA" and not _cuda_works(platform):
+            continue
+        return platform
+    return openmm.Platform.getPlatformByName("Reference")
+
+
+def _cuda_works(platform: openmm.Platform) -> bool:
+    try:
+        system = openmm.System()
+        system.addParticle(1.0)
+        openmm.Context(system, openmm.VerletIntegrator(0.001), platform)
+        return True
+    except Exception:
+        return False
+
+
+def platform_properties(platform: openmm.Platform) -> dict[str, str]:
+    return {"Precision": "mixed"} if platform.getName() in ("CUDA", "OpenCL") else {}
+
+
+def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.System:
+    """The all-atom System: PME electrostatics, constraints on bonds to hydrogen, and a Monte
+    Carlo barostat for NPT."""
+    species = get_species(config.species)
+    try:
+        ff = app.ForceField(*species.forcefield_files(config.forcefield))
+    except ValueError as exc:
+        raise ReferenceError(str(exc)) from None
+    edge = min(topology.getPeriodicBoxVectors()[i][i].value_in_unit(u.nanometer) for i in range(3))
+    if edge < 2.0 * config.cutoff:
+        raise ReferenceError(
+            f"box edge {edge:.3f} nm is smaller than twice the cutoff ({config.cutoff} nm); use more molecules "
+            f"or a smaller --cutoff (at most {edge / 2:.3f} nm)")
+    try:
+        system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=config.cutoff * u.nanometer,
+                                 constraints=app.HBonds, rigidWater=True)
+    except ValueError as exc:
+        raise ReferenceError(f"force field '{config.forcefield or species.default_forcefield}' cannot "
+                             f"parameterise {species.name}: {exc}") from None
+    if config.pressure is not None:
+        system.addForce(openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
+                                                  config.barostat_interval))
+    return system
+
+
+def create_simulation(config: ReferenceConfig, topology: app.Topology, system: openmm.System,
+                      platform: openmm.Platform) -> app.Simulation:
+    integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
+                                                 config.timestep * u.picoseconds)
+    integrator.setRandomNumberSeed(config.seed)
+    return app.Simulation(topology, system, integrator, platform, platform_properties(platform))
+
+
+# -- running ----------------------------------------------------------------------------------
+
+@dataclass
+class _Frames:
+    n_atoms: int
+    positions: list = field(default_factory=list)
+    forces: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    energies: list = field(default_factory=list)
+    times: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.energies)
+
+    def add(self, state: openmm.State, t: float) -> None:
+        self.positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32))
+        self.forces.append(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+                           .astype(np.float32))
+        self.boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer))
+        self.energies.append(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
+        self.times.append(t)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"positions": np.array(self.positions, dtype=np.float32).reshape(len(self), self.n_atoms, 3),
+                "forces": np.array(self.forces, dtype=np.float32).reshape(len(self), self.n_atoms, 3),
+                "boxes": np.array(self.boxes, dtype=np.float64).reshape(len(self), 3, 3),
+                "potential_energy": np.array(self.energies, dtype=np.float64),
+                "time": np.array(self.times, dtype=np.float64)}
+
+    @classmethod
+    def from_arrays(cls, z) -> "_Frames":
+        fr = cls(z["positions"].shape[1])
+        fr.positions, fr.forces, fr.boxes = list(z["positions"]), list(z["forces"]), list(z["boxes"])
+        fr.energies, fr.times = list(z["potential_energy"]), list(z["time"])
+        return fr
+
+
+def _partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def _config_json(config: ReferenceConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
+
+
+def _save_progress(partial: Path, simulation: app.Simulation, frames: _Frames) -> None:
+    """Checkpoint first, then frames; the frame file names the checkpoint it belongs to, so a crash
+    between the two writes leaves a consistent (older) pair."""
+    n = len(frames)
+    chk = partial / f"state-{n}.chk"
+    simulation.saveCheckpoint(str(chk))
+    save_npz_atomic(partial / "frames.npz", n_frames=np.array(n), **frames.arrays())
+    for old in partial.glob("state-*.chk"):
+        if old != chk:
+            old.unlink()
+
+
+def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
+                  on_frame: Callable[[int], None] | None = None) -> Path:
+    """Run (or resume) the all-atom reference described by ``config`` and write ``out`` (NPZ).
+
+    ``on_frame(n)`` is called after each saved frame with the number of frames so far (used by
+    tests to interrupt a run). Returns the output path.
+    """
+    out = check_output_path(out, overwrite)
+    species = get_species(config.species)
+    density = config.density if config.density is not None else species.default_density
+    partial = _partial_dir(out)
+    resume = (partial / "frames.npz").exists()
+    if resume and (partial / "config.json").read_text() != _config_json(config):
+        if not overwrite:
+            raise ReferenceError(
+                f"'{partial}' holds an interrupted run with different settings; rerun with the same settings "
+                "to resume it, or pass --overwrite to start afresh")
+        resume = False
+    if not resume and partial.exists():
+        shutil.rmtree(partial)
+
+    rng = np.random.default_rng(config.seed)
+    topology, positions, _ = build_box(species, config.n_molecules, density, rng)
+    system = create_aa_system(config, topology)
+    platform = choose_platform(config.platform)
+    simulation = create_simulation(config, topology, system, platform)
+    _log(progress, f"[reference] {species.name} x {config.n_molecules}, {config.ensemble} at {config.temperature} K"
+         + (f", {config.pressure} bar" if config.pressure is not None else f", {density} g/cm^3")
+         + f", force field {config.forcefield or species.default_forcefield}, platform {platform.getName()}")
+
+    if resume:
+        with np.load(partial / "frames.npz") as z:
+            frames = _Frames.from_arrays(z)
+        simulation.loadCheckpoint(str(partial / f"state-{len(frames)}.chk"))
+        _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial}")
+    else:
+        partial.mkdir(parents=True)
+        write_text_atomic(partial / "config.json", _config_json(config))
+        frames = _Frames(topology.getNumAtoms())
+        simulation.context.setPositions(positions * u.nanometer)
+        simulation.minimizeEnergy(maxIterations=1000)
+        simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
+        _run_steps(simulation, int(round(config.equilibration / config.timestep)), progress, "equilibrate")
+        _save_progress(partial, simulation, frames)
+
+    started = time.perf_counter()
+    first = len(frames)
+    bar = _bar(progress, config.n_frames, first, "production")
+    while len(frames) < config.n_frames:
+        simulation.step(config.steps_per_frame)
+        state = simulation.context.getState(getPositions=True, getForces=True, getEnergy=True)
+        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        if not math.isfinite(energy):
+            raise RuntimeError(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
+                               "try a smaller --timestep or a longer equilibration")
+        frames.add(state, (len(frames) + 1) * config.steps_per_frame * config.timestep)
+        bar.update(1)
+        if len(frames) % config.checkpoint_every == 0 or len(frames) == config.n_frames:
+            _save_progress(partial, simulation, frames)
+        if on_frame is not None:
+            on_frame(len(frames))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    done = len(frames) - first
+    ns_per_day = (done * config.frame_interval * 1e-3) / (elapsed / 86400.0) if done and elapsed > 0 else None
+
+    meta = {
+        "format": REFERENCE_FORMAT, "version": 1, "units": REFERENCE_UNITS,
+        "config": asdict(config),
+        "state": {"temperature_K": config.temperature, "pressure_bar": config.pressure,
+                  "density_g_cm3": density if config.pressure is None else None, "ensemble": config.ensemble},
+        "species": species.name, "forcefield": config.forcefield or species.default_forcefield,
+        "forcefield_files": [Path(f).name for f in species.forcefield_files(config.forcefield)],
+        "platform": platform.getName(), "ns_per_day": ns_per_day, "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_npz_atomic(out, metadata_json=np.array(json.dumps(meta)), **frames.arrays(), **topology_to_arrays(topology))
+    shutil.rmtree(partial)
+    _log(progress, f"[reference] wrote {len(frames)} frames to {out}"
+         + (f" ({ns_per_day:.2f} ns/day)" if ns_per_day else ""))
+    return out
+
+
+def _run_steps(simulation: app.Simulation, n_steps: int, progress: bool, label: str, chunk: int = 500) -> None:
+    bar = _bar(progress, n_steps, 0, label, unit="step")
+    done = 0
+    while done < n_steps:
+        k = min(chunk, n_steps - done)
+        simulation.step(k)
+        done += k
+        bar.update(k)
+    bar.close()
+
+
+def _bar(enabled: bool, total: int, initial: int, desc: str, unit: str = "frame"):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, leave=False)
+
+
+def _log(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, flush=True)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+@dataclass
+class ReferenceTrajectory:
+    """An all-atom reference file loaded into memory (see the module docstring for the arrays)."""
+
+    topology: app.Topology
+    positions: np.ndarray
+    forces: np.ndarray
+    boxes: np.ndarray
+    potential_energy: np.ndarray
+    time: np.ndarray
+    metadata: dict
+
+
+def load_reference(path: str | Path) -> ReferenceTrajectory:
+    """Load a reference file written by :func:`run_reference`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"reference file '{path}' does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        if "metadata_json" not in z or "top_atom_names" not in z:
+            raise ReferenceError(f"'{path}' is not an openmm-cgnn all-atom reference file")
+        meta = json.loads(str(z["metadata_json"]))
+        if meta.get("format") != REFERENCE_FORMAT:
+            raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+        top = topology_from_arrays(z)
+        return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta)

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny but real all-atom methanol reference and its mapped CG data set."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
+
+import pytest
+
+from openmm_cgnn.reference import ReferenceConfig, run_reference
+
+# 64 methanol molecules fill a 1.63 nm box at 0.787 g/cm^3, so the cutoff must stay below 0.81 nm.
+TINY_REFERENCE = dict(species="methanol", n_molecules=64, temperature=300.0, cutoff=0.75,
+                      equilibration=2.0, production=2.0, frame_interval=0.05, platform="CPU",
+                      checkpoint_every=10, seed=7)
+
+
+def tiny_reference_config(**overrides) -> ReferenceConfig:
+    return ReferenceConfig(**{**TINY_REFERENCE, **overrides})
+
+
+@pytest.fixture(scope="session")
+def methanol_reference(tmp_path_factory):
+    """Path of a tiny all-atom methanol reference file (64 molecules, 40 frames, CPU)."""
+    out = tmp_path_factory.mktemp("reference") / "methanol-aa.npz"
+    return run_reference(tiny_reference_config(), out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def methanol_dataset(methanol_reference, tmp_path_factory):
+    """Path of the tiny CG methanol data set (64 beads, one per molecule, 40 frames)."""
+    from openmm_cgnn.mapping import map_reference
+
+    out = tmp_path_factory.mktemp("dataset") / "methanol-cg.npz"
+    map_reference(methanol_reference, out)
+    return out
