@@ -79,7 +79,7 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for name in ("openmm_cgnn", "openmm", "torch", "hippynn", "mdtraj", "numpy", "vesin-torch",
+    for name in ("openmm_cgnn", "openmm", "torch", "hippynn", "mdtraj", "numpy", "vesin", "vesin-torch",
                  "acellera-openmmtorch-cpu", "acellera-openmmtorch-cu13"):
         try:
             out[name] = md.version(name)

@@ -1,0 +1,181 @@
+"""The CG OpenMM System: bead masses, the periodic box, and the exported model as a TorchForce.
+
+Two equivalent ways in, as OpenMM users expect::
+
+    system = openmm_cgnn.create_system(cg_topology, "model.pt")
+    system = openmmml.MLPotential("cgnn", model="model.pt").createSystem(cg_topology)
+
+Bead types are read from the CG topology's atom names (the bead type names of the mapping).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+from .dataset import CGDataset
+
+
+class CGSystemError(ValueError):
+    """A CG System cannot be made for this topology and model (box too small, unknown bead type...)."""
+
+
+def _load_model(model: Any) -> tuple[Any, dict]:
+    """``model`` is a path to an exported ``.pt`` file or a ``(ScriptModule, metadata)`` pair."""
+    if isinstance(model, (str, Path)):
+        from .export import load_exported
+
+        return load_exported(model)
+    module, metadata = model
+    return module, metadata
+
+
+def _box_widths(box_vectors: np.ndarray) -> np.ndarray:
+    """Perpendicular widths (nm) of a box with vectors as rows (3, 3)."""
+    a, b, c = box_vectors
+    volume = abs(np.dot(a, np.cross(b, c)))
+    return np.array([volume / np.linalg.norm(np.cross(b, c)), volume / np.linalg.norm(np.cross(c, a)),
+                     volume / np.linalg.norm(np.cross(a, b))])
+
+
+def bead_type_indices(topology: app.Topology, type_names: Sequence[str], atoms: Iterable[int] | None = None) -> np.ndarray:
+    """Index into ``type_names`` of each bead (topology atom name); CGSystemError for a type the model never saw."""
+    index = {name: i for i, name in enumerate(type_names)}
+    chosen = set(atoms) if atoms is not None else None
+    out = []
+    for atom in topology.atoms():
+        if chosen is not None and atom.index not in chosen:
+            continue
+        if atom.name not in index:
+            raise CGSystemError(
+                f"bead '{atom.name}' (atom {atom.index}) has a type the model was not trained on; the model knows "
+                f"{', '.join(type_names)}. Build the CG topology with the same mapping as the training data.")
+        out.append(index[atom.name])
+    return np.array(out, dtype=np.int64)
+
+
+def check_box(box_vectors: Any, cutoff_nm: float) -> np.ndarray:
+    """Box vectors as a (3, 3) array in nm; CGSystemError if any width is below twice the cutoff."""
+    if box_vectors is None:
+        raise CGSystemError("the CG topology has no periodic box; set one with topology.setPeriodicBoxVectors(...)")
+    box = np.array([[v.value_in_unit(u.nanometer) if u.is_quantity(v) else v for v in vec] for vec in box_vectors]) \
+        if not u.is_quantity(box_vectors) else np.array(box_vectors.value_in_unit(u.nanometer))
+    widths = _box_widths(box)
+    if np.any(widths < 2.0 * cutoff_nm):
+        raise CGSystemError(
+            f"the box (widths {', '.join(f'{w:.3f}' for w in widths)} nm) is smaller than twice the model cutoff "
+            f"({cutoff_nm:.3f} nm); use a larger box (more molecules)")
+    return box
+
+
+def type_masses(metadata: dict) -> dict[str, float]:
+    """Bead type name -> mass (amu) recorded in an exported model's metadata."""
+    masses = metadata.get("type_masses")
+    if not masses:
+        raise CGSystemError("the model file records no bead masses; pass masses=... to create_system")
+    return {str(k): float(v) for k, v in masses.items()}
+
+
+def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
+                     use_cuda_graphs: bool = False):
+    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed."""
+    import openmmtorch
+
+    check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
+    types = bead_type_indices(topology, metadata["type_names"], atoms)
+    if len(metadata["type_names"]) > 1:
+        import torch
+
+        module.set_types(torch.tensor(types, dtype=torch.int64))
+    force = openmmtorch.TorchForce(module)
+    force.setUsesPeriodicBoundaryConditions(True)
+    if use_cuda_graphs:
+        force.setProperty("useCUDAGraphs", "true")
+    return force
+
+
+def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
+                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False) -> openmm.System:
+    """An OpenMM System for ``cg_topology`` driven by the CG model.
+
+    Parameters
+    ----------
+    cg_topology: Topology of beads (atom names = bead types) with periodic box vectors (nm).
+    model: path of an exported model (``openmm-cgnn export``) or a (ScriptModule, metadata) pair.
+    masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
+    remove_cm_motion: add a CMMotionRemover.
+    use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only).
+    """
+    module, metadata = _load_model(model)
+    system = openmm.System()
+    box = check_box(cg_topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) * u.nanometer for row in box])
+    if masses is None:
+        by_type = type_masses(metadata)
+        masses = [by_type.get(atom.name, 0.0) for atom in cg_topology.atoms()]
+    if len(masses) != cg_topology.getNumAtoms():
+        raise CGSystemError(f"got {len(masses)} masses for {cg_topology.getNumAtoms()} beads")
+    for m in masses:
+        system.addParticle(float(m))
+    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs))
+    if remove_cm_motion:
+        system.addForce(openmm.CMMotionRemover())
+    return system
+
+
+def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
+    """The CG Topology of a data set: one residue per molecule, atoms named by bead type, box of ``frame``."""
+    top = app.Topology()
+    chain = top.addChain()
+    residues: dict[int, app.Residue] = {}
+    last: dict[int, app.Atom] = {}
+    for bead, (t, r) in enumerate(zip(ds.bead_types, ds.bead_residues)):
+        if r not in residues:
+            residues[r] = top.addResidue("CG", chain, id=str(len(residues) + 1))
+        atom = top.addAtom(ds.type_names[t], None, residues[r])
+        if r in last:
+            top.addBond(last[r], atom)
+        last[r] = atom
+    top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
+    return top
+
+
+# -- OpenMM-ML registration (entry point "cgnn" in the group "openmmml.potentials") ----------------
+
+try:
+    from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
+except ImportError:  # openmmml is optional at run time
+    MLPotentialImpl = object
+    MLPotentialImplFactory = object
+
+
+class CGNNPotentialImpl(MLPotentialImpl):
+    """``MLPotential('cgnn', model='model.pt')``: an openmm-cgnn exported model."""
+
+    def __init__(self, name: str, model: Any = None, **args):
+        if model is None:
+            raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
+        self.model = model
+
+    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False, **args):
+        module, metadata = _load_model(self.model)
+        # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with
+        by_type = type_masses(metadata)
+        for atom in topology.atoms():
+            if (atoms is None or atom.index in set(atoms)) and system.getParticleMass(atom.index).value_in_unit(u.dalton) == 0:
+                system.setParticleMass(atom.index, by_type.get(atom.name, 0.0))
+        if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
+            raise CGSystemError("openmm-cgnn models act on the whole CG topology; mixed systems are not supported")
+        force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs)
+        force.setForceGroup(forceGroup)
+        system.addForce(force)
+
+
+class CGNNPotentialImplFactory(MLPotentialImplFactory):
+    def createImpl(self, name: str, **args) -> CGNNPotentialImpl:
+        return CGNNPotentialImpl(name, **args)
