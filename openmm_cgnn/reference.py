@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from ._io import check_output_path, save_npz_atomic, versions, write_text_atomic
+from ._checkpoint import FrameStore, PartialRun
+from ._io import check_output_path, save_npz_atomic, versions
 from .species import Species, get_species
 from .topology_io import topology_from_arrays, topology_to_arrays
 from .units import volume_for_density_nm3
@@ -205,59 +205,21 @@ def create_simulation(config: ReferenceConfig, topology: app.Topology, system: o
 
 # -- running ----------------------------------------------------------------------------------
 
-@dataclass
-class _Frames:
-    n_atoms: int
-    positions: list = field(default_factory=list)
-    forces: list = field(default_factory=list)
-    boxes: list = field(default_factory=list)
-    energies: list = field(default_factory=list)
-    times: list = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.energies)
-
-    def add(self, state: openmm.State, t: float) -> None:
-        self.positions.append(state.getPositions(asNumpy=True).value_in_unit(u.nanometer).astype(np.float32))
-        self.forces.append(state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
-                           .astype(np.float32))
-        self.boxes.append(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer))
-        self.energies.append(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole))
-        self.times.append(t)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"positions": np.array(self.positions, dtype=np.float32).reshape(len(self), self.n_atoms, 3),
-                "forces": np.array(self.forces, dtype=np.float32).reshape(len(self), self.n_atoms, 3),
-                "boxes": np.array(self.boxes, dtype=np.float64).reshape(len(self), 3, 3),
-                "potential_energy": np.array(self.energies, dtype=np.float64),
-                "time": np.array(self.times, dtype=np.float64)}
-
-    @classmethod
-    def from_arrays(cls, z) -> "_Frames":
-        fr = cls(z["positions"].shape[1])
-        fr.positions, fr.forces, fr.boxes = list(z["positions"]), list(z["forces"]), list(z["boxes"])
-        fr.energies, fr.times = list(z["potential_energy"]), list(z["time"])
-        return fr
+def _frame_store(n_atoms: int) -> FrameStore:
+    return FrameStore({"positions": ((n_atoms, 3), np.float32), "forces": ((n_atoms, 3), np.float32),
+                       "boxes": ((3, 3), np.float64), "potential_energy": ((), np.float64),
+                       "time": ((), np.float64)})
 
 
-def _partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
+def _add_frame(frames: FrameStore, state: openmm.State, t: float) -> None:
+    frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+               forces=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer),
+               boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
+               potential_energy=state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), time=t)
 
 
 def _config_json(config: ReferenceConfig) -> str:
     return json.dumps(asdict(config), sort_keys=True)
-
-
-def _save_progress(partial: Path, simulation: app.Simulation, frames: _Frames) -> None:
-    """Checkpoint first, then frames; the frame file names the checkpoint it belongs to, so a crash
-    between the two writes leaves a consistent (older) pair."""
-    n = len(frames)
-    chk = partial / f"state-{n}.chk"
-    simulation.saveCheckpoint(str(chk))
-    save_npz_atomic(partial / "frames.npz", n_frames=np.array(n), **frames.arrays())
-    for old in partial.glob("state-*.chk"):
-        if old != chk:
-            old.unlink()
 
 
 def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = False, progress: bool = True,
@@ -270,16 +232,14 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
     out = check_output_path(out, overwrite)
     species = get_species(config.species)
     density = config.density if config.density is not None else species.default_density
-    partial = _partial_dir(out)
-    resume = (partial / "frames.npz").exists()
-    if resume and (partial / "config.json").read_text() != _config_json(config):
+    partial = PartialRun(out.with_name(out.name + ".partial"), _config_json(config))
+    resume = partial.resumable()
+    if resume and not partial.same_config():
         if not overwrite:
             raise ReferenceError(
-                f"'{partial}' holds an interrupted run with different settings; rerun with the same settings "
-                "to resume it, or pass --overwrite to start afresh")
+                f"'{partial.folder}' holds an interrupted run with different settings; rerun with the same "
+                "settings to resume it, or pass --overwrite to start afresh")
         resume = False
-    if not resume and partial.exists():
-        shutil.rmtree(partial)
 
     rng = np.random.default_rng(config.seed)
     topology, positions, _ = build_box(species, config.n_molecules, density, rng)
@@ -290,20 +250,17 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
          + (f", {config.pressure} bar" if config.pressure is not None else f", {density} g/cm^3")
          + f", force field {config.forcefield or species.default_forcefield}, platform {platform.getName()}")
 
+    frames = _frame_store(topology.getNumAtoms())
     if resume:
-        with np.load(partial / "frames.npz") as z:
-            frames = _Frames.from_arrays(z)
-        simulation.loadCheckpoint(str(partial / f"state-{len(frames)}.chk"))
-        _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial}")
+        partial.restore(simulation, frames)
+        _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial.folder}")
     else:
-        partial.mkdir(parents=True)
-        write_text_atomic(partial / "config.json", _config_json(config))
-        frames = _Frames(topology.getNumAtoms())
+        partial.start()
         simulation.context.setPositions(positions * u.nanometer)
         simulation.minimizeEnergy(maxIterations=1000)
         simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
         _run_steps(simulation, int(round(config.equilibration / config.timestep)), progress, "equilibrate")
-        _save_progress(partial, simulation, frames)
+        partial.save(simulation, frames)
 
     started = time.perf_counter()
     first = len(frames)
@@ -315,10 +272,10 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         if not math.isfinite(energy):
             raise RuntimeError(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
                                "try a smaller --timestep or a longer equilibration")
-        frames.add(state, (len(frames) + 1) * config.steps_per_frame * config.timestep)
+        _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep)
         bar.update(1)
         if len(frames) % config.checkpoint_every == 0 or len(frames) == config.n_frames:
-            _save_progress(partial, simulation, frames)
+            partial.save(simulation, frames)
         if on_frame is not None:
             on_frame(len(frames))
     bar.close()
@@ -337,7 +294,7 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     save_npz_atomic(out, metadata_json=np.array(json.dumps(meta)), **frames.arrays(), **topology_to_arrays(topology))
-    shutil.rmtree(partial)
+    partial.remove()
     _log(progress, f"[reference] wrote {len(frames)} frames to {out}"
          + (f" ({ns_per_day:.2f} ns/day)" if ns_per_day else ""))
     return out
