@@ -76,6 +76,95 @@ def _cmd_map(args) -> None:
     print(f"[map] {ds.n_frames} frames x {ds.n_beads} beads ({', '.join(ds.type_names)}) -> {args.out}")
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="force-match a HIP-NN-TS model (plus repulsive prior) to CG data sets",
+                       description="Train HIP-NN-TS by force matching on one or several CG data sets and write a "
+                                   "model directory (weights, config.toml, prior.json, metrics.json, metadata.json).")
+    p.add_argument("--data", nargs="+", required=True, help="CG data sets (NPZ) from 'openmm-cgnn map'")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"],
+                   help="hyperparameters: tiny (CPU demos, tests) or paper (Shinkle et al. 2024; use a GPU)")
+    p.add_argument("--config", default=None, help="TOML file of hyperparameters (overrides --preset)")
+    p.add_argument("--tensor-order", type=int, choices=[0, 1, 2], default=None,
+                   help="HIP-NN tensor order: 0 (HIP-NN), 1, 2 (HIP-NN-TS, default of the presets)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+    p.add_argument("--out", required=True, help="model directory to create")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> None:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
+    if args.tensor_order is not None:
+        cfg.tensor_order = args.tensor_order
+    if args.epochs is not None:
+        cfg.max_epochs = args.epochs
+    cfg.validate()
+    out = train(args.data, cfg, args.out, overwrite=args.overwrite)
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    test = metrics.get("test", {})
+    print(f"[train] model in {out}; test force RMSE {test.get('force_rmse', float('nan')):.1f} kJ/mol/nm, "
+          f"R2 {test.get('force_r2', float('nan')):.3f}")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a trained model as TorchScript for openmm-torch",
+                       description="Write a TorchScript module forward(positions nm, boxvectors nm) -> energy kJ/mol "
+                                   "that openmm-torch's TorchForce runs without Python.")
+    p.add_argument("model_dir", help="model directory from 'openmm-cgnn train'")
+    p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--precision", default="float32", choices=["float32", "float64"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> None:
+    from .export import export_model
+
+    out = export_model(args.model_dir, args.out, dtype=args.precision, overwrite=args.overwrite)
+    print(f"[export] {args.precision} TorchScript model -> {out}")
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="run CG molecular dynamics with an exported model in OpenMM",
+                       description="Langevin NVT (or NPT with --pressure) CG MD through openmm-torch. Starts from a "
+                                   "frame of a CG data set (--start) or a fresh lattice (--beads, --density). "
+                                   "Rerunning an interrupted command resumes it.")
+    p.add_argument("--model", required=True, help="exported model (.pt)")
+    p.add_argument("--start", default=None, help="CG data set whose last frame (or --start-frame) starts the run")
+    p.add_argument("--start-frame", type=int, default=-1)
+    p.add_argument("--beads", type=int, default=None, help="fresh lattice of this many beads (one-type models)")
+    p.add_argument("--density", type=float, default=None, help="density of the fresh lattice, g/cm^3")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--pressure", type=float, default=None, help="bar: NPT with a Monte Carlo barostat")
+    p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
+    p.add_argument("--equilibration", type=float, default=10.0, help="ps (default 10)")
+    p.add_argument("--ns", type=float, default=0.1, help="production length, ns (default 0.1)")
+    p.add_argument("--frame-interval", type=float, default=0.5, help="ps between saved frames (default 0.5)")
+    p.add_argument("--platform", default=None, help="OpenMM platform (default CUDA if available, else CPU)")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture the model in CUDA graphs (CUDA only)")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args) -> None:
+    from .simulate import CGSimulationConfig, run_cg_simulation
+
+    if args.start is None and (args.beads is None or args.density is None):
+        raise CLIError("give --start DATASET, or both --beads and --density for a fresh lattice")
+    cfg = CGSimulationConfig(model=args.model, temperature=args.temperature, pressure=args.pressure,
+                             timestep=args.timestep * 1e-3, friction=args.friction, equilibration=args.equilibration,
+                             production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
+                             platform=args.platform, start_dataset=args.start, start_frame=args.start_frame,
+                             n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs)
+    run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmm-cgnn", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_reference, _add_map]
+_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     from .dataset import DatasetFormatError
     from .mapping import MappingError
     from .reference import ReferenceError
+    from .simulate import CGSimulationBlowUp
 
     expected = (CLIError, OutputExistsError, DatasetFormatError, MappingError, ReferenceError, FileNotFoundError,
-                ValueError)
+                ValueError, CGSimulationBlowUp)
     try:
         args.func(args)
     except expected as exc:

@@ -143,39 +143,3 @@ def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
         last[r] = atom
     top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
     return top
-
-
-# -- OpenMM-ML registration (entry point "cgnn" in the group "openmmml.potentials") ----------------
-
-try:
-    from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
-except ImportError:  # openmmml is optional at run time
-    MLPotentialImpl = object
-    MLPotentialImplFactory = object
-
-
-class CGNNPotentialImpl(MLPotentialImpl):
-    """``MLPotential('cgnn', model='model.pt')``: an openmm-cgnn exported model."""
-
-    def __init__(self, name: str, model: Any = None, **args):
-        if model is None:
-            raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
-        self.model = model
-
-    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False, **args):
-        module, metadata = _load_model(self.model)
-        # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with
-        by_type = type_masses(metadata)
-        for atom in topology.atoms():
-            if (atoms is None or atom.index in set(atoms)) and system.getParticleMass(atom.index).value_in_unit(u.dalton) == 0:
-                system.setParticleMass(atom.index, by_type.get(atom.name, 0.0))
-        if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
-            raise CGSystemError("openmm-cgnn models act on the whole CG topology; mixed systems are not supported")
-        force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs)
-        force.setForceGroup(forceGroup)
-        system.addForce(force)
-
-
-class CGNNPotentialImplFactory(MLPotentialImplFactory):
-    def createImpl(self, name: str, **args) -> CGNNPotentialImpl:
-        return CGNNPotentialImpl(name, **args)

@@ -1,0 +1,307 @@
+"""CG molecular dynamics with an exported model: Langevin NVT, or NPT with a Monte Carlo barostat.
+
+Output folder:
+
+================  ============================================================================
+file              content
+================  ============================================================================
+trajectory.dcd    bead positions (read with ``mdtraj.load("trajectory.dcd", top="topology.pdb")``)
+topology.pdb      the CG topology and the first frame (beads as atoms named by bead type)
+frames.npz        positions (F,N,3) nm, boxes (F,3,3) nm, potential_energy (F,) kJ/mol,
+                  temperature (F,) K, density (F,) g/cm^3, time (F,) ps, plus metadata_json
+log.csv           time_ps, potential_kJ_mol, temperature_K, volume_nm3, density_g_cm3 per frame
+simulation.json   the config, platform, speed (ns/day), status, units, versions
+================  ============================================================================
+
+The run checkpoints into ``<out>/.partial`` and resumes when the same command is run again. It stops
+with :class:`CGSimulationBlowUp` (after writing the good frames) when the energy or positions stop
+being finite, the temperature runs away, or beads overlap far inside the repulsive prior.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+from ._checkpoint import FrameStore, PartialRun
+from ._io import atomic_write, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from .dataset import CGDataset
+from .reference import choose_platform, platform_properties
+from .system import cg_topology_from_dataset, create_system, type_masses
+from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
+
+
+class CGSimulationBlowUp(RuntimeError):
+    """The CG simulation became unphysical; the message says when, why, and what to try."""
+
+
+@dataclass
+class CGSimulationConfig:
+    """A CG MD run. Units: K, bar, ps, 1/ps, g/cm^3, nm."""
+
+    model: str                        # exported model (.pt)
+    temperature: float = 300.0
+    pressure: float | None = None     # bar; None for NVT
+    timestep: float = 0.002
+    friction: float = 1.0
+    equilibration: float = 10.0
+    production: float = 100.0
+    frame_interval: float = 0.5
+    barostat_interval: int = 25
+    seed: int = 2024
+    platform: str | None = None
+    start_dataset: str | None = None  # start from a mapped all-atom frame of this CG data set...
+    start_frame: int = -1
+    n_beads: int | None = None        # ...or from a fresh lattice of n beads (one-type models)
+    density: float | None = None      # g/cm^3 for the fresh lattice
+    use_cuda_graphs: bool = False
+    checkpoint_every: int = 50        # frames
+    max_temperature_factor: float = 3.0
+    overlap_margin: float = 0.05      # nm inside the prior's taper that counts as an overlap
+
+    @property
+    def ensemble(self) -> str:
+        return "NPT" if self.pressure is not None else "NVT"
+
+    @property
+    def steps_per_frame(self) -> int:
+        return max(1, int(round(self.frame_interval / self.timestep)))
+
+    @property
+    def n_frames(self) -> int:
+        return max(1, int(round(self.production / self.frame_interval)))
+
+
+def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
+                   rng: np.random.Generator) -> tuple[app.Topology, np.ndarray]:
+    edge = volume_for_density_nm3(mass * n_beads, density) ** (1.0 / 3.0)
+    per_side = math.ceil(n_beads ** (1.0 / 3.0) - 1e-9)
+    grid = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
+    sites = grid[rng.permutation(len(grid))[:n_beads]]
+    positions = (sites + 0.5 + rng.uniform(-0.05, 0.05, sites.shape)) * edge / per_side
+    top = app.Topology()
+    chain = top.addChain()
+    for i in range(n_beads):
+        top.addAtom(type_name, None, top.addResidue("CG", chain, id=str(i + 1)))
+    top.setPeriodicBoxVectors(np.eye(3) * edge * u.nanometer)
+    return top, positions
+
+
+def initial_configuration(config: CGSimulationConfig, metadata: dict) -> tuple[app.Topology, np.ndarray]:
+    """The CG topology and starting positions (nm) that ``config`` asks for."""
+    if config.start_dataset:
+        ds = CGDataset.load(config.start_dataset)
+        frame = config.start_frame % ds.n_frames
+        return cg_topology_from_dataset(ds, frame), ds.positions[frame]
+    if config.n_beads is None or config.density is None:
+        raise ValueError("give a starting data set (start_dataset / --start) or both n_beads and density")
+    if len(metadata["type_names"]) != 1:
+        raise ValueError("a fresh lattice start needs a one-bead-type model; start from a data set instead")
+    name = metadata["type_names"][0]
+    return _lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
+                          np.random.default_rng(config.seed))
+
+
+def _degrees_of_freedom(system: openmm.System) -> int:
+    dof = 3 * sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i) > 0 * u.dalton)
+    dof -= system.getNumConstraints()
+    if any(isinstance(system.getForce(i), openmm.CMMotionRemover) for i in range(system.getNumForces())):
+        dof -= 3
+    return dof
+
+
+class _Monitor:
+    """Stops a run that has become unphysical."""
+
+    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float):
+        self.config = config
+        self.dof = dof
+        self.total_mass = total_mass
+        prior = metadata.get("prior") or {}
+        taper = prior.get("taper")
+        self.min_distance = (taper - config.overlap_margin) if taper else None
+
+    def observe(self, state: openmm.State, t: float) -> dict[str, float]:
+        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
+        temperature = 2.0 * kinetic / (self.dof * BOLTZMANN_KJ_PER_MOL_K)
+        volume = float(abs(np.linalg.det(box)))
+        if not (math.isfinite(energy) and math.isfinite(kinetic) and np.isfinite(positions).all()):
+            raise CGSimulationBlowUp(f"the energy or positions stopped being finite at t = {t:.3f} ps")
+        if temperature > self.config.max_temperature_factor * self.config.temperature:
+            raise CGSimulationBlowUp(
+                f"the temperature ran away to {temperature:.0f} K (target {self.config.temperature} K) at "
+                f"t = {t:.3f} ps")
+        if self.min_distance is not None:
+            closest = _closest_pair(positions, box, self.min_distance)
+            if closest is not None:
+                raise CGSimulationBlowUp(
+                    f"beads came {closest:.3f} nm apart at t = {t:.3f} ps, far inside the repulsive prior "
+                    f"(which starts at {self.min_distance + self.config.overlap_margin:.3f} nm)")
+        return {"potential_energy": energy, "temperature": temperature, "volume": volume,
+                "density": density_g_cm3(self.total_mass, volume)}
+
+
+def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float | None:
+    """The smallest pair distance if any pair is closer than ``below`` nm, else None."""
+    from vesin import NeighborList
+
+    d = NeighborList(cutoff=below, full_list=False).compute(points=positions, box=box, periodic=True,
+                                                            quantities="d")
+    d = d[0] if isinstance(d, (list, tuple)) else d
+    return float(np.min(d)) if len(d) else None
+
+
+def _frame_store(n: int) -> FrameStore:
+    return FrameStore({"positions": ((n, 3), np.float32), "boxes": ((3, 3), np.float64),
+                       "potential_energy": ((), np.float64), "temperature": ((), np.float64),
+                       "density": ((), np.float64), "time": ((), np.float64)})
+
+
+def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Run (or resume) the CG simulation ``config`` and write the output folder ``out``.
+
+    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up.
+    """
+    from .export import load_exported
+
+    out = Path(out)
+    if (out / "simulation.json").exists() and not overwrite:
+        from ._io import OutputExistsError
+
+        raise OutputExistsError(f"output '{out}' already holds a simulation; choose another folder or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    module, metadata = load_exported(config.model)
+    topology, positions = initial_configuration(config, metadata)
+    system = create_system(topology, (module, metadata), use_cuda_graphs=config.use_cuda_graphs)
+    if config.pressure is not None:
+        system.addForce(openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
+                                                  config.barostat_interval))
+    platform = choose_platform(config.platform)
+    integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
+                                                 config.timestep * u.picoseconds)
+    integrator.setRandomNumberSeed(config.seed)
+    simulation = app.Simulation(topology, system, integrator, platform, platform_properties(platform))
+    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
+    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()))
+    frames = _frame_store(topology.getNumAtoms())
+    partial = PartialRun(out / ".partial", json.dumps(asdict(config), sort_keys=True))
+    _log(progress, f"[simulate] {topology.getNumAtoms()} beads, {config.ensemble} at {config.temperature} K"
+         + (f", {config.pressure} bar" if config.pressure is not None else "")
+         + f", dt {config.timestep * 1000:g} fs, platform {platform.getName()}")
+
+    status, error = "complete", None
+    try:
+        if partial.resumable() and partial.same_config() and not overwrite:
+            partial.restore(simulation, frames)
+            _log(progress, f"[simulate] resuming after {len(frames)} saved frames")
+        else:
+            partial.start()
+            simulation.context.setPositions(positions * u.nanometer)
+            simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
+            _equilibrate(simulation, config, monitor, progress)
+            partial.save(simulation, frames)
+        started, first = time.perf_counter(), len(frames)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.n_frames, initial=first, desc="CG production", unit="frame", disable=not progress,
+                   leave=False)
+        while len(frames) < config.n_frames:
+            simulation.step(config.steps_per_frame)
+            t = (len(frames) + 1) * config.steps_per_frame * config.timestep
+            state = simulation.context.getState(getPositions=True, getEnergy=True)
+            obs = monitor.observe(state, t)
+            frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
+                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t, **obs)
+            bar.update(1)
+            if len(frames) % config.checkpoint_every == 0:
+                partial.save(simulation, frames)
+        bar.close()
+        elapsed = time.perf_counter() - started
+    except CGSimulationBlowUp as exc:
+        status, error, elapsed, first = "blew_up", str(exc), float("nan"), 0
+    done = len(frames) - first
+    ns_per_day = done * config.frame_interval * 1e-3 / (elapsed / 86400.0) if done and elapsed > 0 else None
+    _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error)
+    if status == "blew_up":
+        partial.remove()
+        raise CGSimulationBlowUp(
+            f"the CG simulation blew up: {error}. {len(frames)} good frames are in '{out}'. Try a smaller "
+            "--timestep, a start from a mapped all-atom frame, or a model trained nearer this state point.")
+    partial.remove()
+    _log(progress, f"[simulate] wrote {len(frames)} frames to {out}"
+         + (f" ({ns_per_day:.1f} ns/day)" if ns_per_day else ""))
+    return out
+
+
+def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor: _Monitor, progress: bool) -> None:
+    n_steps = int(round(config.equilibration / config.timestep))
+    chunk = config.steps_per_frame
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_steps, desc="CG equilibration", unit="step", disable=not progress, leave=False)
+    done = 0
+    while done < n_steps:
+        k = min(chunk, n_steps - done)
+        simulation.step(k)
+        done += k
+        t = -(n_steps - done) * config.timestep  # equilibration runs before t = 0
+        monitor.observe(simulation.context.getState(getPositions=True, getEnergy=True), t)
+        bar.update(k)
+    bar.close()
+
+
+def _write_outputs(out: Path, config: CGSimulationConfig, topology: app.Topology, frames: FrameStore,
+                   metadata: dict, platform: openmm.Platform, ns_per_day: float | None, status: str,
+                   error: str | None) -> None:
+    import mdtraj as md
+
+    arrays = frames.arrays()
+    info = {
+        "format": "openmm-cgnn/cg-simulation", "version": 1, "status": status, "error": error,
+        "config": asdict(config), "n_frames": len(frames), "n_beads": topology.getNumAtoms(),
+        "state": {"temperature_K": config.temperature, "pressure_bar": config.pressure,
+                  "ensemble": config.ensemble},
+        "platform": platform.getName(), "ns_per_day": ns_per_day,
+        "model": {"file": Path(config.model).name, "type_names": metadata.get("type_names"),
+                  "cutoff_nm": metadata.get("cutoff_nm")},
+        "units": {"positions": "nm", "boxes": "nm", "potential_energy": "kJ/mol", "temperature": "K",
+                  "density": "g/cm^3", "time": "ps"},
+        "versions": versions(),
+    }
+    save_npz_atomic(out / "frames.npz", metadata_json=np.array(json.dumps(info)), **arrays)
+    rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3"]
+    vols = np.abs(np.linalg.det(arrays["boxes"])) if len(frames) else []
+    for t, e, temp, v, d in zip(arrays["time"], arrays["potential_energy"], arrays["temperature"], vols,
+                                arrays["density"]):
+        rows.append(f"{t:.4f},{e:.4f},{temp:.3f},{v:.5f},{d:.5f}")
+    write_text_atomic(out / "log.csv", "\n".join(rows) + "\n")
+    if len(frames):
+        traj = md.Trajectory(arrays["positions"], md.Topology.from_openmm(topology))
+        traj.unitcell_vectors = arrays["boxes"].astype(np.float32)
+        atomic_write(out / "trajectory.dcd", lambda tmp: traj.save_dcd(str(tmp)))
+        atomic_write(out / "topology.pdb", lambda tmp: traj[0].save_pdb(str(tmp)))
+    write_json_atomic(out / "simulation.json", info)
+
+
+def load_cg_frames(out: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of ``frames.npz`` in a simulation folder and its metadata."""
+    with np.load(Path(out) / "frames.npz", allow_pickle=False) as z:
+        meta = json.loads(str(z["metadata_json"]))
+        return {k: z[k] for k in z.files if k != "metadata_json"}, meta
+
+
+def _log(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, flush=True)
