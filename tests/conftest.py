@@ -35,3 +35,21 @@ def methanol_dataset(methanol_reference, tmp_path_factory):
     out = tmp_path_factory.mktemp("dataset") / "methanol-cg.npz"
     map_reference(methanol_reference, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(methanol_dataset, tmp_path_factory):
+    """A HIP-NN-TS model (tiny preset, one epoch) trained on the tiny methanol data set."""
+    from openmm_cgnn.training import TrainConfig, train
+
+    cfg = TrainConfig.preset("tiny")
+    cfg.max_epochs = 1
+    return train([methanol_dataset], cfg, tmp_path_factory.mktemp("model") / "model", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_pt(tiny_model_dir, tmp_path_factory):
+    """The tiny model exported in float64 (for exact physics checks)."""
+    from openmm_cgnn.export import export_model
+
+    return export_model(tiny_model_dir, tmp_path_factory.mktemp("export") / "model-f64.pt", dtype="float64")
