@@ -35,7 +35,7 @@ from ._checkpoint import FrameStore, PartialRun
 from ._io import atomic_write, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 from .dataset import CGDataset
 from .reference import choose_platform, platform_properties
-from .system import cg_topology_from_dataset, create_system, type_masses
+from .system import CGModel, cg_topology_from_dataset, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
 
 
@@ -47,7 +47,7 @@ class CGSimulationBlowUp(RuntimeError):
 class CGSimulationConfig:
     """A CG MD run. Units: K, bar, ps, 1/ps, g/cm^3, nm."""
 
-    model: str                        # exported model (.pt)
+    model: str                        # exported model (.pt) or pair baseline (.json)
     temperature: float = 300.0
     pressure: float | None = None     # bar; None for NVT
     timestep: float = 0.002
@@ -95,19 +95,22 @@ def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
     return top, positions
 
 
-def initial_configuration(config: CGSimulationConfig, metadata: dict) -> tuple[app.Topology, np.ndarray]:
-    """The CG topology and starting positions (nm) that ``config`` asks for."""
+def initial_configuration(config: CGSimulationConfig,
+                          metadata: dict) -> tuple[app.Topology, np.ndarray, np.ndarray | None]:
+    """The CG topology, starting positions (nm) and bead masses (amu, None: from the model) that
+    ``config`` asks for."""
     if config.start_dataset:
         ds = CGDataset.load(config.start_dataset)
         frame = config.start_frame % ds.n_frames
-        return cg_topology_from_dataset(ds, frame), ds.positions[frame]
+        return cg_topology_from_dataset(ds, frame), ds.positions[frame], ds.bead_masses
     if config.n_beads is None or config.density is None:
         raise ValueError("give a starting data set (start_dataset / --start) or both n_beads and density")
     if len(metadata["type_names"]) != 1:
         raise ValueError("a fresh lattice start needs a one-bead-type model; start from a data set instead")
     name = metadata["type_names"][0]
-    return _lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
-                          np.random.default_rng(config.seed))
+    top, positions = _lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
+                                    np.random.default_rng(config.seed))
+    return top, positions, None
 
 
 def _degrees_of_freedom(system: openmm.System) -> int:
@@ -174,17 +177,16 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
 
     Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up.
     """
-    from .export import load_exported
-
     out = Path(out)
     if (out / "simulation.json").exists() and not overwrite:
         from ._io import OutputExistsError
 
         raise OutputExistsError(f"output '{out}' already holds a simulation; choose another folder or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    module, metadata = load_exported(config.model)
-    topology, positions = initial_configuration(config, metadata)
-    system = create_system(topology, (module, metadata), use_cuda_graphs=config.use_cuda_graphs)
+    model = CGModel(config.model)
+    metadata = model.metadata
+    topology, positions, masses = initial_configuration(config, metadata)
+    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs)
     if config.pressure is not None:
         system.addForce(openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                                   config.barostat_interval))

@@ -143,3 +143,41 @@ def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
         last[r] = atom
     top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
     return top
+
+
+class CGModel:
+    """A CG force field file that makes OpenMM Systems: an exported HIP-NN-TS model (``.pt``) or a
+    pairwise force-matched baseline (``.json`` from :mod:`openmm_cgnn.baselines`).
+
+    ``metadata`` holds at least ``type_names``, ``cutoff_nm`` and, where known, ``prior`` and
+    ``type_masses``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"model file '{self.path}' does not exist")
+        if self.path.suffix == ".json":
+            from .baselines import PairForceField
+
+            self.kind = "pair"
+            self.pair = PairForceField.load(self.path)
+            self.metadata = {"type_names": list(self.pair.type_names), "cutoff_nm": float(self.pair.cutoff),
+                             "prior": self.pair.prior.to_dict(), "kind": "pair",
+                             "provenance": self.pair.provenance}
+        else:
+            from .export import load_exported
+
+            self.kind = "torchscript"
+            self.module, self.metadata = load_exported(self.path)
+
+    def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
+                      use_cuda_graphs: bool = False) -> openmm.System:
+        if self.kind == "pair":
+            if masses is None:
+                by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
+                if by_type is None:
+                    raise CGSystemError("a pair force field records no masses; start from a CG data set")
+                masses = [by_type[a.name] for a in topology.atoms()]
+            return self.pair.create_system(topology, bead_masses=masses)
+        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs)

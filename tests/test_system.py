@@ -123,3 +123,15 @@ def test_blow_up_stops_with_a_message(methanol_dataset, tiny_model_pt, tmp_path)
         run_cg_simulation(cfg, tmp_path / "boom", progress=False)
     arrays, meta = load_cg_frames(tmp_path / "boom")
     assert meta["status"] == "blew_up" and np.isfinite(arrays["positions"]).all()
+
+
+def test_pair_baseline_runs_through_the_same_simulation_path(methanol_dataset, tmp_path):
+    from openmm_cgnn.baselines import fit_pair_force_matching
+
+    ff = fit_pair_force_matching([CGDataset.load(methanol_dataset)], cutoff=0.8, bin_width=0.02)
+    path = ff.save(tmp_path / "pair.json")
+    cfg = CGSimulationConfig(model=str(path), start_dataset=str(methanol_dataset), equilibration=0.1,
+                             production=0.3, frame_interval=0.1, platform="CPU")
+    arrays, meta = load_cg_frames(run_cg_simulation(cfg, tmp_path / "pair-sim", progress=False))
+    assert meta["status"] == "complete" and arrays["positions"].shape == (3, 64, 3)
+    assert np.all((arrays["temperature"] > 100) & (arrays["temperature"] < 600))
