@@ -1,0 +1,692 @@
+"""Force-matching training of a HIP-NN / HIP-NN-TS coarse-grained force field with hippynn.
+
+The model energy is ``U(R) = U_net(R) + U_prior(R)``: the hippynn network plus the fixed repulsive
+pair prior of :mod:`openmm_cgnn.prior`. The prior is fit to the training frames before training
+and never trained, so the network is fit to the residual labels ``F_mapped - F_prior``; the loss
+(force RMSE + force MAE) is then the same as that of the total model on ``F_mapped``.
+
+Units: hippynn works in angstrom and kcal/mol inside (``CGDataset.to_hippynn_arrays``); every
+public argument and result of this module is in OpenMM units (nm, kJ/mol, kJ/mol/nm) except the
+network hyperparameters of :class:`TrainConfig`, which are hippynn's own (distances in angstrom).
+
+Model directory written by :func:`train` (every file written atomically)::
+
+    config.toml     the TrainConfig used
+    model.pt        torch.save'd dict (loads with weights_only=True): hippynn network and energy-head
+                    state_dicts plus their constructor arguments (see MODEL_FORMAT)
+    prior.json      PriorParams (nm, kJ/mol) and its fit settings
+    metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
+                    and pooled, plus the per-epoch training curve
+    metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
+                    their frame splits, package versions, timings
+    train.log       hippynn's own console output
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
+
+import numpy as np
+import torch
+
+from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
+from .dataset import CGDataset
+from .prior import PriorParams, fit_prior, prior_energy_forces
+from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
+
+MODEL_FORMAT = "openmm-cgnn/hipnn-model"
+MODEL_FORMAT_VERSION = 1
+_NETWORK_CLASSES = {0: "Hipnn", 1: "HipnnVec", 2: "HipnnQuad"}
+# kcal/mol/angstrom -> kJ/mol/nm
+_FORCE_TO_KJ_NM = KJ_PER_KCAL * ANGSTROM_PER_NM
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a training run. Distances of the network are in angstrom (hippynn's
+    units); the prior's ``prior_dr`` is in nm. See :meth:`preset` for the "paper" and "tiny" sets."""
+
+    name: str = "paper"
+    # network: HIP-NN-TS
+    tensor_order: int = 2              # 0: Hipnn, 1: HipnnVec (l=1), 2: HipnnQuad (l=2)
+    n_features: int = 128
+    n_sensitivities: int = 20
+    sensitivity_type: str = "inverse"
+    dist_soft_min: float = 2.0         # angstrom, first sensitivity centre
+    dist_soft_max: float = 13.0        # angstrom, last sensitivity centre
+    dist_hard_max: float = 15.0        # angstrom, hard (cos^2) cutoff of the network
+    n_interaction_layers: int = 1
+    n_atom_layers: int = 3
+    resnet: bool = True
+    cusp_reg: float = 1e-6             # HIP-NN-TS cusp regularisation (tensor_order >= 1)
+    pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box)
+    # optimisation
+    learning_rate: float = 1e-3
+    batch_size: int = 1                # starting batch size, doubled on plateau ...
+    max_batch_size: int = 64           # ... up to this; then the learning rate is cut instead
+    plateau_patience: int = 10
+    plateau_factor: float = 0.5        # batch size /= factor, then lr *= factor
+    max_epochs: int = 200
+    termination_patience: int = 20     # stop after this many epochs without a better validation loss
+    eval_batch_size: int = 8
+    fraction_train_eval: float = 0.2   # fraction of training frames evaluated after each epoch
+    valid_fraction: float = 0.1        # per data set, by frames
+    test_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"               # "auto" (hippynn's choice: CUDA if available), "cpu", "cuda", ...
+    # repulsive prior (openmm_cgnn.prior.fit_prior)
+    prior_rdf_threshold: float = 0.01
+    prior_dr: float = 0.015            # nm
+    prior_perc: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.tensor_order not in _NETWORK_CLASSES:
+            raise ValueError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}")
+        if self.pair_finder not in ("kdtree", "periodic"):
+            raise ValueError(f"pair_finder must be 'kdtree' or 'periodic', got {self.pair_finder!r}")
+        if self.sensitivity_type not in ("inverse", "linear"):
+            raise ValueError(f"sensitivity_type must be 'inverse' or 'linear', got {self.sensitivity_type!r}")
+        if not (0 < self.dist_soft_min < self.dist_soft_max <= self.dist_hard_max):
+            raise ValueError("need 0 < dist_soft_min < dist_soft_max <= dist_hard_max (angstrom)")
+        if not (0 < self.valid_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.valid_fraction + self.test_fraction < 1):
+            raise ValueError("need 0 < valid_fraction, 0 <= test_fraction and valid_fraction + test_fraction < 1 "
+                             "(early stopping needs validation frames)")
+        if self.batch_size < 1 or self.max_batch_size < self.batch_size:
+            raise ValueError("need 1 <= batch_size <= max_batch_size")
+
+    @property
+    def cutoff_nm(self) -> float:
+        """The network's hard cutoff in nm."""
+        return self.dist_hard_max / ANGSTROM_PER_NM
+
+    @classmethod
+    def preset(cls, name: str) -> "TrainConfig":
+        """``"paper"``: the settings of Shinkle et al. 2024 (see SCIENCE.md);
+        ``"tiny"``: a very small network for tests and smoke runs (cutoff 7 angstrom, which fits
+        a 1.6 nm box of 64 methanol beads; trains in seconds on a laptop CPU)."""
+        if name == "paper":
+            return cls(name="paper")
+        if name == "tiny":
+            return cls(name="tiny", n_features=12, n_sensitivities=6, dist_soft_min=2.5, dist_soft_max=6.0,
+                       dist_hard_max=7.0, n_interaction_layers=1, n_atom_layers=1, max_epochs=4,
+                       termination_patience=4, plateau_patience=2, batch_size=2, max_batch_size=8,
+                       learning_rate=3e-3, eval_batch_size=8, fraction_train_eval=0.25)
+        raise ValueError(f"unknown preset {name!r}; choose 'paper' or 'tiny'")
+
+    # -- TOML ----------------------------------------------------------------------------------
+    def to_toml(self) -> str:
+        """The configuration as a TOML document (one flat ``[train]`` table)."""
+        lines = ["# openmm-cgnn training configuration (network distances in angstrom, prior_dr in nm)",
+                 "[train]"]
+        for f in fields(self):
+            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text_or_path: str | Path) -> "TrainConfig":
+        """Read a configuration written by :meth:`to_toml` (a path or the TOML text itself).
+        Keys left out take their default; unknown keys are an error."""
+        if isinstance(text_or_path, Path) or ("\n" not in str(text_or_path) and Path(str(text_or_path)).is_file()):
+            text = Path(text_or_path).read_text()
+        else:
+            text = str(text_or_path)
+        data = tomllib.loads(text)
+        data = data.get("train", data)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown training configuration keys: {unknown}")
+        defaults = cls()
+        kwargs = {}
+        for k, v in data.items():
+            if isinstance(getattr(defaults, k), float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            kwargs[k] = v
+        return cls(**kwargs)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            raise ValueError("cannot write nan/inf to TOML")
+        return repr(v)  # always has '.', 'e' or both: a TOML float
+    if isinstance(v, str):
+        return json.dumps(v)  # a TOML basic string for ordinary text
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+# ----------------------------------------------------------------------------------------------
+# hippynn plumbing
+# ----------------------------------------------------------------------------------------------
+def _import_hippynn():
+    import hippynn
+    from hippynn import custom_kernels
+
+    hippynn.settings.PROGRESS = None  # no tqdm bars from inside hippynn; train() prints one line per epoch
+    if custom_kernels.CUSTOM_KERNELS_ACTIVE == "pytorch":
+        # hippynn's "pytorch" message-passing kernels (what HIPPYNN_USE_CUSTOM_KERNELS=False selects) are
+        # wrapped in torch.compile, which costs over a minute per new batch shape on a CPU. Its
+        # uncompiled twin computes the same sums. A real custom kernel (numba, triton, ...) is kept.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "non-standard custom kernel implementation"
+            custom_kernels.set_custom_kernels("_pytorch_raw")
+    return hippynn
+
+
+def network_kwargs(config: TrainConfig, n_types: int) -> dict[str, Any]:
+    """Constructor arguments of the hippynn network module for ``config`` and ``n_types`` bead types."""
+    kw: dict[str, Any] = {
+        "possible_species": list(range(n_types + 1)),  # 0 is hippynn's padding
+        "n_features": int(config.n_features),
+        "n_sensitivities": int(config.n_sensitivities),
+        "dist_soft_min": float(config.dist_soft_min),
+        "dist_soft_max": float(config.dist_soft_max),
+        "dist_hard_max": float(config.dist_hard_max),
+        "n_interaction_layers": int(config.n_interaction_layers),
+        "n_atom_layers": int(config.n_atom_layers),
+        "sensitivity_type": config.sensitivity_type,
+        "resnet": bool(config.resnet),
+    }
+    if config.tensor_order >= 1:
+        kw["cusp_reg"] = float(config.cusp_reg)
+    return kw
+
+
+@dataclass
+class _Graph:
+    species: Any
+    positions: Any
+    cells: Any
+    network: Any
+    henergy: Any
+    force: Any
+
+
+def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str) -> _Graph:
+    """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR."""
+    _import_hippynn()
+    from hippynn.graphs.nodes import networks as net_nodes
+    from hippynn.graphs.nodes.indexers import acquire_encoding_padding
+    from hippynn.graphs.nodes.inputs import CellNode, PositionsNode, SpeciesNode
+    from hippynn.graphs.nodes.pairs import KDTreePairsMemory, PeriodicPairIndexer
+    from hippynn.graphs.nodes.physics import MultiGradientNode
+    from hippynn.graphs.nodes.targets import HEnergyNode
+
+    species = SpeciesNode(name="species", db_name="species")
+    positions = PositionsNode(name="coordinates", db_name="coordinates")
+    cells = CellNode(name="cell", db_name="cell")
+    enc, pdx = acquire_encoding_padding([species], species_set=net_kwargs["possible_species"])
+    cutoff = net_kwargs["dist_hard_max"]
+    if pair_finder == "kdtree":
+        pairs = KDTreePairsMemory("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff, skin=0)
+    else:
+        pairs = PeriodicPairIndexer("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff)
+    net_cls = getattr(net_nodes, network_class)
+    network = net_cls("HIPNN", (pdx, pairs), module_kwargs=dict(net_kwargs), periodic=True)
+    henergy = HEnergyNode("HEnergy", (network,))
+    grad = MultiGradientNode("forces", henergy.main_output, (positions,), signs=-1)
+    force = grad.children[0]
+    force.db_name = "forces"
+    return _Graph(species, positions, cells, network, henergy, force)
+
+
+@contextlib.contextmanager
+def _quiet_hippynn(log: io.TextIOBase | None):
+    """Send stdout to ``log`` and mute the warnings hippynn emits on every run."""
+    with contextlib.ExitStack() as stack:
+        if log is not None:
+            stack.enter_context(contextlib.redirect_stdout(log))
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message=".*verbose no longer supported.*")
+        warnings.filterwarnings("ignore", message=".*Provided distances are underneath sensitivity range.*")
+        warnings.filterwarnings("ignore", message=".*May override plots.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="hippynn")
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+def load_datasets(paths: Sequence[str | Path]) -> list[CGDataset]:
+    """Load data sets and check that they can be trained together (same bead type names)."""
+    if not paths:
+        raise ValueError("no data sets given")
+    sets = [CGDataset.load(p) for p in paths]
+    first = sets[0].type_names
+    for p, ds in zip(paths, sets):
+        if ds.type_names != first:
+            raise ValueError(
+                f"data sets must share bead type names to be trained together: '{paths[0]}' has "
+                f"{first} but '{p}' has {ds.type_names}")
+    return sets
+
+
+def split_frames(n_frames: int, valid_fraction: float, test_fraction: float, seed: int,
+                 index: int = 0) -> dict[str, np.ndarray]:
+    """Random train/valid/test frame indices for one data set (``index`` = its place in the list)."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    perm = rng.permutation(n_frames)
+    n_test = int(round(test_fraction * n_frames))
+    n_valid = int(round(valid_fraction * n_frames))
+    if test_fraction > 0:
+        n_test = max(n_test, 1)
+    if valid_fraction > 0:
+        n_valid = max(n_valid, 1)
+    if n_frames - n_test - n_valid < 1:
+        raise ValueError(f"a data set of {n_frames} frames is too small to split "
+                         f"(valid {valid_fraction}, test {test_fraction})")
+    return {"test": np.sort(perm[:n_test]), "valid": np.sort(perm[n_test:n_test + n_valid]),
+            "train": np.sort(perm[n_test + n_valid:])}
+
+
+def prior_frames(prior: PriorParams, positions: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prior energies (F,) kJ/mol and forces (F, N, 3) kJ/mol/nm for frames in nm."""
+    energies = np.empty(len(positions))
+    forces = np.empty(positions.shape, dtype=np.float64)
+    for f in range(len(positions)):
+        energies[f], forces[f] = prior_energy_forces(prior, positions[f], boxes[f])
+    return energies, forces
+
+
+def _check_box(boxes: np.ndarray, cutoff_nm: float, what: str) -> None:
+    widths = perpendicular_widths(boxes)
+    if np.any(widths <= 2 * cutoff_nm):
+        raise ValueError(
+            f"{what}: the box (smallest perpendicular width {widths.min():.4g} nm) must be wider than twice "
+            f"the cutoff ({cutoff_nm:.4g} nm); use a smaller dist_hard_max or a larger system")
+
+
+def perpendicular_widths(boxes: np.ndarray) -> np.ndarray:
+    """Perpendicular widths (..., 3) of boxes (..., 3, 3) given as row vectors (same length unit)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    a, b, c = boxes[..., 0, :], boxes[..., 1, :], boxes[..., 2, :]
+    vol = np.abs(np.einsum("...i,...i->...", a, np.cross(b, c)))
+    return np.stack([vol / np.linalg.norm(np.cross(b, c), axis=-1),
+                     vol / np.linalg.norm(np.cross(c, a), axis=-1),
+                     vol / np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
+
+
+def _hippynn_arrays(sets: list[CGDataset], residual_forces: list[np.ndarray],
+                    splits: list[dict[str, np.ndarray]], dtype: np.dtype) -> dict[str, np.ndarray]:
+    """One array dictionary for hippynn's Database, beads padded with species 0 to a common count."""
+    n_max = max(ds.n_beads for ds in sets)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("species", "coordinates", "cell", "forces")}
+    masks: dict[str, list[np.ndarray]] = {k: [] for k in ("train", "valid", "test")}
+    for ds, res, sp in zip(sets, residual_forces, splits):
+        arr = dataclasses.replace(ds, forces=res).to_hippynn_arrays()
+        pad = n_max - ds.n_beads
+        for k in ("species", "coordinates", "forces"):
+            a = arr[k]
+            if pad:
+                a = np.concatenate([a, np.zeros((a.shape[0], pad) + a.shape[2:], dtype=a.dtype)], axis=1)
+            parts[k].append(a)
+        parts["cell"].append(arr["cell"])
+        for name in masks:
+            m = np.zeros(ds.n_frames, dtype=bool)
+            m[sp[name]] = True
+            masks[name].append(m)
+    out = {
+        "species": np.concatenate(parts["species"]).astype(np.int64),
+        "coordinates": np.concatenate(parts["coordinates"]).astype(dtype),
+        "cell": np.concatenate(parts["cell"]).astype(dtype),
+        "forces": np.concatenate(parts["forces"]).astype(dtype),
+    }
+    for name, ms in masks.items():
+        if any(m.any() for m in ms):
+            out[f"split_mask_{name}"] = np.concatenate(ms)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------
+def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
+          verbose: bool = True) -> Path:
+    """Train a HIP-NN(-TS) CG force field on one or several CG data sets; write a model directory.
+
+    :param datasets: paths of CG data sets (NPZ, :class:`CGDataset`) that share bead type names;
+        each is split by frames into train/valid/test with ``config.seed``.
+    :param config: the hyperparameters.
+    :param out_dir: the model directory to create (see the module docstring for its files).
+    :param overwrite: replace an existing ``out_dir``; otherwise an existing one is refused.
+    :param verbose: print one progress line per epoch (hippynn's own output goes to ``train.log``).
+    :return: the model directory.
+    """
+    out_dir = check_output_path(out_dir, overwrite)
+    config.validate()
+    t_start = time.perf_counter()
+    paths = [Path(p) for p in datasets]
+    sets = load_datasets(paths)
+    type_names = sets[0].type_names
+    n_types = len(type_names)
+    for p, ds in zip(paths, sets):
+        _check_box(ds.boxes, config.cutoff_nm, f"data set '{p}'")
+
+    splits = [split_frames(ds.n_frames, config.valid_fraction, config.test_fraction, config.seed, k)
+              for k, ds in enumerate(sets)]
+    prior = fit_prior([ds.subset(sp["train"]) for ds, sp in zip(sets, splits)],
+                      rdf_threshold=config.prior_rdf_threshold, dr=config.prior_dr, perc=config.prior_perc)
+    residuals = [ds.forces - prior_frames(prior, ds.positions, ds.boxes)[1] for ds in sets]
+
+    torch.manual_seed(config.seed)
+    out = sys.stdout
+    log = io.StringIO()
+    network_class = _NETWORK_CLASSES[config.tensor_order]
+    net_kw = network_kwargs(config, n_types)
+    with _quiet_hippynn(log):
+        curve, hippynn_test, model_state = _run_hippynn(
+            config, network_class, net_kw, _hippynn_arrays(sets, residuals, splits, np.float32),
+            out if verbose else None)
+    train_seconds = time.perf_counter() - t_start
+
+    # Assemble the model directory in a staging folder, then move it into place.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes it private; give it a normal directory's mode
+    try:
+        write_text_atomic(stage / "config.toml", config.to_toml())
+        blob = {
+            "format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION,
+            "network_class": network_class, "network_kwargs": net_kw,
+            "network_state": model_state["network"],
+            "energy_kwargs": model_state["energy_kwargs"], "energy_state": model_state["energy"],
+            "pair_finder": config.pair_finder, "type_names": list(type_names),
+            "units": {"length": "angstrom", "energy": "kcal/mol"},
+        }
+        atomic_write(stage / "model.pt", lambda tmp: torch.save(blob, tmp))
+        write_json_atomic(stage / "prior.json", {
+            **prior.to_dict(), "units": {"g": "kJ/mol", "a": "1/nm", "cutoff": "nm", "taper": "nm",
+                                         "strength": "kJ/mol/nm"},
+            "fit": {"rdf_threshold": config.prior_rdf_threshold, "dr_nm": config.prior_dr,
+                    "perc": config.prior_perc, "frames": "training split"}})
+        cutoff_nm = max(config.cutoff_nm, prior.cutoff)
+        metadata = {
+            "format": "openmm-cgnn/model", "version": 1,
+            "units": {"length": "nm", "energy": "kJ/mol", "force": "kJ/mol/nm",
+                      "network_internal": {"length": "angstrom", "energy": "kcal/mol"}},
+            "cutoff_nm": cutoff_nm, "network_cutoff_nm": config.cutoff_nm, "prior_cutoff_nm": prior.cutoff,
+            "type_names": list(type_names), "network_class": network_class,
+            "type_masses": {name: float(sets[0].bead_masses[sets[0].bead_types == t][0])
+                            for t, name in enumerate(type_names) if np.any(sets[0].bead_types == t)},
+            "tensor_order": config.tensor_order,
+            "state_points": [ds.metadata.get("state", {}) for ds in sets],
+            "datasets": [{"path": str(p), "name": p.name, "n_frames": ds.n_frames, "n_beads": ds.n_beads,
+                          "state": ds.metadata.get("state", {}),
+                          "splits": {k: v.tolist() for k, v in sp.items()}}
+                         for p, ds, sp in zip(paths, sets, splits)],
+            "versions": versions(), "train_seconds": train_seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(stage / "metadata.json", metadata)
+        write_text_atomic(stage / "train.log", log.getvalue())
+        # test metrics of the total model (network + prior) with hippynn's own prediction
+        loaded = load_trained(stage)
+        metrics = {"units": "kJ/mol/nm", "test": _test_metrics(loaded, sets, splits, paths),
+                   "hippynn_final": hippynn_test, "curve": curve, "train_seconds": train_seconds}
+        write_json_atomic(stage / "metrics.json", metrics)
+        if out_dir.exists():
+            if not overwrite:  # appeared while we trained
+                check_output_path(out_dir, overwrite)
+            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
+        os.replace(stage, out_dir)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    if verbose:
+        t = metrics["test"]["all"]
+        print(f"trained in {train_seconds:.1f} s; test force RMSE {t['rmse']:.4g}, MAE {t['mae']:.4g} "
+              f"kJ/mol/nm, R^2 {t['r2']:.3f} -> {out_dir}", file=out, flush=True)
+    return out_dir
+
+
+def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any], arrays: dict[str, np.ndarray],
+                 out) -> tuple[list[dict], dict, dict]:
+    hippynn = _import_hippynn()
+    from hippynn.databases import Database
+    from hippynn.experiment import SetupParams, setup_training, train_model
+    from hippynn.experiment.assembly import assemble_for_training
+    from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
+    from hippynn.graphs.nodes import loss
+
+    g = _build_graph(network_class, net_kw, config.pair_finder)
+    force_rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
+    force_mae = loss.MAELoss.of_node(g.force)
+    force_rsq = loss.Rsq.of_node(g.force)
+    total_loss = force_rmse + force_mae
+    validation_losses = {"ForceRMSE": force_rmse, "ForceMAE": force_mae, "ForceRsq": force_rsq,
+                         "TotalLoss": total_loss}
+    training_modules, db_info = assemble_for_training(total_loss, validation_losses)
+    database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=False, quiet=True, **db_info)
+
+    optimizer = torch.optim.Adam(training_modules.model.parameters(), lr=config.learning_rate)
+    scheduler = RaiseBatchSizeOnPlateau(optimizer=optimizer, max_batch_size=config.max_batch_size,
+                                        patience=config.plateau_patience, factor=config.plateau_factor)
+    # hippynn evaluates int(n_train * fraction) training frames after each epoch: keep that at least 1
+    n_train = int(arrays["split_mask_train"].sum())
+    fraction_train_eval = min(1.0, max(config.fraction_train_eval, (1 + 1e-6) / n_train))
+    controller = PatienceController(optimizer=optimizer, scheduler=scheduler, batch_size=config.batch_size,
+                                    eval_batch_size=config.eval_batch_size, max_epochs=config.max_epochs,
+                                    termination_patience=config.termination_patience,
+                                    fraction_train_eval=fraction_train_eval, stopping_key="TotalLoss",
+                                    quiet=True)
+    device = None if config.device == "auto" else torch.device(config.device)
+    training_modules, controller, metric_tracker = setup_training(
+        training_modules, SetupParams(controller=controller, device=device))
+    metric_tracker.plot_over_time = _no_plots  # the curve goes to metrics.json instead of PDF plots
+
+    curve: list[dict] = []
+    t0 = time.perf_counter()
+
+    def on_epoch(epoch: int, better: bool) -> None:
+        m = metric_tracker.epoch_metric_values[-1]
+        row = {"epoch": int(epoch), "better": bool(better),
+               "batch_size": int(controller.batch_size),
+               "learning_rate": float(optimizer.param_groups[0]["lr"]),
+               "seconds": time.perf_counter() - t0}
+        for split in ("train", "valid"):
+            if split in m:
+                row[f"{split}_force_rmse"] = m[split]["ForceRMSE"] * _FORCE_TO_KJ_NM
+                row[f"{split}_force_mae"] = m[split]["ForceMAE"] * _FORCE_TO_KJ_NM
+                row[f"{split}_force_r2_residual"] = m[split]["ForceRsq"]
+        curve.append(row)
+        if out is not None:
+            print(f"epoch {epoch + 1:>4}/{config.max_epochs}  batch {row['batch_size']:>3}  "
+                  f"lr {row['learning_rate']:.2e}  force RMSE train {row.get('train_force_rmse', float('nan')):9.4g}"
+                  f"  valid {row.get('valid_force_rmse', float('nan')):9.4g} kJ/mol/nm"
+                  f"{'  *' if better else ''}  ({row['seconds']:.1f} s)", file=out, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="openmm-cgnn-hippynn-") as workdir, \
+            hippynn.tools.active_directory(workdir):
+        train_model(training_modules, database, controller, metric_tracker, callbacks=[on_epoch],
+                    batch_callbacks=None, store_all_better=False, store_best=False,
+                    store_structure_file=False, store_metrics=False, quiet=True)
+    final = metric_tracker.other_metric_values.get("FinalTraining", {})
+    hippynn_test = {split: {"force_rmse": v["ForceRMSE"] * _FORCE_TO_KJ_NM,
+                            "force_mae": v["ForceMAE"] * _FORCE_TO_KJ_NM,
+                            "force_r2_residual": v["ForceRsq"]} for split, v in final.items()}
+    state = {
+        "network": {k: _cpu(v) for k, v in g.network.torch_module.state_dict().items()},
+        "energy": {k: _cpu(v) for k, v in g.henergy.torch_module.state_dict().items()},
+        "energy_kwargs": {"feature_sizes": [int(x) for x in g.henergy.torch_module.feature_sizes],
+                          "first_is_interacting": bool(g.henergy.torch_module.first_is_interacting)},
+    }
+    return curve, hippynn_test, state
+
+
+def _no_plots() -> None:
+    return None
+
+
+def _cpu(v: Any) -> Any:
+    return v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+
+
+def force_metrics(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE (units of the inputs) and R^2 of force components."""
+    d = (np.asarray(pred) - np.asarray(ref)).ravel()
+    ref = np.asarray(ref).ravel()
+    var = float(np.var(ref))
+    return {"rmse": float(np.sqrt(np.mean(d ** 2))), "mae": float(np.mean(np.abs(d))),
+            "r2": float(1 - np.mean(d ** 2) / var) if var > 0 else float("nan"), "n_components": int(d.size)}
+
+
+def _test_metrics(loaded: "TrainedModel", sets: list[CGDataset], splits: list[dict[str, np.ndarray]],
+                  paths: list[Path]) -> dict[str, Any]:
+    per, all_pred, all_ref = {}, [], []
+    for p, ds, sp in zip(paths, sets, splits):
+        idx = sp["test"] if len(sp["test"]) else sp["valid"]
+        if len(idx) == 0:
+            continue
+        _, f = predict_hippynn(loaded, ds.positions[idx], ds.boxes[idx], ds.bead_types)
+        per[p.name] = force_metrics(f, ds.forces[idx])
+        per[p.name]["frames"] = [int(i) for i in idx]
+        all_pred.append(f.ravel())
+        all_ref.append(ds.forces[idx].ravel())
+    result: dict[str, Any] = {"per_dataset": per}
+    result["all"] = force_metrics(np.concatenate(all_pred), np.concatenate(all_ref)) if all_pred else {}
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# loading and prediction
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainedModel:
+    """A trained model rebuilt from its directory: hippynn modules with weights, the prior, metadata.
+
+    ``network`` and ``energy`` are the hippynn torch modules (angstrom, kcal/mol) in ``dtype``;
+    ``graph`` holds the hippynn nodes used for prediction.
+    """
+
+    model_dir: Path
+    config: TrainConfig
+    prior: PriorParams
+    metadata: dict[str, Any]
+    blob: dict[str, Any]
+    network: torch.nn.Module
+    energy: torch.nn.Module
+    dtype: torch.dtype
+    graph: Any = field(repr=False, default=None)
+    _predictor: Any = field(repr=False, default=None)
+
+    @property
+    def type_names(self) -> list[str]:
+        return list(self.blob["type_names"])
+
+    @property
+    def cutoff_nm(self) -> float:
+        """Interaction range of the total model (network and prior), nm."""
+        return float(self.metadata["cutoff_nm"])
+
+    @property
+    def tensor_order(self) -> int:
+        return {v: k for k, v in _NETWORK_CLASSES.items()}[self.blob["network_class"]]
+
+    def predictor(self):
+        """hippynn's Predictor for (species, coordinates, cell) -> (HEnergy, forces)."""
+        if self._predictor is None:
+            from hippynn.graphs import Predictor
+
+            g = self.graph
+            self._predictor = Predictor([g.species, g.positions, g.cells], [g.henergy.main_output, g.force],
+                                        model_device=torch.device("cpu"))
+        return self._predictor
+
+
+def read_prior(model_dir: str | Path) -> PriorParams:
+    """The PriorParams stored in ``model_dir/prior.json`` (nm, kJ/mol)."""
+    d = json.loads((Path(model_dir) / "prior.json").read_text())
+    return PriorParams(**{k: float(d[k]) for k in ("g", "a", "cutoff", "taper", "strength")})
+
+
+def load_trained(model_dir: str | Path, dtype: torch.dtype | str = torch.float64) -> TrainedModel:
+    """Rebuild the trained hippynn modules (with weights), the prior and the metadata of ``model_dir``.
+
+    :param dtype: floating dtype of the rebuilt modules (float64 by default: the reference).
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "model.pt").exists():
+        raise FileNotFoundError(f"'{model_dir}' is not a trained model directory (no model.pt); "
+                                "make one with openmm_cgnn.training.train")
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    blob = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    if blob.get("format") != MODEL_FORMAT:
+        raise ValueError(f"'{model_dir / 'model.pt'}' has format {blob.get('format')!r}, expected {MODEL_FORMAT!r}")
+    config = TrainConfig.from_toml((model_dir / "config.toml").read_text())
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    prior = read_prior(model_dir)
+    with _quiet_hippynn(None):
+        g = _build_graph(blob["network_class"], blob["network_kwargs"], blob.get("pair_finder", "kdtree"))
+        g.network.torch_module.load_state_dict(blob["network_state"])
+        g.henergy.torch_module.load_state_dict(blob["energy_state"])
+    for node in (g.network, g.henergy):
+        node.torch_module.to(dtype).eval()
+    return TrainedModel(model_dir, config, prior, metadata, blob, g.network.torch_module,
+                        g.henergy.torch_module, dtype, g)
+
+
+def predict_hippynn(model: TrainedModel | str | Path, positions_nm: np.ndarray, boxes_nm: np.ndarray,
+                    bead_types: np.ndarray, batch_size: int | None = 8) -> tuple[np.ndarray, np.ndarray]:
+    """hippynn's own prediction of the total model (network via hippynn's Predictor, plus prior).
+
+    :param model: a :class:`TrainedModel` or a model directory (loaded in float64).
+    :param positions_nm: (F, N, 3) bead positions, nm (or (N, 3) for one frame).
+    :param boxes_nm: (F, 3, 3) box vectors as rows, nm (or (3, 3)).
+    :param bead_types: (N,) 0-based bead type indices into the model's type names.
+    :return: energies (F,) kJ/mol and forces (F, N, 3) kJ/mol/nm, float64.
+    """
+    if not isinstance(model, TrainedModel):
+        model = load_trained(model)
+    pos = np.asarray(positions_nm, dtype=np.float64)
+    box = np.asarray(boxes_nm, dtype=np.float64)
+    if pos.ndim == 2:
+        pos = pos[None]
+    if box.ndim == 2:
+        box = np.broadcast_to(box, (pos.shape[0], 3, 3))
+    types = np.asarray(bead_types, dtype=np.int64)
+    if types.shape != pos.shape[1:2]:
+        raise ValueError(f"bead_types has shape {types.shape}, expected ({pos.shape[1]},)")
+    if types.min() < 0 or types.max() >= len(model.type_names):
+        raise ValueError(f"bead types must be in [0, {len(model.type_names)})")
+    _check_box(box, model.cutoff_nm, "predict_hippynn")
+    species = torch.as_tensor(np.broadcast_to(types + 1, pos.shape[:2]).copy())
+    coords = torch.as_tensor(pos * ANGSTROM_PER_NM, dtype=model.dtype)
+    cells = torch.as_tensor(box * ANGSTROM_PER_NM, dtype=model.dtype)
+    pred = model.predictor()
+    with _quiet_hippynn(None):
+        out = pred(species=species, coordinates=coords, cell=cells, batch_size=batch_size)
+    g = model.graph
+    e_net = out[g.henergy.main_output.name].reshape(-1).double().numpy() * KJ_PER_KCAL
+    f_net = out[g.force.name].double().numpy() * _FORCE_TO_KJ_NM
+    e_pri, f_pri = prior_frames(model.prior, pos, box)
+    return e_net + e_pri, f_net + f_pri
