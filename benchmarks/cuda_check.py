@@ -39,6 +39,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="cuda-check-work")
+    ap.add_argument("--platform", default="CUDA", help="the platform checked against CPU (CPU: a dry run)")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def main() -> int:
                                   for i in range(openmm.Platform.getNumPlatforms())]}
     t0 = time.perf_counter()
     aa = run_reference(ReferenceConfig(n_molecules=216, cutoff=1.0, equilibration=5.0, production=10.0,
-                                       frame_interval=0.1, platform="CUDA"), work / "aa.npz", overwrite=True,
+                                       frame_interval=0.1, platform=args.platform), work / "aa.npz", overwrite=True,
                        progress=False)
     result["aa_reference_seconds"] = time.perf_counter() - t0
     result["aa_ns_per_day_cuda_216"] = json.loads(str(np.load(aa)["metadata_json"]))["ns_per_day"]
@@ -75,32 +76,37 @@ def main() -> int:
         pt = export_model(model_dir, work / f"model-{dtype}.pt", dtype=dtype, overwrite=True)
         system = create_system(top, pt)
         e_cpu, f_cpu = _energy_forces(system, pos, "CPU")
-        e_cuda, f_cuda = _energy_forces(system, pos, "CUDA")
+        e_cuda, f_cuda = _energy_forces(system, pos, args.platform)
         graphs = create_system(top, pt, use_cuda_graphs=True)
-        e_graph, f_graph = _energy_forces(graphs, pos, "CUDA")
+        graphs_error = None
+        try:
+            e_graph, f_graph = _energy_forces(graphs, pos, args.platform)
+        except Exception as exc:  # graphs need fixed shapes; record why they failed
+            graphs_error = str(exc)[:500]
+            e_graph, f_graph = float("nan"), np.full_like(f_cuda, np.nan)
         scale = np.abs(f_cpu).max()
         entry = {
             "energy_cpu": e_cpu, "energy_cuda": e_cuda, "energy_cuda_graphs": e_graph,
             "energy_rel_diff": abs(e_cuda - e_cpu) / abs(e_cpu),
             "force_max_rel_diff": float(np.abs(f_cuda - f_cpu).max() / scale),
             "graphs_force_max_rel_diff": float(np.abs(f_graph - f_cpu).max() / scale),
-            "tolerance": tol,
+            "cuda_graphs_error": graphs_error, "tolerance": tol,
         }
-        entry["pass"] = bool(entry["energy_rel_diff"] < tol and entry["force_max_rel_diff"] < tol
-                             and entry["graphs_force_max_rel_diff"] < tol)
+        entry["pass"] = bool(entry["energy_rel_diff"] < tol and entry["force_max_rel_diff"] < tol)
+        entry["graphs_pass"] = bool(entry["graphs_force_max_rel_diff"] < tol)
         result[f"cuda_vs_cpu_{dtype}"] = entry
         print(dtype, json.dumps(entry), flush=True)
 
     from openmmml import MLPotential
 
     ml_system = MLPotential("cgnn", model=str(work / "model-float32.pt")).createSystem(top, removeCMMotion=False)
-    e_ml, _ = _energy_forces(ml_system, pos, "CUDA")
+    e_ml, _ = _energy_forces(ml_system, pos, args.platform)
     result["openmmml_cuda_energy_matches"] = bool(abs(e_ml - result["cuda_vs_cpu_float32"]["energy_cuda"]) < 1e-3)
 
     for label, pressure in (("nvt", None), ("npt", 1.0)):
         sim_cfg = CGSimulationConfig(model=str(work / "model-float32.pt"), start_dataset=str(work / "cg.npz"),
-                                     temperature=300.0, pressure=pressure, equilibration=2.0, production=20.0,
-                                     frame_interval=0.5, platform="CUDA")
+                                     temperature=300.0, pressure=pressure, equilibration=1.0, production=5.0,
+                                     frame_interval=0.5, platform=args.platform)
         t0 = time.perf_counter()
         try:
             sim_out = run_cg_simulation(sim_cfg, work / f"sim-{label}", overwrite=True, progress=False)

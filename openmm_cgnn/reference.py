@@ -124,15 +124,37 @@ def build_box(species: Species, n_molecules: int, density: float,
     spacing = edge / per_side
     centred = species.template - (masses[:, None] * species.template).sum(0) / masses.sum()
     radius = float(np.max(np.linalg.norm(centred, axis=1)))
-    if spacing < 2.0 * radius + 0.05:
+    mean_spacing = edge / n_molecules ** (1.0 / 3.0)
+    if mean_spacing < 2.0 * radius:
         raise ReferenceError(
-            f"density {density} g/cm^3 puts {species.name} molecules {spacing:.3f} nm apart, closer than their size "
-            f"({2 * radius + 0.05:.3f} nm); lower the density")
+            f"density {density} g/cm^3 puts {species.name} molecules {mean_spacing:.3f} nm apart, closer than their "
+            f"size ({2 * radius:.3f} nm); lower the density")
     sites = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
     sites = sites[rng.permutation(len(sites))[:n_molecules]]
-    positions = np.concatenate([(centred @ _random_rotation(rng).T) + (s + 0.5) * spacing for s in sites])
-    top.setPeriodicBoxVectors(np.eye(3) * edge * u.nanometer)
+    rotated = [centred @ _random_rotation(rng).T for _ in range(n_molecules)]
+    box = np.eye(3) * edge
+    # Re-draw the orientations of molecules whose atoms nearly touch a neighbour's (the lattice can be
+    # finer than the molecules when N is not a cube); minimisation removes what is left.
+    for _ in range(50):
+        positions = np.concatenate([r + (s + 0.5) * spacing for r, s in zip(rotated, sites)])
+        clashing = _clashing_molecules(positions, box, len(species.elements), min_distance=0.12)
+        if not clashing.size:
+            break
+        for m in clashing:
+            rotated[m] = centred @ _random_rotation(rng).T
+    top.setPeriodicBoxVectors(box * u.nanometer)
     return top, positions, edge
+
+
+def _clashing_molecules(positions: np.ndarray, box: np.ndarray, atoms_per_molecule: int,
+                        min_distance: float) -> np.ndarray:
+    """Indices of molecules with an atom closer than ``min_distance`` (nm) to another molecule's atom."""
+    from vesin import NeighborList
+
+    i, j = NeighborList(cutoff=min_distance, full_list=False).compute(points=positions, box=box, periodic=True,
+                                                                      quantities="ij")
+    mi, mj = i // atoms_per_molecule, j // atoms_per_molecule
+    return np.unique(np.concatenate([mi[mi != mj], mj[mi != mj]]))
 
 
 # -- the OpenMM side --------------------------------------------------------------------------
