@@ -1,0 +1,331 @@
+"""Transferability study: HIP-NN(-TS) variants against a pairwise force-matched CG force field.
+
+Every model is trained at the same state point(s) and evaluated with the comparison harness at
+other temperatures and pressures. The study writes, in its output folder:
+
+==================  ==========================================================================
+file                content
+==================  ==========================================================================
+study_config.json   the :class:`StudyConfig`
+data/               the all-atom training references and their CG data sets
+models/<name>/      one model per variant (model directory, exported ``model.pt`` or
+                    ``pair.json``) and its harness report in ``report/``
+study.json          one row per (model, state point): RDF MAD, first-peak height error, ADF L1,
+                    density relative error, the same relative to the model's own error at its
+                    training state point, status; plus the conclusion numbers
+study.md            the table, the plots and a short written conclusion
+rdf_mad_vs_T.png    RDF mean absolute deviation against temperature, one line per model (NVT)
+adf_l1_vs_T.png     ADF L1 distance against temperature (NVT)
+relative_error.png  RDF MAD divided by the model's own MAD at its training state point
+==================  ==========================================================================
+
+"How to read it": a model transfers well when its error away from the training state point grows
+little beyond its error at the training point (relative error near 1), and it is accurate when the
+absolute error is small. The paper's claim is that HIP-NN-TS does both better than a pair potential.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_write, write_json_atomic, write_text_atomic
+
+
+@dataclass
+class Variant:
+    """One GNN model of the study (``tensor_order`` 0: HIP-NN, 1, 2: HIP-NN-TS)."""
+
+    name: str
+    tensor_order: int = 2
+    n_interaction_layers: int = 1
+    train_states: list[str] | None = None   # None: the study's train_states
+
+
+@dataclass
+class StudyConfig:
+    """All settings of a transferability study; ``preset`` "small" runs on a CPU, "full" wants a GPU."""
+
+    preset: str = "small"
+    species: str = "methanol"
+    n_molecules: int = 64
+    train_states: list[str] = field(default_factory=lambda: ["300K:0.787g/cm3"])
+    multi_train_states: list[str] = field(default_factory=lambda: ["300K:0.787g/cm3", "400K:0.787g/cm3"])
+    eval_states: list[str] = field(default_factory=lambda: [
+        "250K:0.787g/cm3", "300K:0.787g/cm3", "350K:0.787g/cm3", "400K:0.787g/cm3", "500K:0.787g/cm3",
+        "300K:1bar"])
+    variants: list[Variant] = field(default_factory=lambda: [
+        Variant("hipnn-l0", 0), Variant("hipnn-ts-l1", 1), Variant("hipnn-ts-l2", 2),
+        Variant("hipnn-ts-l2-2int", 2, 2)])
+    multi_variant: bool = True               # also train hipnn-ts-l2 on multi_train_states together
+    pair_baseline: bool = True
+    pair_cutoff: float | None = None         # nm; None: the GNN's cutoff, capped at half the box
+    train_preset: str = "tiny"
+    max_epochs: int | None = 6
+    harness_preset: str = "default"
+    platform: str | None = None
+
+    @classmethod
+    def preset_named(cls, name: str) -> "StudyConfig":
+        if name == "small":
+            return cls()
+        if name == "toy":  # the test suite: two models, three state points, seconds each
+            return cls(preset="toy", variants=[Variant("hipnn-ts-l2", 2)], multi_variant=False,
+                       eval_states=["300K:0.787g/cm3", "400K:0.787g/cm3", "300K:1bar"], max_epochs=1,
+                       harness_preset="tiny")
+        if name == "full":
+            return cls(preset="full", n_molecules=512, train_preset="paper", max_epochs=None, harness_preset="full",
+                       eval_states=["250K:0.787g/cm3", "300K:0.787g/cm3", "350K:0.787g/cm3", "400K:0.787g/cm3",
+                                    "450K:0.787g/cm3", "500K:0.787g/cm3", "300K:1bar", "350K:1bar",
+                                    "400K:1bar"])
+        raise ValueError(f"unknown study preset {name!r}; choose 'toy', 'small' or 'full'")
+
+
+def _harness_config(config: StudyConfig):
+    from .harness import HarnessConfig
+
+    return replace(HarnessConfig.preset(config.harness_preset), n_molecules=config.n_molecules,
+                   species=config.species, platform=config.platform)
+
+
+def _training_references(config: StudyConfig, data: Path, progress: bool) -> dict[str, Path]:
+    """All-atom runs and CG data sets at every training state point (reused when present)."""
+    from .harness import parse_state_point
+    from .mapping import map_reference
+    from .reference import ReferenceConfig, run_reference
+
+    hc = _harness_config(config)
+    labels = list(dict.fromkeys(config.train_states + (config.multi_train_states if config.multi_variant else [])))
+    out: dict[str, Path] = {}
+    for label in labels:
+        sp = parse_state_point(label)
+        slug = sp.slug()
+        aa, cg = data / f"{slug}-aa.npz", data / f"{slug}-cg.npz"
+        if not cg.exists():
+            if not aa.exists():
+                cutoff = hc.aa_cutoff or _auto_aa_cutoff(config, sp)
+                run_reference(ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
+                                              temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
+                                              cutoff=cutoff, timestep=hc.aa_timestep,
+                                              equilibration=hc.aa_equilibration, production=hc.aa_production,
+                                              frame_interval=hc.aa_frame_interval, platform=config.platform,
+                                              seed=hc.seed), aa, progress=progress)
+            map_reference(aa, cg)
+        out[label] = cg
+    return out
+
+
+def _auto_aa_cutoff(config: StudyConfig, sp) -> float:
+    from .species import get_species
+    from .units import volume_for_density_nm3
+    import openmm.app as app
+
+    species = get_species(config.species)
+    mass = sum(app.Element.getBySymbol(e).mass._value for e in species.elements) * config.n_molecules
+    edge = volume_for_density_nm3(mass, sp.density or species.default_density) ** (1 / 3)
+    return min(1.0, 0.46 * edge)
+
+
+def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path) -> Path:
+    from .export import export_model
+    from .training import TrainConfig, train
+
+    model_pt = folder / "model.pt"
+    if model_pt.exists():
+        return model_pt
+    tc = TrainConfig.preset(config.train_preset)
+    tc.tensor_order = variant.tensor_order
+    tc.n_interaction_layers = variant.n_interaction_layers
+    if config.max_epochs is not None:
+        tc.max_epochs = config.max_epochs
+    train(datasets, tc, folder / "model", overwrite=True)
+    return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
+
+
+def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutoff_nm: float) -> Path:
+    from .baselines import fit_pair_force_matching
+    from .dataset import CGDataset
+
+    path = folder / "pair.json"
+    if path.exists():
+        return path
+    sets = [CGDataset.load(p) for p in datasets]
+    half_box = min(float(np.min(np.linalg.norm(ds.boxes, axis=2))) for ds in sets) / 2.0
+    bin_width = 0.01
+    cutoff = config.pair_cutoff or min(gnn_cutoff_nm, half_box)
+    cutoff = np.floor(cutoff / bin_width - 1e-9) * bin_width
+    ff = fit_pair_force_matching(sets, cutoff=float(cutoff), bin_width=bin_width)
+    folder.mkdir(parents=True, exist_ok=True)
+    return ff.save(path)
+
+
+def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the study into ``out``; return the content of ``study.json``. Finished parts are reused."""
+    from .harness import compare, parse_state_points
+    from .system import CGModel
+
+    config = config or StudyConfig()
+    out = Path(out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "study_config.json", asdict(config))
+    started = time.perf_counter()
+    refs = _training_references(config, out / "data", progress)
+    train_sets = [refs[s] for s in config.train_states]
+
+    models: list[tuple[str, Path, list[str]]] = []
+    for v in config.variants:
+        models.append((v.name, _train_variant(v, train_sets, config, out / "models" / v.name), config.train_states))
+    if config.multi_variant:
+        name = "hipnn-ts-l2-multi"
+        models.append((name, _train_variant(Variant(name, 2), [refs[s] for s in config.multi_train_states], config,
+                                            out / "models" / name), config.multi_train_states))
+    if config.pair_baseline:
+        gnn_cutoff = CGModel(models[0][1]).metadata["cutoff_nm"] if models else 1.0
+        models.append(("pair-fm", _fit_pair(train_sets, config, out / "models" / "pair-fm", gnn_cutoff),
+                       config.train_states))
+
+    harness_config = _harness_config(config)
+    known_refs = list(refs.values())
+    rows: list[dict[str, Any]] = []
+    for name, path, trained_at in models:
+        report_dir = out / "models" / name / "report"
+        if (report_dir / "report.json").exists():
+            report = json.loads((report_dir / "report.json").read_text())
+        else:
+            report = compare(path, parse_state_points(",".join(config.eval_states)), report_dir, harness_config,
+                             reference_datasets=known_refs, overwrite=True, progress=progress)
+        for sp in report["state_points"]:
+            ds = (sp.get("reference") or {}).get("dataset")
+            if ds and sp["reference"].get("source") != "given":
+                candidate = report_dir / ds
+                if candidate.exists() and candidate not in known_refs:
+                    known_refs.append(candidate)
+        rows.extend(_rows(name, trained_at, report))
+    summary = _conclude(rows, config)
+    result = {"format": "openmm-cgnn/transfer-study", "version": 1, "config": asdict(config), "rows": rows,
+              "conclusion": summary, "seconds": time.perf_counter() - started,
+              "units": {"rdf_mad": "1 (g(r) is dimensionless)", "adf_l1": "1", "density_relative_error": "1",
+                        "temperature": "K"}}
+    write_json_atomic(out / "study.json", result)
+    _plots(rows, out)
+    write_text_atomic(out / "study.md", _markdown(result))
+    if progress:
+        print(f"[study] {out / 'study.md'}")
+        for line in summary["lines"]:
+            print("  " + line)
+    return result
+
+
+def _rows(name: str, trained_at: list[str], report: dict[str, Any]) -> list[dict[str, Any]]:
+    sps = report["state_points"]
+    train_sp = next((s for s in sps if s["in_training"] and s["status"] == "complete"), None)
+    base_mad = train_sp["rdf"]["mad"] if train_sp else None
+    base_l1 = train_sp["adf"]["l1"] if train_sp else None
+    rows = []
+    for s in sps:
+        rdf, adf, dens = s.get("rdf") or {}, s.get("adf") or {}, s.get("density") or {}
+        mad, l1 = rdf.get("mad"), adf.get("l1")
+        rows.append({
+            "model": name, "trained_at": trained_at, "state": s["label"], "ensemble": s["state"]["ensemble"],
+            "temperature_K": s["state"]["temperature_K"], "in_training": s["in_training"], "status": s["status"],
+            "rdf_mad": mad, "rdf_peak_height_error": rdf.get("peak_height_error"), "adf_l1": l1,
+            "density_relative_error": dens.get("relative_error") if dens else None,
+            "density_relative_error_se": dens.get("relative_error_se") if dens else None,
+            "rdf_mad_relative_to_training": (mad / base_mad) if (mad is not None and base_mad) else None,
+            "adf_l1_relative_to_training": (l1 / base_l1) if (l1 is not None and base_l1) else None,
+        })
+    return rows
+
+
+def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]:
+    """Mean absolute and relative errors away from training, per model, and a plain verdict."""
+    per_model: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        off = [r for r in mine if not r["in_training"] and r["status"] == "complete" and r["rdf_mad"] is not None]
+        on = [r for r in mine if r["in_training"] and r["rdf_mad"] is not None]
+        per_model[name] = {
+            "train_rdf_mad": on[0]["rdf_mad"] if on else None,
+            "off_rdf_mad_mean": float(np.mean([r["rdf_mad"] for r in off])) if off else None,
+            "off_adf_l1_mean": float(np.mean([r["adf_l1"] for r in off if r["adf_l1"] is not None]))
+            if any(r["adf_l1"] is not None for r in off) else None,
+            "off_rdf_mad_relative_mean": float(np.mean([r["rdf_mad_relative_to_training"] for r in off
+                                                        if r["rdf_mad_relative_to_training"] is not None]))
+            if any(r["rdf_mad_relative_to_training"] is not None for r in off) else None,
+            "n_blew_up": sum(1 for r in mine if r["status"] != "complete"),
+        }
+    lines = []
+    gnn = per_model.get("hipnn-ts-l2")
+    pair = per_model.get("pair-fm")
+    if gnn and pair and gnn["off_rdf_mad_mean"] is not None and pair["off_rdf_mad_mean"] is not None:
+        ratio = gnn["off_rdf_mad_mean"] / pair["off_rdf_mad_mean"]
+        verdict = "holds" if ratio < 0.9 else ("does not hold" if ratio > 1.1 else "is not resolved")
+        lines.append(f"Away from training, HIP-NN-TS (l=2) RDF MAD {gnn['off_rdf_mad_mean']:.4f} vs pair "
+                     f"{pair['off_rdf_mad_mean']:.4f} (ratio {ratio:.2f}): the paper's claim {verdict} here.")
+    for name, m in per_model.items():
+        if m["off_rdf_mad_relative_mean"] is not None:
+            lines.append(f"{name}: training-point RDF MAD {m['train_rdf_mad']:.4f}, off-training mean "
+                         f"{m['off_rdf_mad_mean']:.4f} ({m['off_rdf_mad_relative_mean']:.2f}x its training error)"
+                         + (f", {m['n_blew_up']} runs did not complete" if m["n_blew_up"] else ""))
+    if config.preset in ("toy", "small"):
+        lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and a small network; "
+                     "differences of this size can be noise. Use --preset full on a GPU for a conclusion.")
+    return {"per_model": per_model, "lines": lines}
+
+
+def _plots(rows: list[dict[str, Any]], out: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    nvt = [r for r in rows if r["ensemble"] == "NVT" and r["status"] == "complete"]
+    specs = [("rdf_mad", "RDF mean |g_CG - g_AA|", "rdf_mad_vs_T.png"),
+             ("adf_l1", "ADF L1 distance", "adf_l1_vs_T.png"),
+             ("rdf_mad_relative_to_training", "RDF MAD / MAD at training point", "relative_error.png")]
+    for key, ylabel, fname in specs:
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.add_subplot(111)
+        for name in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["temperature_K"], r[key]) for r in nvt if r["model"] == name and r[key] is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "pair-fm" else "-")
+        trained = sorted({r["temperature_K"] for r in rows if r["in_training"]})
+        for t in trained:
+            ax.axvline(t, color="0.8", zorder=0)
+        ax.set_xlabel("temperature (K)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel} across temperature (NVT; grey: training)", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        atomic_write(out / fname, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    lines = ["# Transferability study", "",
+             f"Preset `{result['config']['preset']}`, {result['config']['n_molecules']} molecules, "
+             f"{result['seconds'] / 60:.1f} min.", "", "## Conclusion", ""]
+    lines += [f"- {line}" for line in result["conclusion"]["lines"]]
+    lines += ["", "![RDF MAD vs T](rdf_mad_vs_T.png)", "", "![ADF L1 vs T](adf_l1_vs_T.png)", "",
+              "![relative error](relative_error.png)", "", "## Every model at every state point", "",
+              "| model | state | trained here | status | RDF MAD | RDF MAD / training | peak height err | "
+              "ADF L1 | density rel. err |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        dens = "—" if r["density_relative_error"] is None else \
+            f"{r['density_relative_error']:+.3f} ± {r['density_relative_error_se'] or 0:.3f}"
+        lines.append(f"| {r['model']} | {r['state']} | {'yes' if r['in_training'] else ''} | {r['status']} | "
+                     f"{_fmt(r['rdf_mad'])} | {_fmt(r['rdf_mad_relative_to_training'], '.2f')} | "
+                     f"{_fmt(r['rdf_peak_height_error'], '+.3f')} | {_fmt(r['adf_l1'])} | {dens} |")
+    lines += ["", "RDF MAD: mean |g_CG(r) - g_AA(r)| over bins where either is non-zero. ADF L1: "
+              "integral of |P_CG - P_AA| over angle (0 same, 2 disjoint). Density relative error: "
+              "rho_CG / rho_AA - 1 for NPT state points, with its standard error.", ""]
+    return "\n".join(lines)

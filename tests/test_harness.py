@@ -1,0 +1,386 @@
+"""The comparison harness: state-point syntax, configuration, a tiny end-to-end comparison (outputs,
+report keys, reuse of references, blow-ups and failures recorded), the CLI and the analysis notebook.
+
+The end-to-end tests share one tiny model (HIP-NN-TS, tiny preset, one epoch on the 64-bead
+methanol data set) and one tiny report (``HarnessConfig.preset("tiny")``, CPU): their numbers mean
+nothing, only the machinery is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from openmm_cgnn import harness as H
+from openmm_cgnn._io import OutputExistsError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
+STATE_POINTS = "300K:0.787g/cm3,300K:1bar"
+
+
+# ---------------------------------------------------------------------------------------------
+# state points
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, temperature, density, pressure", [
+    ("300K:0.787g/cm3", 300.0, 0.787, None),
+    (" 300 K : 0.787 g/cm^3 ", 300.0, 0.787, None),
+    ("2.5e2K:0.8g/cc", 250.0, 0.8, None),
+    ("350k:1bar", 350.0, None, 1.0),
+    ("300K:1atm", 300.0, None, 1.01325),
+    ("300K:1000BAR", 300.0, None, 1000.0),
+])
+def test_state_point_syntax(text, temperature, density, pressure):
+    sp = H.parse_state_point(text)
+    assert sp.temperature == pytest.approx(temperature)
+    assert (sp.density is None) == (density is None) and (sp.pressure is None) == (pressure is None)
+    if density is not None:
+        assert sp.density == pytest.approx(density) and sp.ensemble == "NVT"
+    else:
+        assert sp.pressure == pytest.approx(pressure) and sp.ensemble == "NPT"
+    # the label reads back as the same state point, and the slug is a plain file name
+    assert H.parse_state_point(sp.label()) == sp
+    assert all(c.isalnum() or c in "._" for c in sp.slug())
+
+
+def test_state_point_labels_and_matching():
+    nvt, npt = H.parse_state_point("300K:0.787g/cm3"), H.parse_state_point("300K:1bar")
+    assert (nvt.label(), nvt.slug(), nvt.title()) == ("300K:0.787g/cm3", "300K_0.787gcm3",
+                                                      "300 K, 0.787 g/cm\u00b3 (NVT)")
+    assert (npt.label(), npt.slug()) == ("300K:1bar", "300K_1bar")
+    assert nvt.matches({"temperature_K": 300.0, "density_g_cm3": 0.787, "pressure_bar": None})
+    assert not nvt.matches({"temperature_K": 300.0, "density_g_cm3": None, "pressure_bar": 1.0})
+    assert not nvt.matches({"temperature_K": 310.0, "density_g_cm3": 0.787, "pressure_bar": None})
+    assert npt.matches({"temperature_K": 300.0, "density_g_cm3": None, "pressure_bar": 1.0})
+    assert not npt.matches({"temperature_K": 300.0, "density_g_cm3": 0.787, "pressure_bar": None})
+
+
+def test_state_point_lists():
+    points = H.parse_state_points("300K:0.787g/cm3, 400K:0.787g/cm3,300K:1bar,")
+    assert [p.label() for p in points] == ["300K:0.787g/cm3", "400K:0.787g/cm3", "300K:1bar"]
+    assert H.parse_state_points(["300K:1bar", H.StatePoint(350.0, pressure=1.0)])[1].temperature == 350.0
+    with pytest.raises(H.StatePointError, match="given twice"):
+        H.parse_state_points("300K:1bar,300K:1.0bar")
+    with pytest.raises(H.StatePointError, match="no state points"):
+        H.parse_state_points(" , ")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("300", "does not read as TEMPERATURE:DENSITY"),
+    ("300K:1bar:2", "does not read as"),
+    ("300:0.787g/cm3", "needs its unit, e.g. 300K"),
+    ("abcK:1bar", "must be a number of kelvin"),
+    ("300K:0.787", "needs a unit: g/cm3"),
+    ("300K:0.787kg/m3", "unknown unit 'kg/m3'"),
+    ("300K:bar", "must be a density such as"),
+    ("0K:1bar", "temperature must be a positive"),
+    ("300K:5g/cm3", "not a liquid density"),
+    ("300K:-1bar", "pressure must be positive"),
+])
+def test_bad_state_points_say_what_is_wrong(text, message):
+    with pytest.raises(H.StatePointError, match=message.replace("(", r"\(").replace("|", r"\|")):
+        H.parse_state_point(text)
+    assert issubclass(H.StatePointError, ValueError)  # the CLI reports ValueErrors as one line
+
+
+def test_state_points_from_toml(tmp_path):
+    f = tmp_path / "points.toml"
+    f.write_text('state_points = ["300K:0.787g/cm3"]\n\n[[state_point]]\ntemperature = 350\ndensity = 0.76\n\n'
+                 "[[state_point]]\ntemperature = 350.0\npressure = 1.0\n")
+    points = H.parse_state_points(str(f))          # the CLI passes file names through the same function
+    assert [p.label() for p in points] == ["300K:0.787g/cm3", "350K:0.76g/cm3", "350K:1bar"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[state_point]]\ntemperature = 300\ndensity = 0.787\npressure = 1.0\n")
+    with pytest.raises(H.StatePointError, match="exactly one of density"):
+        H.load_state_points(bad)
+    bad.write_text("[[state_point]]\ntemp = 300\n")
+    with pytest.raises(H.StatePointError, match="unknown keys \\['temp'\\]"):
+        H.load_state_points(bad)
+    bad.write_text("points = 3\n")
+    with pytest.raises(H.StatePointError, match="unknown keys"):
+        H.load_state_points(bad)
+    bad.write_text("state_points = [\n")
+    with pytest.raises(H.StatePointError, match="not valid TOML"):
+        H.load_state_points(bad)
+    with pytest.raises(H.StatePointError, match="does not exist"):
+        H.load_state_points(tmp_path / "missing.toml")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+def test_config_presets_round_trip_and_refuse_bad_values(tmp_path):
+    tiny, default = H.HarnessConfig.preset("tiny"), H.HarnessConfig.preset("default")
+    full = H.HarnessConfig.preset("full")
+    assert tiny.aa_production < default.aa_production < full.aa_production
+    assert tiny.cg_production < default.cg_production < full.cg_production
+    assert H.HarnessConfig.preset("tiny", n_molecules=100).n_molecules == 100
+    assert (tiny.name, default.name) == ("tiny", "default") and H.HarnessConfig() == default
+    json.dumps(H.HarnessConfig().to_dict())
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(tiny.to_dict()))
+    assert H.HarnessConfig.from_json(f) == tiny
+    with pytest.raises(ValueError, match="unknown harness preset"):
+        H.HarnessConfig.preset("huge")
+    with pytest.raises(ValueError, match="unknown harness configuration keys"):
+        H.HarnessConfig.from_dict({"n_molecule": 3})
+    with pytest.raises(ValueError, match="cg_timestep must be positive"):
+        H.HarnessConfig(cg_timestep=0.0)
+    with pytest.raises(ValueError, match="frame interval"):
+        H.HarnessConfig(cg_production=1.0, cg_frame_interval=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on a tiny system
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(methanol_dataset, tmp_path_factory):
+    """An exported tiny HIP-NN-TS model (one epoch on the 64-bead methanol data set)."""
+    from openmm_cgnn.export import export_model
+    from openmm_cgnn.training import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("harness-model")
+    cfg = TrainConfig.preset("tiny")
+    cfg.max_epochs = 1
+    cfg.device = "cpu"
+    train([methanol_dataset], cfg, d / "model", verbose=False)
+    return export_model(d / "model", d / "model.pt")
+
+
+def tiny_config(**overrides) -> H.HarnessConfig:
+    return H.HarnessConfig.preset("tiny", platform="CPU", **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_model, methanol_dataset, tmp_path_factory):
+    """A comparison at 300 K NVT (the given reference data set) and 300 K, 1 bar NPT (computed)."""
+    out = tmp_path_factory.mktemp("harness") / "report"
+    report = H.compare(tiny_model, STATE_POINTS, out, tiny_config(), reference_datasets=[methanol_dataset],
+                       progress=False)
+    return out, report
+
+
+def _check_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300, (path, img.shape)
+    assert img[..., :3].std() > 0.05, f"{path.name} looks blank"
+
+
+def test_compare_writes_every_output(tiny_report):
+    out, report = tiny_report
+    for name in ("config.json", "report.json", "report.md", "rdf.png", "adf.png", "density.png", "curves.npz"):
+        assert (out / name).is_file(), name
+    for name in ("rdf.png", "adf.png", "density.png"):
+        _check_png(out / name)
+    assert json.loads((out / "report.json").read_text()) == report
+    assert H.HarnessConfig.from_json(out / "config.json") == tiny_config()
+    # no leftover temporary files of the atomic writes
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    # per-state-point folders: mapped reference (computed one only) and the CG run for mdtraj
+    assert (out / "state_points/300K_1bar/reference-aa.npz").is_file()
+    assert (out / "state_points/300K_1bar/reference-cg.npz").is_file()
+    assert not (out / "state_points/300K_0.787gcm3/reference-aa.npz").exists()   # given, not recomputed
+    for slug in ("300K_1bar", "300K_0.787gcm3"):
+        for name in ("trajectory.dcd", "topology.pdb", "frames.npz"):
+            assert (out / "state_points" / slug / "cg" / name).is_file()
+
+
+def test_report_has_every_documented_key(tiny_report, methanol_dataset):
+    out, report = tiny_report
+    assert set(H.REPORT_KEYS) <= set(report)
+    for key in H.REPORT_KEYS:                      # the docstring documents every key
+        assert f"``{key}``" in H.__doc__, key
+    assert report["format"] == H.REPORT_FORMAT and report["platform"] == "CPU"
+    assert report["device"] and "openmm" in report["versions"]
+    assert set(H.MODEL_KEYS) <= set(report["model"])
+    assert report["model"]["kind"] == "torchscript" and report["model"]["type_names"] == ["MEOH"]
+    assert report["model"]["training_state_points"][0]["temperature_K"] == 300.0
+    assert report["summary"]["n_complete"] == 2 and len(report["summary"]["lines"]) == 3
+    nvt, npt = report["state_points"]
+    for sp in (nvt, npt):
+        assert set(H.STATE_POINT_KEYS) <= set(sp)
+        assert sp["status"] == "complete" and sp["message"] is None, sp["message"]
+        for group, keys in (("reference", H.REFERENCE_KEYS), ("cg", H.CG_KEYS), ("rdf", H.RDF_KEYS),
+                            ("adf", H.ADF_KEYS), ("density", H.DENSITY_KEYS)):
+            assert set(keys) <= set(sp[group]), group
+        for key in ("mad", "max_abs_dev", "peak_position_error", "peak_height_error", "r_max_nm"):
+            assert np.isfinite(sp["rdf"][key]), key
+        assert 0.0 <= sp["adf"]["l1"] <= 2.0
+        # RDF up to half the box, ADF shell at the first minimum of the reference RDF
+        assert sp["rdf"]["r_max_nm"] <= 0.5 * 1.64 + 1e-6
+        assert 0.3 < sp["adf"]["shell_cutoff_nm"] < sp["rdf"]["r_max_nm"]
+    assert nvt["in_training"] and not npt["in_training"]
+    assert nvt["reference"]["source"] == "given" and nvt["reference"]["dataset"] == Path(methanol_dataset).name
+    assert npt["reference"]["source"] == "computed" and npt["reference"]["config"]["pressure"] == 1.0
+    assert nvt["density"]["fixed"] and nvt["density"]["relative_error"] is None
+    assert nvt["density"]["ref_mean"] == pytest.approx(0.787, rel=1e-3)
+    d = npt["density"]
+    assert not d["fixed"] and d["relative_error_se"] > 0 and d["n_blocks"] == 4
+    assert d["relative_error"] == pytest.approx(d["cg_mean"] / d["ref_mean"] - 1)
+    # no absolute path of this machine in the report (folders are relative, models by file name)
+    assert str(out.parent) not in (out / "report.json").read_text()
+    assert str(Path(methanol_dataset).parent) not in (out / "report.json").read_text()
+
+
+def test_markdown_report_and_curves(tiny_report):
+    out, report = tiny_report
+    md = (out / "report.md").read_text()
+    for line in report["summary"]["lines"]:
+        assert line in md
+    assert "| 300K:1bar | NPT |" in md and "| 300K:0.787g/cm3 | NVT | yes |" in md
+    for name in ("rdf.png", "adf.png", "density.png"):
+        assert f"]({name})" in md
+    curves = H.load_curves(out)
+    assert list(curves) == ["300K:0.787g/cm3", "300K:1bar"]
+    for label, c in curves.items():
+        assert all(c[k] is not None for k in ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_cg"))
+        assert c["r"].shape == c["g_ref"].shape == c["g_cg"].shape
+        assert np.sum(c["p_ref"]) * (c["theta"][1] - c["theta"][0]) == pytest.approx(1.0)
+
+
+def test_existing_report_is_refused_and_references_are_reused(tiny_report, tiny_model, tmp_path, capsys):
+    src, _ = tiny_report
+    out = tmp_path / "again"
+    shutil.copytree(src, out)
+    with pytest.raises(OutputExistsError, match="already holds a comparison report"):
+        H.compare(tiny_model, "300K:1bar", out, tiny_config(), progress=False)
+    aa = out / "state_points/300K_1bar/reference-aa.npz"
+    before = aa.stat().st_mtime_ns
+    # an interrupted comparison (no report yet) is resumed: finished runs with the same settings are reused
+    (out / "report.json").unlink()
+    report = H.compare(tiny_model, "300K:1bar", out, tiny_config())
+    assert report["state_points"][0]["reference"]["source"] == "reused"
+    log = capsys.readouterr().out
+    assert "[compare] 1/1 300K:1bar: CG simulation: reusing state_points/300K_1bar/cg" in log
+    assert report["state_points"][0]["status"] == "complete"
+    # with overwrite the CG model is run again, the all-atom reference is still reused
+    fast_cg = dict(cg_equilibration=0.0, cg_production=0.1, cg_frame_interval=0.025)   # only the reference matters here
+    report = H.compare(tiny_model, "300K:1bar", out, tiny_config(**fast_cg), overwrite=True)
+    assert report["state_points"][0]["reference"]["source"] == "reused"
+    assert report["state_points"][0]["status"] == "complete"
+    assert aa.stat().st_mtime_ns == before
+    log = capsys.readouterr().out
+    assert "[compare] 1/1 300K:1bar: all-atom reference: reusing" in log
+    assert "[compare] 1/1 300K:1bar: CG simulation:" in log and "[compare] done in" in log
+    # different all-atom settings are not reused
+    report = H.compare(tiny_model, "300K:1bar", out, tiny_config(aa_production=0.5, **fast_cg), overwrite=True,
+                       progress=False)
+    assert report["state_points"][0]["reference"]["source"] == "computed"
+    assert report["state_points"][0]["reference"]["n_frames"] == 10
+
+
+def test_reference_data_sets_are_matched_by_state(tiny_model, methanol_dataset, tmp_path):
+    # a data set that matches no state point is noted and not used; a box too small for the model is refused
+    with pytest.raises(ValueError, match="too small for the model's cutoff"):
+        H.compare(tiny_model, "350K:0.787g/cm3", tmp_path / "small", tiny_config(n_molecules=8),
+                  reference_datasets=[methanol_dataset], progress=False)
+    assert not (tmp_path / "small" / "report.json").exists()
+    with pytest.raises(ValueError, match="two reference data sets match"):
+        H.compare(tiny_model, "300K:0.787g/cm3", tmp_path / "two", tiny_config(),
+                  reference_datasets=[methanol_dataset, methanol_dataset], progress=False)
+
+
+def test_blow_up_is_recorded_not_raised(tiny_model, methanol_dataset, tmp_path, capsys):
+    from openmm_cgnn.cli import main
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_config(cg_timestep=0.1).to_dict()))      # 100 fs: beads overlap at once
+    out = tmp_path / "report"
+    rc = main(["compare", "--model", str(tiny_model), "--state-points", "300K:0.787g/cm3", "--out", str(out),
+               "--config", str(cfg), "--reference-data", str(methanol_dataset), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "blew up" in printed and "report.md" in printed
+    report = H.load_report(out)
+    sp = report["state_points"][0]
+    assert sp["status"] == "blew_up" and "blew up" in sp["message"]
+    assert str(tmp_path) not in json.dumps(report)          # the message names the folder relatively
+    assert sp["cg"]["status"] == "blew_up" and sp["rdf"]["mad"] is None and sp["adf"]["l1"] is None
+    assert report["summary"]["n_blew_up"] == 1
+    for name in ("rdf.png", "adf.png", "density.png"):
+        _check_png(out / name)
+    curves = H.load_curves(out)["300K:0.787g/cm3"]
+    assert curves["g_ref"] is not None and curves["g_cg"] is None
+    assert "blew up" in (out / "report.md").read_text()
+
+
+def test_a_state_point_that_cannot_run_is_recorded(tiny_model, tmp_path, capsys):
+    from openmm_cgnn.cli import main
+
+    out = tmp_path / "report"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_config(aa_forcefield="no-such-forcefield.xml").to_dict()))
+    rc = main(["compare", "--model", str(tiny_model), "--state-points", "320K:1bar", "--out", str(out),
+               "--config", str(cfg), "--quiet"])
+    assert rc == 2
+    assert "could not be run (320K:1bar)" in capsys.readouterr().err
+    sp = H.load_report(out)["state_points"][0]
+    assert sp["status"] == "failed" and sp["message"].startswith("the all-atom reference failed")
+    assert (out / "state_points/320K_1bar/error.txt").is_file()
+    _check_png(out / "rdf.png")
+
+
+def test_cli_rejects_bad_state_points(tiny_model, tmp_path, capsys):
+    from openmm_cgnn.cli import main
+
+    rc = main(["compare", "--model", str(tiny_model), "--state-points", "300K:0.787", "--out",
+               str(tmp_path / "x"), "--preset", "tiny"])
+    assert rc == 2
+    assert "needs a unit: g/cm3" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_pair_baseline_models_are_compared_too(methanol_dataset, tmp_path):
+    from openmm_cgnn.baselines import fit_pair_force_matching
+    from openmm_cgnn.dataset import CGDataset
+
+    pair = fit_pair_force_matching([CGDataset.load(methanol_dataset)], cutoff=0.7, bin_width=0.01)
+    pair.save(tmp_path / "pair.json")
+    report = H.compare(tmp_path / "pair.json", "300K:0.787g/cm3", tmp_path / "report", tiny_config(),
+                       reference_datasets=[methanol_dataset], progress=False)
+    assert report["model"]["kind"] == "pair" and report["model"]["label"] == "CG (pair MS-CG)"
+    assert report["state_points"][0]["status"] == "complete"
+    assert report["state_points"][0]["in_training"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook
+# ---------------------------------------------------------------------------------------------
+def test_analysis_notebook_runs_on_a_report(tiny_report, tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    out, _ = tiny_report
+    path = ROOT / "notebooks" / "analysis.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    # committed clean: no outputs, and no path of any machine
+    assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+    text = path.read_text()
+    assert "/tmp/" not in text and "/home/" not in text and "/work/" not in text
+    # a kernel spec that runs this very interpreter (the test's venv), whatever python3 is on PATH
+    kernel_dir = tmp_path / "jupyter" / "kernels" / "openmm-cgnn-test"
+    kernel_dir.mkdir(parents=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "openmm-cgnn test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("OPENMM_CGNN_REPORT", str(out))
+    monkeypatch.delenv("MPLBACKEND", raising=False)      # let ipykernel use its inline backend
+    client = nbclient.NotebookClient(nb, kernel_name="openmm-cgnn-test", timeout=300,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) == 4            # RDF, ADF, density, MSD
+    text_out = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "64 beads" in text_out and "self-diffusion" in text_out
