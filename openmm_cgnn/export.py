@@ -52,6 +52,13 @@ EXPORT_FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` for a 2-D ``index`` (N, K) -> (N, K, F), through ``index_select``: its backward is an
+    atomic ``index_add`` rather than the sort-based accumulation of advanced indexing, which dominated
+    the CUDA step time (profiled on an H200: ~85 % of a force evaluation)."""
+    return torch.index_select(x, 0, index.reshape(-1)).reshape(index.shape[0], index.shape[1], x.shape[1])
+
+
 class _Interaction(torch.nn.Module):
     """One HIP-NN(-TS) interaction layer (hippynn ``InteractLayer``/``InteractLayerVec``/``InteractLayerQuad``).
 
@@ -98,16 +105,18 @@ class _Interaction(torch.nn.Module):
         # neighbour table padded with zeros: pair_slots (N, K) indexes pairs (P = empty slot), nbr (N, K)
         # indexes beads (N = empty slot). Of the two ways to group the product, the one that materialises
         # the smaller per-pair tensor is taken (the first layer has only n_types input features).
-        f_pad = torch.cat([features, features.new_zeros(1, self.nf_in)], 0)[nbr]  # (N, K, nf_in)
+        f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, self.nf_in)], 0), nbr)  # (N, K, nf_in)
         if self.nf_in <= self.n_comp:
-            s_pad = torch.cat([sense, sense.new_zeros(1, self.n_dist)], 0)[pair_slots]  # (N, K, D)
-            c_pad = torch.cat([comps[:, : self.n_comp], comps.new_zeros(1, self.n_comp)], 0)[pair_slots]  # (N, K, C)
+            s_pad = _gather_rows(torch.cat([sense, sense.new_zeros(1, self.n_dist)], 0), pair_slots)  # (N, K, D)
+            c_pad = _gather_rows(torch.cat([comps[:, : self.n_comp], comps.new_zeros(1, self.n_comp)], 0),
+                                 pair_slots)  # (N, K, C)
             sf = (s_pad.unsqueeze(3) * f_pad.unsqueeze(2)).reshape(n, k_max, self.n_dist * self.nf_in)
             env = torch.bmm(c_pad.transpose(1, 2), sf)  # (N, C, D*nf_in)
         else:
             stacked = (comps[:, : self.n_comp].unsqueeze(2) * sense.unsqueeze(1)).reshape(
                 n_pairs, self.n_comp * self.n_dist)
-            s_pad = torch.cat([stacked, stacked.new_zeros(1, stacked.shape[1])], 0)[pair_slots]  # (N, K, C*D)
+            s_pad = _gather_rows(torch.cat([stacked, stacked.new_zeros(1, stacked.shape[1])], 0),
+                                 pair_slots)  # (N, K, C*D)
             env = torch.bmm(s_pad.transpose(1, 2), f_pad)  # (N, C*D, nf_in)
         out = torch.matmul(env.reshape(n, self.n_comp, self.n_dist * self.nf_in), self.weights)  # (N, C, nf_out)
         total = out[:, 0, :] + self.selfint(features)
@@ -292,7 +301,9 @@ class CGPotential(torch.nn.Module):
         i = i[order]
         j = j[order]
         shifts = shifts[order]
-        vec_nm = pos[j] - pos[i] + torch.matmul(shifts.to(pos.dtype), box)
+        # index_select, not pos[j]: its backward is an atomic index_add (see _gather_rows)
+        vec_nm = (torch.index_select(pos, 0, j) - torch.index_select(pos, 0, i)
+                  + torch.matmul(shifts.to(pos.dtype), box))
         r_nm = torch.sqrt(torch.square(vec_nm).sum(dim=1))
         energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
         if self.has_prior:
