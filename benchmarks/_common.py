@@ -6,7 +6,6 @@ Everything here speaks OpenMM units (nm, ps, kJ/mol, amu) like the package.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import gc
 import json
@@ -24,6 +23,8 @@ from typing import Any, Callable, Sequence
 os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
 
 import numpy as np
+
+from openmm_cgnn._io import cpu_model, json_default
 
 METHANOL_MASS = 32.042        # amu, one CG bead per molecule
 METHANOL_DENSITY = 0.787      # g/cm^3 (the species' default; CG lattices and AA boxes both use it)
@@ -196,16 +197,6 @@ def ns_per_day(step_s: float, timestep_ps: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # device, platform, environment
 # ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return _platform.processor() or _platform.machine() or "unknown CPU"
-
-
 def slug(text: str) -> str:
     s = re.sub(r"\(r\)|\(tm\)|\bcpu\b|@.*$", "", text.lower())
     s = re.sub(r"[^a-z0-9]+", "-", s).strip("-")
@@ -662,18 +653,6 @@ def _order_key(name: str) -> int:
     return BENCHMARK_ORDER.index(name) if name in BENCHMARK_ORDER else len(BENCHMARK_ORDER)
 
 
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
 def to_json(obj: Any) -> str:

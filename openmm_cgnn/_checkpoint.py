@@ -17,6 +17,23 @@ import openmm.app as app
 from ._io import save_npz_atomic, write_text_atomic
 
 
+class FrameSchedule:
+    """Mixin for run configurations with ``pressure``, ``timestep``, ``frame_interval`` and ``production``
+    (bar, ps, ps, ps): the ensemble and the step counts derived from them."""
+
+    @property
+    def ensemble(self) -> str:
+        return "NPT" if self.pressure is not None else "NVT"
+
+    @property
+    def steps_per_frame(self) -> int:
+        return max(1, int(round(self.frame_interval / self.timestep)))
+
+    @property
+    def n_frames(self) -> int:
+        return max(1, int(round(self.production / self.frame_interval)))
+
+
 class FrameStore:
     """Lists of per-frame arrays, by name; ``arrays()`` stacks them with fixed trailing shapes."""
 

@@ -146,6 +146,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--platform", default=None, help="OpenMM platform (default CUDA if available, else CPU)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the model in CUDA graphs (CUDA only)")
     p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's choice)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -161,7 +162,8 @@ def _cmd_simulate(args) -> None:
                              timestep=args.timestep * 1e-3, friction=args.friction, equilibration=args.equilibration,
                              production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
                              platform=args.platform, start_dataset=args.start, start_frame=args.start_frame,
-                             n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs)
+                             n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs,
+                             torch_threads=args.threads)
     run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
 
 
@@ -212,6 +214,48 @@ def _cmd_compare(args) -> None:
                        f"{Path(args.out) / 'report.md'} and state_points/*/error.txt")
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in methanol default (what 'make demo' runs)",
+                       description="Reference -> map -> train -> export -> compare at the training state point, a "
+                                   "hotter one and one at constant pressure; ends with the path of report.md. "
+                                   "Stages whose output exists are reused.")
+    p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "full"],
+                   help="cpu: about 15 minutes on 2 cores (tiny network); full: paper network and sizes, for a GPU")
+    p.add_argument("--platform", default=None, help="OpenMM platform (default CUDA if available, else CPU)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> None:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.preset_named(args.preset)
+    cfg.platform = args.platform
+    run_demo(args.out, cfg)
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="studies across state points (see 'openmm-cgnn study transfer --help')")
+    studies = p.add_subparsers(dest="study", required=True)
+    t = studies.add_parser("transfer", help="HIP-NN(-TS) variants against a pairwise force-matched baseline",
+                           description="Train HIP-NN (l=0), HIP-NN-TS (l=1, 2; 1 and 2 interaction layers), an l=2 "
+                                       "model on two state points and a pair force-matching baseline, then compare "
+                                       "all of them with the harness across temperatures and at constant pressure.")
+    t.add_argument("--preset", default="small", choices=["toy", "small", "full"],
+                   help="toy: seconds (tests); small: a CPU hour; full: paper network and sizes, for a GPU")
+    t.add_argument("--out", required=True, help="output folder (reused on rerun)")
+    t.add_argument("--platform", default=None)
+    t.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args) -> None:
+    from .study import StudyConfig, run_transfer_study
+
+    cfg = StudyConfig.preset_named(args.preset)
+    cfg.platform = args.platform
+    run_transfer_study(args.out, cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmm-cgnn", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate, _add_compare]
+_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
 
 
 def main(argv: list[str] | None = None) -> int:

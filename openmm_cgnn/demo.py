@@ -45,7 +45,7 @@ class DemoConfig:
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:
     """Run the whole pipeline on the built-in methanol default; return the path of ``report.md``."""
     from .export import export_model
-    from .harness import HarnessConfig, compare, key_error_summary, parse_state_points
+    from .harness import HarnessConfig, compare, parse_state_points, summary_lines
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
     from .training import TrainConfig, train
@@ -85,6 +85,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     report_md = out / "report" / "report.md"
     minutes = (time.perf_counter() - started) / 60.0
     print(f"\n[demo] finished in {minutes:.1f} min. Report: {report_md}")
-    print(key_error_summary(report))
+    for line in summary_lines(report):
+        print("  " + line)
     return report_md
 

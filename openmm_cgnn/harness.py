@@ -109,7 +109,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._io import OutputExistsError, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from ._io import OutputExistsError, cpu_model, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
@@ -470,15 +470,7 @@ def device_name(platform_name: str) -> str:
         except Exception:
             pass
         return f"{platform_name} device (name unavailable: torch sees no GPU)"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform as _platform
-
-    return _platform.processor() or _platform.machine() or "unknown CPU"
+    return cpu_model()
 
 
 def _dataset_metadata(path: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from ._checkpoint import FrameStore, PartialRun
+from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from ._io import check_output_path, save_npz_atomic, versions
 from .species import Species, get_species
 from .topology_io import topology_from_arrays, topology_to_arrays
@@ -48,7 +48,7 @@ class ReferenceError(ValueError):
 
 
 @dataclass
-class ReferenceConfig:
+class ReferenceConfig(FrameSchedule):
     """Everything that defines an all-atom reference run. Units: K, g/cm^3, bar, nm, ps."""
 
     species: str = "methanol"
@@ -67,18 +67,6 @@ class ReferenceConfig:
     seed: int = 2024
     platform: str | None = None           # None: CUDA if available, else CPU
     checkpoint_every: int = 50            # frames between checkpoints
-
-    @property
-    def ensemble(self) -> str:
-        return "NPT" if self.pressure is not None else "NVT"
-
-    @property
-    def steps_per_frame(self) -> int:
-        return max(1, int(round(self.frame_interval / self.timestep)))
-
-    @property
-    def n_frames(self) -> int:
-        return max(1, int(round(self.production / self.frame_interval)))
 
 
 # -- building the box ---------------------------------------------------------------------------
@@ -212,8 +200,10 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.
         raise ReferenceError(f"force field '{config.forcefield or species.default_forcefield}' cannot "
                              f"parameterise {species.name}: {exc}") from None
     if config.pressure is not None:
-        system.addForce(openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
-                                                  config.barostat_interval))
+        barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
+                                             config.barostat_interval)
+        barostat.setRandomNumberSeed(config.seed)
+        system.addForce(barostat)
     return system
 
 

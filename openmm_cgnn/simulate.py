@@ -31,7 +31,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from ._checkpoint import FrameStore, PartialRun
+from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from ._io import atomic_write, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 from .dataset import CGDataset
 from .reference import choose_platform, platform_properties
@@ -44,7 +44,7 @@ class CGSimulationBlowUp(RuntimeError):
 
 
 @dataclass
-class CGSimulationConfig:
+class CGSimulationConfig(FrameSchedule):
     """A CG MD run. Units: K, bar, ps, 1/ps, g/cm^3, nm."""
 
     model: str                        # exported model (.pt) or pair baseline (.json)
@@ -66,18 +66,8 @@ class CGSimulationConfig:
     checkpoint_every: int = 50        # frames
     max_temperature_factor: float = 3.0
     overlap_margin: float = 0.05      # nm inside the prior's taper that counts as an overlap
-
-    @property
-    def ensemble(self) -> str:
-        return "NPT" if self.pressure is not None else "NVT"
-
-    @property
-    def steps_per_frame(self) -> int:
-        return max(1, int(round(self.frame_interval / self.timestep)))
-
-    @property
-    def n_frames(self) -> int:
-        return max(1, int(round(self.production / self.frame_interval)))
+    torch_threads: int | None = None  # torch intra-op threads on the CPU (None: torch's default); 1 is
+                                      # often fastest for small systems on a busy machine
 
 
 def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
@@ -178,6 +168,10 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up.
     """
     out = Path(out)
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(int(config.torch_threads))
     if (out / "simulation.json").exists() and not overwrite:
         from ._io import OutputExistsError
 
@@ -188,8 +182,10 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     topology, positions, masses = initial_configuration(config, metadata)
     system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs)
     if config.pressure is not None:
-        system.addForce(openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
-                                                  config.barostat_interval))
+        barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
+                                             config.barostat_interval)
+        barostat.setRandomNumberSeed(config.seed)
+        system.addForce(barostat)
     platform = choose_platform(config.platform)
     integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
                                                  config.timestep * u.picoseconds)
