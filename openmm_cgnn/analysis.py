@@ -267,9 +267,9 @@ def first_peak(r: np.ndarray, g: np.ndarray, smooth: float = 0.005) -> tuple[flo
     """Position (nm) and height of the first peak of an RDF.
 
     The peak is *located* on a copy smoothed with a Gaussian of standard deviation ``smooth`` nm
-    (0: no smoothing) as its highest sample -- in a liquid (and a close-packed solid) the
-    first-shell peak is the highest, and taking the global maximum cannot be fooled by noise on
-    the rising flank. Its position and height are then *measured* on the unsmoothed g, as the
+    (0: no smoothing) as its first maximum above g = 1 with a prominence of at least 0.1 (the
+    global maximum if there is none), so noise on the rising flank cannot fool it and a split first
+    shell (methanol) gives its inner peak at every state point. Its position and height are then *measured* on the unsmoothed g, as the
     vertex of a least-squares parabola through the 2h + 1 samples around it,
     h = max(1, round(2 smooth / dr)) (5 samples for the defaults), which averages out bin noise
     without the height bias of smoothing.
@@ -294,11 +294,20 @@ def first_peak(r: np.ndarray, g: np.ndarray, smooth: float = 0.005) -> tuple[flo
     return float(r[k]), float(g[k])
 
 
-def _first_peak_index(gs: np.ndarray) -> int:
+def _first_peak_index(gs: np.ndarray, min_height: float = 1.0, min_prominence: float = 0.1) -> int:
+    """Index of the first maximum of the smoothed ``gs`` that rises above ``min_height`` (the ideal-gas
+    value 1: a real coordination shell) with at least ``min_prominence``; the global maximum if none.
+
+    The first such peak, not the highest: in methanol the first shell is split into a hydrogen-bonded
+    peak near 0.34 nm and a second near 0.45 nm of similar height, and taking the highest would jump
+    between them from one state point to the next."""
+    from scipy.signal import find_peaks
+
     k = int(np.argmax(gs))
     if not np.isfinite(gs[k]) or gs[k] <= 0:
         raise ValueError("g(r) has no positive values")
-    return k
+    peaks, _ = find_peaks(gs, height=min_height, prominence=min_prominence)
+    return int(peaks[0]) if len(peaks) else k
 
 
 def _parabola_vertex(x: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float]:

@@ -423,3 +423,13 @@ def test_smoothing_and_prominence_match_scipy():
     peaks, props = find_peaks(-g, prominence=0.0)
     np.testing.assert_array_equal(A._local_maxima(-g), peaks)
     np.testing.assert_allclose([A._prominence(-g, k) for k in peaks], props["prominences"], atol=1e-12)
+
+
+def test_first_peak_of_a_split_shell_is_the_inner_peak_even_when_lower():
+    from openmm_cgnn.analysis import first_peak
+
+    r = np.arange(0.0, 1.0, 0.005)
+    g = np.where(r > 0.28, 1.0, 0.0) + 1.6 * np.exp(-((r - 0.34) / 0.02) ** 2) \
+        + 1.9 * np.exp(-((r - 0.45) / 0.03) ** 2)
+    r_peak, g_peak = first_peak(r, g)
+    assert abs(r_peak - 0.34) < 0.005 and g_peak == pytest.approx(2.6, abs=0.1)
