@@ -30,6 +30,8 @@ class DemoConfig:
     max_epochs: int | None = 8
     state_points: list[str] = field(default_factory=lambda: ["300K:0.787g/cm3", "400K:0.787g/cm3", "300K:1bar"])
     harness_preset: str = "default"
+    adf_shell_cutoff: float | None = 0.6   # nm: methanol's whole first shell (its RDF minimum after the
+                                           # split first peak), the same at every state point
     platform: str | None = None
 
     @classmethod
@@ -80,6 +82,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     harness_config = HarnessConfig.preset(config.harness_preset)
     harness_config.n_molecules = config.n_molecules
     harness_config.platform = config.platform
+    harness_config.adf_shell_cutoff = config.adf_shell_cutoff
     report = compare(model_pt, parse_state_points(",".join(config.state_points)), out / "report", harness_config,
                      reference_datasets=[cg], overwrite=True)
     report_md = out / "report" / "report.md"

@@ -68,6 +68,7 @@ class StudyConfig:
     train_preset: str = "tiny"
     max_epochs: int | None = 6
     harness_preset: str = "default"
+    adf_shell_cutoff: float | None = 0.6     # nm, one first shell at every state point (see DemoConfig)
     platform: str | None = None
 
     @classmethod
@@ -90,7 +91,7 @@ def _harness_config(config: StudyConfig):
     from .harness import HarnessConfig
 
     return replace(HarnessConfig.preset(config.harness_preset), n_molecules=config.n_molecules,
-                   species=config.species, platform=config.platform)
+                   species=config.species, platform=config.platform, adf_shell_cutoff=config.adf_shell_cutoff)
 
 
 def _training_references(config: StudyConfig, data: Path, progress: bool) -> dict[str, Path]:
