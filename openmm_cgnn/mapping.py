@@ -123,27 +123,36 @@ class CGMapping:
     def cg_topology(self, box_vectors: Any = None) -> app.Topology:
         """An OpenMM Topology of beads: one residue per molecule, one 'atom' per bead (no element),
         bonds between consecutive beads of the same molecule."""
-        top = app.Topology()
-        chain = top.addChain()
-        residues: dict[int, app.Residue] = {}
-        last_in_residue: dict[int, app.Atom] = {}
-        for b in self.beads:
-            if b.residue not in residues:
-                name = self.spec.get("_residue_names", {}).get(str(b.residue), "CG")
-                residues[b.residue] = top.addResidue(name, chain)
-            atom = top.addAtom(b.type_name, None, residues[b.residue])
-            if b.residue in last_in_residue:
-                top.addBond(last_in_residue[b.residue], atom)
-            last_in_residue[b.residue] = atom
-        if box_vectors is not None:
-            top.setPeriodicBoxVectors(box_vectors)
-        return top
+        names = self.spec.get("_residue_names", {})
+        return build_cg_topology([b.type_name for b in self.beads], [b.residue for b in self.beads],
+                                 lambda r: names.get(str(r), "CG"), box_vectors)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description (enough to rebuild the map from the same topology)."""
         return {"spec": {k: v for k, v in self.spec.items() if not k.startswith("_")},
                 "n_atoms": self.n_atoms, "n_beads": self.n_beads, "type_names": self.type_names,
                 "bead_atoms": [b.atoms.tolist() for b in self.beads]}
+
+
+def build_cg_topology(bead_names: Sequence[str], bead_residues: Sequence[int],
+                      residue_name=lambda r: "CG", box_vectors: Any = None) -> app.Topology:
+    """A CG Topology: beads as element-less atoms named by bead type, one residue per molecule
+    (``residue_name(index)`` names it), bonds between consecutive beads of a molecule, and the box."""
+    top = app.Topology()
+    chain = top.addChain()
+    residues: dict[int, app.Residue] = {}
+    last: dict[int, app.Atom] = {}
+    for name, r in zip(bead_names, bead_residues):
+        r = int(r)
+        if r not in residues:
+            residues[r] = top.addResidue(residue_name(r), chain, id=str(len(residues) + 1))
+        atom = top.addAtom(str(name), None, residues[r])
+        if r in last:
+            top.addBond(last[r], atom)
+        last[r] = atom
+    if box_vectors is not None:
+        top.setPeriodicBoxVectors(box_vectors)
+    return top
 
 
 def minimum_image(delta: np.ndarray, boxes: np.ndarray) -> np.ndarray:

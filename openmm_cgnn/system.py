@@ -130,19 +130,10 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
 
 def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
     """The CG Topology of a data set: one residue per molecule, atoms named by bead type, box of ``frame``."""
-    top = app.Topology()
-    chain = top.addChain()
-    residues: dict[int, app.Residue] = {}
-    last: dict[int, app.Atom] = {}
-    for bead, (t, r) in enumerate(zip(ds.bead_types, ds.bead_residues)):
-        if r not in residues:
-            residues[r] = top.addResidue("CG", chain, id=str(len(residues) + 1))
-        atom = top.addAtom(ds.type_names[t], None, residues[r])
-        if r in last:
-            top.addBond(last[r], atom)
-        last[r] = atom
-    top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
-    return top
+    from .mapping import build_cg_topology
+
+    return build_cg_topology([ds.type_names[t] for t in ds.bead_types], ds.bead_residues,
+                             box_vectors=[openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
 
 
 class CGModel:
