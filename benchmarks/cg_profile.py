@@ -137,7 +137,6 @@ def _coarse(module, cutoff_nm: float, positions, edge: float, device: str, repea
 
 
 def run(ctx: C.Context) -> dict[str, Any]:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     s = ctx.settings

@@ -60,7 +60,6 @@ def main() -> int:
 
     import torch
 
-    from openmm_cgnn.dataset import CGDataset
     from openmm_cgnn.export import export_model
     from openmm_cgnn.mapping import map_reference
     from openmm_cgnn.reference import ReferenceConfig, run_reference

@@ -218,7 +218,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [f"# openmm-cgnn benchmarks ({results['mode']}, {results['date']})", "",
              f"- device: {dev['device']}; OpenMM platform {results['platform']}; torch device "
              f"{results.get('torch_device')}; torch threads {dev.get('torch_threads')}",
-             f"- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+             "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
              f"- command: `{results.get('command')}`; budget {results.get('budget_s_per_benchmark'):.0f} s per "
              f"benchmark; load average at start {results.get('load_average_start')}",
              ""]

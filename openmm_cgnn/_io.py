@@ -67,6 +67,31 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_config_file(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
+                     missing_error: type[Exception] | None = None, fmt: str | None = None) -> Any:
+    """Parse a JSON or TOML file: ``fmt`` "json" or "toml", or None to go by the ``.toml`` suffix.
+
+    ``what`` names the file in the messages ("mapping file", ...); a missing file raises
+    ``missing_error`` (default ``error``), one that does not parse raises ``error``.
+    """
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise (missing_error or error)(f"{what} '{path}' does not exist") from None
+    if fmt == "toml" or (fmt is None and path.suffix == ".toml"):
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise error(f"{what} '{path}' is not valid TOML: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} '{path}' is not valid JSON: {exc}") from None
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps(default=...)`` for numpy scalars and arrays, paths and dataclasses."""
     return _json_default(obj)

@@ -101,7 +101,6 @@ import json
 import math
 import re
 import time
-import tomllib
 import traceback
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -109,7 +108,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._io import OutputExistsError, cpu_model, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
@@ -280,12 +279,7 @@ def parse_state_points(text: str | Sequence[str | StatePoint] | StatePoint) -> l
 def load_state_points(path: str | Path) -> list[StatePoint]:
     """State points from a TOML file (format in the module docstring)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StatePointError(f"state-point file '{path}' does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StatePointError(f"state-point file '{path}' is not valid TOML: {exc}") from None
+    data = read_config_file(path, "state-point file", StatePointError, fmt="toml")
     unknown = sorted(set(data) - {"state_points", "state_point"})
     if unknown:
         raise StatePointError(f"state-point file '{path}': unknown keys {unknown}; use 'state_points = [...]' "
@@ -415,14 +409,7 @@ class HarnessConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "HarnessConfig":
         """Read a ``config.json`` written by :func:`compare` (or written by hand)."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"harness configuration '{path}' does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"harness configuration '{path}' is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path, "harness configuration", ValueError, FileNotFoundError))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ mapping with non-overlapping beads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -232,13 +231,10 @@ def create_mapping(topology: app.Topology,
 
 def load_mapping_spec(path: str | Path) -> dict[str, Any]:
     """Read a user map from a JSON file (the format in the module docstring)."""
+    from ._io import read_config_file
+
     path = Path(path)
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MappingError(f"mapping file '{path}' does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise MappingError(f"mapping file '{path}' is not valid JSON: {exc}") from None
+    spec = read_config_file(path, "mapping file", MappingError)
     if not isinstance(spec, dict):
         raise MappingError(f"mapping file '{path}' must hold an object of residue name -> list of beads")
     return spec
