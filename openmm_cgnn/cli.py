@@ -20,8 +20,10 @@ def _add_reference(sub) -> None:
                        description="Run an all-atom OpenMM reference (NVT at --density, or NPT with --pressure) and "
                                    "save frames of positions (nm), forces (kJ/mol/nm), boxes and energies to an NPZ file. "
                                    "Rerunning an interrupted command resumes it.")
-    p.add_argument("--species", default="methanol", help="built-in liquid: methanol or water (default methanol)")
+    p.add_argument("--species", default="methanol",
+                   help="built-in liquid: methanol, ethanol or water (default methanol)")
     p.add_argument("--molecules", type=int, default=512, help="number of molecules (default 512)")
+    _add_aa_input_args(p)
     p.add_argument("--temperature", type=float, default=300.0, help="temperature, K (default 300)")
     p.add_argument("--density", type=float, default=None,
                    help="density, g/cm^3: fixed for NVT, initial for NPT (default: the species' liquid density)")
@@ -49,10 +51,67 @@ def _cmd_reference(args) -> None:
                           density=args.density, pressure=args.pressure, forcefield=args.forcefield,
                           cutoff=args.cutoff, timestep=args.timestep * 1e-3, equilibration=args.equilibration,
                           production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
-                          platform=args.platform)
-    from .species import get_species
-    get_species(cfg.species)  # fail fast on an unknown species
+                          platform=args.platform, **_aa_input_fields(args))
+    if cfg.components is None and cfg.box is None:
+        from .species import get_species
+        get_species(cfg.species)  # fail fast on an unknown species
     run_reference(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _add_aa_input_args(p, override: bool = False) -> None:
+    """The options that name an all-atom system other than a built-in species (reference and compare)."""
+    pre = "instead of the model's all-atom system: " if override else ""
+    p.add_argument("--components", default=None, metavar="NAME:COUNT,...",
+                   help=pre + "a mixture or a molecule of your own: built-in species or molecule files (PDB, "
+                        "PDBx) with counts, packed at --density, e.g. methanol:100,water:200 or mol.pdb:64")
+    p.add_argument("--box", default=None, metavar="FILE",
+                   help=pre + "a whole periodic box as PDB or PDBx/mmCIF (with --forcefield-xml or --system-xml); "
+                              "--density rescales it for NVT")
+    p.add_argument("--system-xml", default=None, metavar="FILE",
+                   help=pre + "a serialised OpenMM System (XmlSerializer) of the atoms in --box")
+    p.add_argument("--forcefield-xml", nargs="+", default=None, metavar="FILE",
+                   help="force-field XML files (as app.ForceField takes) for --box or molecule-file components")
+
+
+def _aa_input_fields(args) -> dict:
+    components = None
+    if args.components:
+        from .aa_input import parse_components
+
+        components = parse_components(args.components)
+        from .aa_input import is_builtin
+
+        # absolute paths: the model records them, and the harness may run elsewhere
+        components = [[name if is_builtin(name) else _absolute(name), n] for name, n in components]
+    return {"components": components, "box": _absolute(args.box), "system_xml": _absolute(args.system_xml),
+            "forcefield_files": [_absolute(f) if Path(f).exists() else f for f in args.forcefield_xml]
+            if args.forcefield_xml else None}
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import-trr", help="import an all-atom GROMACS TRR trajectory with forces as a reference file",
+                       description="Read positions, forces and boxes from a TRR (written with forces, e.g. GROMACS "
+                                   "nstfout > 0) and a topology file (PDB, GRO, ... as mdtraj reads), and write the "
+                                   "same all-atom reference NPZ as 'openmm-cgnn reference', ready for 'map'.")
+    p.add_argument("--trr", required=True, help="TRR trajectory with forces")
+    p.add_argument("--top", required=True, help="topology file of the same atoms (PDB, GRO, PSF, prmtop...)")
+    p.add_argument("--temperature", type=float, required=True, help="temperature of the run, K")
+    p.add_argument("--pressure", type=float, default=None, help="pressure of an NPT run, bar (omit for NVT)")
+    p.add_argument("--stride", type=int, default=1, help="keep every n-th frame (default 1)")
+    p.add_argument("--out", required=True, help="output NPZ (all-atom reference format)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_import)
+
+
+def _cmd_import(args) -> None:
+    from .trajectory_import import import_trr
+
+    out = import_trr(args.trr, args.top, args.out, args.temperature, args.pressure, args.stride, args.overwrite)
+    print(f"[import-trr] {args.trr} -> {out}")
 
 
 def _add_map(sub) -> None:
@@ -187,6 +246,10 @@ def _add_compare(sub) -> None:
                    help="CG data sets (from 'openmm-cgnn map') to use as the reference of the state points "
                         "they match")
     p.add_argument("--molecules", type=int, default=None, help="molecules of the all-atom runs (overrides the preset)")
+    p.add_argument("--species", default=None,
+                   help="built-in liquid of the all-atom runs instead of the one the model was trained on")
+    _add_aa_input_args(p, override=True)
+    p.add_argument("--mapping", default=None, help="JSON map (as for 'map') instead of the model's training map")
     p.add_argument("--platform", default=None,
                    help="OpenMM platform for every run (default CUDA if available, else CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
@@ -204,6 +267,13 @@ def _cmd_compare(args) -> None:
         cfg = replace(cfg, n_molecules=args.molecules)
     if args.platform is not None:
         cfg = replace(cfg, platform=args.platform)
+    inp = {k: v for k, v in _aa_input_fields(args).items() if v}
+    if args.species is not None or inp:
+        cfg = replace(cfg, species=args.species, system=inp or None)
+    if args.mapping is not None:
+        from .mapping import load_mapping_spec
+
+        cfg = replace(cfg, mapping=load_mapping_spec(args.mapping))
     report = compare(args.model, args.state_points, args.out, cfg, reference_datasets=args.reference_data,
                      overwrite=args.overwrite, progress=not args.quiet)
     print("\n".join(report["summary"]["lines"]))
@@ -264,19 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
+_SUBCOMMANDS = [_add_reference, _add_import, _add_map, _add_train, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ._io import OutputExistsError
     from .dataset import DatasetFormatError
+    from .errors import CGNNError
     from .mapping import MappingError
     from .reference import ReferenceError
     from .simulate import CGSimulationBlowUp
 
     expected = (CLIError, OutputExistsError, DatasetFormatError, MappingError, ReferenceError, FileNotFoundError,
-                ValueError, CGSimulationBlowUp)
+                ValueError, CGSimulationBlowUp, CGNNError)
     try:
         args.func(args)
     except expected as exc:

@@ -108,6 +108,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import CGNNError
 from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -320,8 +321,11 @@ class HarnessConfig:
     (a GPU study)."""
 
     name: str = "default"                # the preset it started from ("tiny", "default") or your own name
-    species: str = "methanol"
-    n_molecules: int = 64
+    species: str | None = None           # built-in liquid; None: the liquid the model was trained on
+    n_molecules: int = 64                # molecules of a built-in species (other inputs keep their counts)
+    system: dict | None = None           # the all-atom input instead of a species: keys components, box,
+    #                                      system_xml, forcefield_files (as ReferenceConfig); None: the model's
+    mapping: dict | None = None          # the CG map (residue -> beads); None: the model's training map
     # all-atom reference
     aa_cutoff: float | None = None       # nm; None: min(1.0, 0.46 x initial box edge) per state point
     aa_forcefield: str | None = None     # None: the species' default
@@ -509,6 +513,112 @@ def _auto_cutoff(edge: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
+# which all-atom system: the model's (from its training metadata) unless the configuration says
+# ---------------------------------------------------------------------------------------------
+_INPUT_KEYS = ("components", "box", "system_xml", "forcefield_files")
+
+
+class HarnessInputError(CGNNError, ValueError):
+    """The all-atom system or the mapping does not fit the model (found before any simulation runs)."""
+
+
+def resolve_system(config: HarnessConfig, meta: dict[str, Any], notes: list[str] | None = None) -> HarnessConfig:
+    """``config`` with ``species``/``system``/``mapping`` filled in from the model's training metadata
+    where the configuration leaves them open (the data set sources recorded at training)."""
+    training = meta.get("training") or {}
+    datasets = training.get("datasets") or []
+    source = next((d.get("source") for d in datasets if d.get("source")), None) or {}
+    ref_cfg = source.get("config") or {}
+    spec = next((d.get("mapping_spec") for d in datasets if d.get("mapping_spec") is not None), None)
+    changes: dict[str, Any] = {}
+    if ref_cfg.get("imported") and config.species is None and config.system is None:
+        # trained on imported data: the harness cannot rerun that system unless it is told how
+        return replace(config, mapping=config.mapping if config.mapping is not None else spec)
+    if config.species is None and config.system is None:
+        given = {k: ref_cfg.get(k) for k in _INPUT_KEYS if ref_cfg.get(k)}
+        if given:
+            changes["system"] = given
+        elif ref_cfg.get("species") or source.get("species"):
+            changes["species"] = ref_cfg.get("species") or source.get("species")
+        else:
+            changes["species"] = "methanol"
+            if notes is not None:
+                notes.append("the model records no all-atom system it was trained on; using the built-in "
+                             "methanol (set species or system in the harness configuration to choose)")
+        if config.aa_forcefield is None and ref_cfg.get("forcefield"):
+            changes["aa_forcefield"] = ref_cfg["forcefield"]
+    if config.mapping is None and spec:
+        changes["mapping"] = spec
+    if config.system is not None:
+        unknown = sorted(set(config.system) - set(_INPUT_KEYS))
+        if unknown:
+            raise HarnessInputError(f"unknown keys {unknown} in the harness 'system'; use {', '.join(_INPUT_KEYS)}")
+    return replace(config, **changes) if changes else config
+
+
+def reference_input(config: HarnessConfig, **state: Any):
+    """A ReferenceConfig for the all-atom input of ``config`` (state and run settings from ``state``)."""
+    from .reference import ReferenceConfig
+
+    return ReferenceConfig(species=config.species or "methanol", n_molecules=config.n_molecules,
+                           forcefield=config.aa_forcefield, **(config.system or {}), **state)
+
+
+def check_mapping(config: HarnessConfig, type_names: Sequence[str]) -> list[str]:
+    """Map the all-atom topology of ``config`` with its mapping and refuse bead types the model does not
+    know -- before anything runs. Returns the bead types of the system."""
+    from .aa_input import aa_topology
+    from .mapping import create_mapping
+
+    inp = reference_input(config)
+    try:
+        mapping = create_mapping(aa_topology(inp), config.mapping)
+    except CGNNError:
+        raise
+    except ValueError as exc:
+        raise HarnessInputError(f"the mapping does not fit the all-atom system: {exc}") from None
+    unknown = [t for t in mapping.type_names if t not in list(type_names)]
+    if unknown:
+        what = config.system or {"species": inp.species}
+        raise HarnessInputError(
+            f"the all-atom system {json.dumps(what)} maps onto bead types {', '.join(mapping.type_names)}, but the "
+            f"model was trained on {', '.join(type_names)} ({', '.join(unknown)} unknown); give the liquid the model "
+            "was trained on (--species, --components, --box) or leave them out to use the model's own")
+    return mapping.type_names
+
+
+def _input_mass_and_count(config: HarnessConfig) -> tuple[float, int]:
+    """(total mass amu, molecules) of the all-atom input of ``config``."""
+    from .aa_input import total_mass_and_molecules
+
+    if not config.system:
+        return _molecule_mass(config.species or "methanol") * config.n_molecules, config.n_molecules
+    return total_mass_and_molecules(reference_input(config))
+
+
+def _initial_density(config: HarnessConfig, sp: StatePoint) -> float:
+    """The density (g/cm^3) the all-atom box of ``sp`` starts at."""
+    if sp.density is not None:
+        return sp.density
+    if not config.system:
+        from .species import get_species
+
+        return get_species(config.species or "methanol").default_density
+    from .aa_input import box_density, box_from_file, load_molecule, parse_components
+
+    if config.system.get("box"):
+        top, _, box = box_from_file(config.system["box"])
+        return box_density(top, box)
+    comps = parse_components(config.system["components"])
+    mols = [load_molecule(name) for name, _ in comps]
+    if not all(m.species for m in mols):
+        raise HarnessInputError("an NPT state point of components from molecule files needs a starting density; "
+                                "give the state point as TEMPERATURE:DENSITY or use a box file")
+    mass = np.array([m.mass * c for m, (_, c) in zip(mols, comps)])
+    return float(mass.sum() / sum(mm / m.species.default_density for mm, m in zip(mass, mols)))
+
+
+# ---------------------------------------------------------------------------------------------
 # model provenance
 # ---------------------------------------------------------------------------------------------
 def _model_info(model: Path, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -576,10 +686,8 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
                  cutoff_nm: float | None) -> None:
     """Refuse before any run when a box is too small for the model or the all-atom cutoff."""
     from .dataset import CGDataset
-    from .species import get_species
 
-    mass = _molecule_mass(config.species)
-    default_rho = get_species(config.species).default_density
+    mass, n_mol = (None, None) if len(given) == len(points) else _input_mass_and_count(config)
     for i, sp in enumerate(points):
         if i in given:
             ds = CGDataset.load(given[i])
@@ -589,10 +697,10 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
             where = f"reference data set '{given[i].name}'"
             n = ds.n_beads
         else:
-            rho = sp.density if sp.density is not None else default_rho
-            edge = _box_edge(config.n_molecules, mass, rho)
-            where = f"{config.n_molecules} molecules at {rho:g} g/cm^3"
-            n = config.n_molecules
+            rho = _initial_density(config, sp)
+            edge = _box_edge(1, mass, rho)
+            where = f"{n_mol} molecules at {rho:g} g/cm^3"
+            n = n_mol
             if config.aa_cutoff is not None and 2.0 * config.aa_cutoff > edge:
                 raise ValueError(
                     f"state point {sp.label()}: {where} make a {edge:.3f} nm box, smaller than twice the all-atom "
@@ -636,7 +744,15 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     meta = cg_model.metadata
     model_info = _model_info(model, cg_model.kind, meta)
     notes: list[str] = []
+    config = resolve_system(config, meta, notes)
     given = _match_given(reference_datasets, points, notes, progress)
+    if len(given) < len(points):
+        if config.species is None and config.system is None:
+            raise HarnessInputError(
+                "the model was trained on imported all-atom data, which the harness cannot rerun; give the all-atom "
+                "system (--box with --forcefield-xml or --system-xml, or --components) or mapped reference data "
+                "sets for every state point (--reference-data)")
+        check_mapping(config, meta.get("type_names") or [])
     _check_sizes(config, points, given, meta.get("cutoff_nm"))
     platform = choose_platform(config.platform).getName()
     device = device_name(platform)
@@ -773,13 +889,11 @@ def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, 
         source, ds_path = "given", given
         _log(progress, f"{tag}: all-atom reference: the given data set {given.name}")
     else:
-        species = get_species(config.species)
-        rho0 = sp.density if sp.density is not None else species.default_density
+        rho0 = _initial_density(config, sp)
         cutoff = config.aa_cutoff if config.aa_cutoff is not None else _auto_cutoff(
-            _box_edge(config.n_molecules, _molecule_mass(config.species), rho0))
-        ref_cfg = ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
-                                  temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                  forcefield=config.aa_forcefield, cutoff=cutoff, timestep=config.aa_timestep,
+            _box_edge(1, _input_mass_and_count(config)[0], rho0))
+        ref_cfg = reference_input(config, temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
+                                  cutoff=cutoff, timestep=config.aa_timestep,
                                   equilibration=config.aa_equilibration, production=config.aa_production,
                                   frame_interval=config.aa_frame_interval, seed=config.seed, platform=platform)
         want = asdict(ref_cfg)
@@ -803,7 +917,7 @@ def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, 
                 _log(progress, f"{tag}: all-atom reference: {ref_cfg.ensemble}, {config.n_molecules} molecules, "
                                f"{config.aa_equilibration:g} + {config.aa_production:g} ps, cutoff {cutoff:g} nm")
                 run_reference(ref_cfg, aa_path, overwrite=True, progress=progress)
-            map_reference(aa_path, ds_path, overwrite=True)
+            map_reference(aa_path, ds_path, config.mapping, overwrite=True)
             _log(progress, f"{tag}: mapped onto beads -> {_rel(ds_path, out)}")
     meta = _dataset_metadata(ds_path)
     ds = CGDataset.load(ds_path)

@@ -12,7 +12,7 @@ from typing import Any
 import openmm.unit as u
 from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
 
-from .system import CGSystemError, _load_model, make_torch_force, type_masses
+from .system import CGSystemError, _load_model, add_model_bonded_forces, make_torch_force, type_masses
 
 
 
@@ -36,6 +36,8 @@ class CGNNPotentialImpl(MLPotentialImpl):
         force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs)
         force.setForceGroup(forceGroup)
         system.addForce(force)
+        for bonded in add_model_bonded_forces(system, topology, metadata):
+            bonded.setForceGroup(forceGroup)
 
 
 class CGNNPotentialImplFactory(MLPotentialImplFactory):

@@ -34,6 +34,7 @@ import openmm.unit as u
 
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from ._io import check_output_path, save_npz_atomic, versions
+from .errors import CGNNError
 from .species import Species, get_species
 from .topology_io import topology_from_arrays, topology_to_arrays
 from .units import volume_for_density_nm3
@@ -43,7 +44,7 @@ REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "pot
                    "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
 
 
-class ReferenceError(ValueError):
+class ReferenceError(CGNNError, ValueError):
     """A reference run cannot be set up as asked (bad species, density, box, force field...)."""
 
 
@@ -67,6 +68,11 @@ class ReferenceConfig(FrameSchedule):
     seed: int = 2024
     platform: str | None = None           # None: CUDA if available, else CPU
     checkpoint_every: int = 50            # frames between checkpoints
+    # Bring your own system (see ``openmm_cgnn.aa_input``); all None: the built-in ``species`` above.
+    components: list | None = None        # [[built-in name or molecule file, count], ...] packed at ``density``
+    box: str | None = None                # PDB/PDBx of a whole periodic box (with forcefield_files or system_xml)
+    system_xml: str | None = None         # serialised OpenMM System of the atoms in ``box``
+    forcefield_files: list | None = None  # force-field XML files for ``box`` or molecule-file components
 
 
 # -- building the box ---------------------------------------------------------------------------
@@ -180,9 +186,9 @@ def platform_properties(platform: openmm.Platform) -> dict[str, str]:
     return {"Precision": "mixed"} if platform.getName() in ("CUDA", "OpenCL") else {}
 
 
-def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.System:
+def create_aa_system(config: ReferenceConfig, topology: app.Topology, barostat: bool = True) -> openmm.System:
     """The all-atom System: PME electrostatics, constraints on bonds to hydrogen, and a Monte
-    Carlo barostat for NPT."""
+    Carlo barostat for NPT (unless ``barostat`` is False)."""
     species = get_species(config.species)
     try:
         ff = app.ForceField(*species.forcefield_files(config.forcefield))
@@ -199,12 +205,18 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.
     except ValueError as exc:
         raise ReferenceError(f"force field '{config.forcefield or species.default_forcefield}' cannot "
                              f"parameterise {species.name}: {exc}") from None
+    if barostat:
+        add_barostat(config, system)
+    return system
+
+
+def add_barostat(config: ReferenceConfig, system: openmm.System) -> None:
+    """A seeded Monte Carlo barostat at ``config.pressure`` (nothing for NVT)."""
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
-    return system
 
 
 def create_simulation(config: ReferenceConfig, topology: app.Topology, system: openmm.System,
@@ -241,9 +253,10 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
     ``on_frame(n)`` is called after each saved frame with the number of frames so far (used by
     tests to interrupt a run). Returns the output path.
     """
+    from .aa_input import prepare, validate_input
+
     out = check_output_path(out, overwrite)
-    species = get_species(config.species)
-    density = config.density if config.density is not None else species.default_density
+    validate_input(config)
     partial = PartialRun(out.with_name(out.name + ".partial"), _config_json(config))
     resume = partial.resumable()
     if resume and not partial.same_config():
@@ -254,13 +267,17 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         resume = False
 
     rng = np.random.default_rng(config.seed)
-    topology, positions, _ = build_box(species, config.n_molecules, density, rng)
-    system = create_aa_system(config, topology)
+    setup = prepare(config, rng)
+    topology, positions, system, density = setup.topology, setup.positions, setup.system, setup.density
+    add_barostat(config, system)
+    desc = setup.description
     platform = choose_platform(config.platform)
     simulation = create_simulation(config, topology, system, platform)
-    _log(progress, f"[reference] {species.name} x {config.n_molecules}, {config.ensemble} at {config.temperature} K"
-         + (f", {config.pressure} bar" if config.pressure is not None else f", {density} g/cm^3")
-         + f", force field {config.forcefield or species.default_forcefield}, platform {platform.getName()}")
+    what = " + ".join(f"{name} x {count}" for name, count in desc["components"])
+    _log(progress, f"[reference] {what}, {config.ensemble} at {config.temperature} K"
+         + (f", {config.pressure} bar" if config.pressure is not None else f", {density:.4g} g/cm^3")
+         + f", force field {desc['forcefield'] or ', '.join(desc['forcefield_files']) or 'System XML'}, "
+         + f"platform {platform.getName()}")
 
     frames = _frame_store(topology.getNumAtoms())
     if resume:
@@ -300,8 +317,8 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         "config": asdict(config),
         "state": {"temperature_K": config.temperature, "pressure_bar": config.pressure,
                   "density_g_cm3": density if config.pressure is None else None, "ensemble": config.ensemble},
-        "species": species.name, "forcefield": config.forcefield or species.default_forcefield,
-        "forcefield_files": [Path(f).name for f in species.forcefield_files(config.forcefield)],
+        "species": desc["species"], "forcefield": desc["forcefield"],
+        "forcefield_files": desc["forcefield_files"], "system": desc,
         "platform": platform.getName(), "ns_per_day": ns_per_day, "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

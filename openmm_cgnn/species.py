@@ -11,6 +11,12 @@ from importlib import resources
 
 import numpy as np
 
+from .errors import CGNNError
+
+
+class SpeciesError(CGNNError, ValueError):
+    """An unknown built-in species or force-field name."""
+
 
 @dataclass(frozen=True)
 class Species:
@@ -30,6 +36,8 @@ class Species:
     default_forcefield: str
     default_density: float  # g/cm^3 near 300 K, 1 bar
     rigid_water: bool = False
+    mixture_forcefield: str | None = None  # the force field to use in mixtures (compatible 1-4 scales)
+    cg_map: dict | None = None             # a suggested multi-bead map (``openmm-cgnn map --mapping``)
 
     def forcefield_files(self, name: str | None = None) -> list[str]:
         """Paths of the force-field XML files for ``name`` (default: the species' default)."""
@@ -37,7 +45,7 @@ class Species:
         if name.endswith(".xml"):
             return [name]  # a user's own force-field file (or one shipped with OpenMM)
         if name not in self.forcefields:
-            raise ValueError(
+            raise SpeciesError(
                 f"force field '{name}' is not available for {self.name}; choose one of "
                 f"{', '.join(sorted(self.forcefields))}, or give the path of a force-field XML file")
         files = []
@@ -93,6 +101,7 @@ METHANOL = Species(
     forcefields={"oplsaa": ("pkg:methanol-oplsaa.xml",), "charmm36": ("charmm36.xml",)},
     default_forcefield="oplsaa",
     default_density=0.787,
+    mixture_forcefield="oplsaa",
 )
 
 WATER = Species(
@@ -106,18 +115,46 @@ WATER = Species(
         (0, 0.09572, -1, 0.0, -1, 0.0),
         (0, 0.09572, 1, 104.52, -1, 0.0),
     ]),
-    forcefields={"tip3p": ("tip3p.xml",), "spce": ("spce.xml",), "opc3": ("opc3.xml",)},
+    forcefields={"tip3p": ("tip3p.xml",), "spce": ("spce.xml",), "opc3": ("opc3.xml",),
+                 "spce-opls": ("pkg:water-spce-opls.xml",)},
     default_forcefield="spce",
     default_density=0.997,
     rigid_water=True,
+    mixture_forcefield="spce-opls",
 )
 
-SPECIES: dict[str, Species] = {s.name: s for s in (METHANOL, WATER)}
+ETHANOL = Species(
+    name="ethanol",
+    residue="ETOH",
+    atom_names=("C1", "O1", "HO1", "C2", "H11", "H12", "H21", "H22", "H23"),
+    elements=("C", "O", "H", "C", "H", "H", "H", "H", "H"),
+    bonds=((0, 1), (1, 2), (0, 3), (0, 4), (0, 5), (3, 6), (3, 7), (3, 8)),
+    template=_place([
+        (-1, 0.0, -1, 0.0, -1, 0.0),          # C1 (CH2)
+        (0, 0.1410, -1, 0.0, -1, 0.0),        # O1
+        (1, 0.0945, 0, 108.5, -1, 0.0),       # HO1
+        (0, 0.1529, 1, 109.5, 2, 180.0),      # C2 (CH3)
+        (0, 0.1090, 1, 109.5, 2, 60.0),       # H11
+        (0, 0.1090, 1, 109.5, 2, 300.0),      # H12
+        (3, 0.1090, 0, 110.7, 1, 60.0),       # H21
+        (3, 0.1090, 0, 110.7, 1, 180.0),      # H22
+        (3, 0.1090, 0, 110.7, 1, 300.0),      # H23
+    ]),
+    forcefields={"oplsaa": ("pkg:ethanol-oplsaa.xml",), "charmm36": ("charmm36.xml",)},
+    default_forcefield="oplsaa",
+    default_density=0.789,
+    mixture_forcefield="oplsaa",
+    cg_map={"ETOH": [{"name": "CH3", "atoms": ["C2", "H21", "H22", "H23"]},
+                     {"name": "CH2OH", "atoms": ["C1", "O1", "HO1", "H11", "H12"]}]},
+)
+
+SPECIES: dict[str, Species] = {s.name: s for s in (METHANOL, WATER, ETHANOL)}
 
 
 def get_species(name: str) -> Species:
     """The built-in species called ``name`` (case-insensitive)."""
     key = name.lower()
     if key not in SPECIES:
-        raise ValueError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}")
+        raise SpeciesError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}, or give "
+                             "--components FILE.pdb:COUNT, --box FILE.pdb or --system-xml FILE.xml")
     return SPECIES[key]

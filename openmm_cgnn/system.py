@@ -123,9 +123,22 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     for m in masses:
         system.addParticle(float(m))
     system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs))
+    add_model_bonded_forces(system, cg_topology, metadata)
     if remove_cm_motion:
         system.addForce(openmm.CMMotionRemover())
     return system
+
+
+def add_model_bonded_forces(system: openmm.System, cg_topology: app.Topology, metadata: dict) -> list:
+    """The model's bonded CG terms (bonds and angles within multi-bead molecules, fitted at training) as
+    OpenMM forces on the bonds of ``cg_topology``; nothing for one-bead molecules or older models."""
+    from .bonded import BondedError, add_bonded_forces
+
+    bonded = (metadata.get("training") or {}).get("bonded") or metadata.get("bonded")
+    try:
+        return add_bonded_forces(system, cg_topology, bonded)
+    except BondedError as exc:
+        raise CGSystemError(f"{exc}. Build the CG topology with the same mapping as the training data.") from None
 
 
 def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:

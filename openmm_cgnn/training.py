@@ -394,6 +394,13 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     prior = fit_prior([ds.subset(sp["train"]) for ds, sp in zip(sets, splits)],
                       rdf_threshold=config.prior_rdf_threshold, dr=config.prior_dr, perc=config.prior_perc)
     residuals = [ds.forces - prior_frames(prior, ds.positions, ds.boxes)[1] for ds in sets]
+    # multi-bead molecules: bonded terms by Boltzmann inversion, subtracted like the prior
+    from .bonded import bonded_energy_forces, fit_bonded
+
+    bonded = fit_bonded([ds.subset(sp["train"]) for ds, sp in zip(sets, splits)])
+    if bonded:
+        residuals = [res - bonded_energy_forces(bonded, ds.positions, ds.boxes, ds.bead_types, ds.type_names,
+                                                ds.bead_residues)[1] for res, ds in zip(residuals, sets)]
 
     torch.manual_seed(config.seed)
     out = sys.stdout
@@ -438,9 +445,13 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             "type_masses": {name: float(sets[0].bead_masses[sets[0].bead_types == t][0])
                             for t, name in enumerate(type_names) if np.any(sets[0].bead_types == t)},
             "tensor_order": config.tensor_order,
+            "bonded": bonded.to_dict() if bonded else None,
             "state_points": [ds.metadata.get("state", {}) for ds in sets],
             "datasets": [{"path": str(p), "name": p.name, "n_frames": ds.n_frames, "n_beads": ds.n_beads,
                           "state": ds.metadata.get("state", {}),
+                          "source": ds.metadata.get("source"),
+                          "mapping_spec": (ds.metadata.get("mapping") or {}).get("spec"),
+                          "composition": _composition(ds),
                           "splits": {k: v.tolist() for k, v in sp.items()}}
                          for p, ds, sp in zip(paths, sets, splits)],
             "versions": versions(), "train_seconds": train_seconds,
@@ -559,14 +570,25 @@ def force_metrics(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "r2": float(1 - np.mean(d ** 2) / var) if var > 0 else float("nan"), "n_components": int(d.size)}
 
 
+def _composition(ds: CGDataset) -> dict[str, int]:
+    """Bead type name -> number of beads of that type in a data set."""
+    return {name: int(np.sum(ds.bead_types == t)) for t, name in enumerate(ds.type_names)}
+
+
 def _test_metrics(loaded: "TrainedModel", sets: list[CGDataset], splits: list[dict[str, np.ndarray]],
                   paths: list[Path]) -> dict[str, Any]:
+    from .bonded import BondedParams, bonded_energy_forces
+
+    bonded = BondedParams.from_dict(loaded.metadata.get("bonded"))
     per, all_pred, all_ref = {}, [], []
     for p, ds, sp in zip(paths, sets, splits):
         idx = sp["test"] if len(sp["test"]) else sp["valid"]
         if len(idx) == 0:
             continue
         _, f = predict_hippynn(loaded, ds.positions[idx], ds.boxes[idx], ds.bead_types)
+        if bonded:   # the total CG force field: network + prior + bonded terms
+            f = f + bonded_energy_forces(bonded, ds.positions[idx], ds.boxes[idx], ds.bead_types, ds.type_names,
+                                         ds.bead_residues)[1]
         per[p.name] = force_metrics(f, ds.forces[idx])
         per[p.name]["frames"] = [int(i) for i in idx]
         all_pred.append(f.ravel())
