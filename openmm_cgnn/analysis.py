@@ -349,7 +349,7 @@ def first_minimum(r: np.ndarray, g: np.ndarray, smooth: float = 0.01, prominence
 # ---------------------------------------------------------------------------------------------
 # angular distribution function
 # ---------------------------------------------------------------------------------------------
-def _angles_one_frame(pos: np.ndarray, box: np.ndarray, nl) -> np.ndarray:
+def _angles_one_frame(pos: np.ndarray, box: np.ndarray, nl, centres: np.ndarray | None = None) -> np.ndarray:
     i, vec = nl.compute(points=pos, box=np.ascontiguousarray(box), periodic=True, quantities="iD")
     if len(i) == 0:
         return np.zeros(0)
@@ -369,11 +369,14 @@ def _angles_one_frame(pos: np.ndarray, box: np.ndarray, nl) -> np.ndarray:
     cos = np.einsum("nkd,nld->nkl", unit, unit)
     ku, lu = np.triu_indices(kmax, k=1)
     take = valid[:, ku] & valid[:, lu]
+    if centres is not None:
+        take &= centres[:, None]
     c = cos[:, ku, lu][take]
     return np.degrees(np.arccos(np.clip(c, -1.0, 1.0)))
 
 
-def adf(positions: np.ndarray, boxes: np.ndarray, shell_cutoff: float, n_bins: int = 90) -> tuple[np.ndarray, np.ndarray]:
+def adf(positions: np.ndarray, boxes: np.ndarray, shell_cutoff: float, n_bins: int = 90,
+        types: np.ndarray | None = None, centre: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Three-body angular distribution of the first coordination shell, a density over degrees.
 
     For every bead i and every unordered pair {j, k} of distinct beads with minimum-image
@@ -387,6 +390,8 @@ def adf(positions: np.ndarray, boxes: np.ndarray, shell_cutoff: float, n_bins: i
     shell_cutoff : nm; typically ``first_minimum`` of the bead-bead RDF. At most
         ``minimum_image_radius(boxes)``.
     n_bins : bins of width 180 / n_bins degrees on [0, 180].
+    types, centre : optional (N,) bead types and one type: only angles whose vertex bead i has type
+        ``centre`` (the neighbours j, k may have any type).
 
     Returns
     -------
@@ -406,8 +411,13 @@ def adf(positions: np.ndarray, boxes: np.ndarray, shell_cutoff: float, n_bins: i
     nl = _neighbor_list(True, shell_cutoff)
     width = 180.0 / n_bins
     counts = np.zeros(n_bins, dtype=np.int64)
+    centres = None
+    if centre is not None:
+        if types is None:
+            raise ValueError("centre needs types (the bead type of each bead)")
+        centres = np.asarray(types) == int(centre)
     for f in range(pos.shape[0]):
-        ang = _angles_one_frame(pos[f], box[f], nl)
+        ang = _angles_one_frame(pos[f], box[f], nl, centres)
         k = np.minimum(np.floor(ang / width).astype(np.int64), n_bins - 1)   # 180 deg -> last bin
         counts += np.bincount(k, minlength=n_bins)
     theta = (np.arange(n_bins) + 0.5) * width

@@ -83,6 +83,9 @@ Each ``state_points`` entry (``STATE_POINT_KEYS``): ``label`` (e.g. "300K:1bar")
 (True for NVT: the density is imposed), ``ref_mean``, ``ref_se``, ``cg_mean``, ``cg_se`` in
 g/cm^3 (block averages for NPT), ``n_blocks`` and the keys of ``analysis.density_error``:
 ``abs_error``, ``abs_error_se``, ``relative_error``, ``relative_error_se``, ``z``; None for NVT),
+``by_type`` (``composition``: bead type -> number of beads of the reference; with several bead
+types also ``rdf``: "A-B" -> the ``analysis.rdf_metrics`` of the partial RDF of that type pair, and
+``adf``: "A" -> ``l1`` of the ADF of angles centred on a bead of type A, in the same shell),
 ``timing_s`` (``reference``, ``cg``, ``analysis``). A metric that could not be computed (the CG run
 blew up, ...) is None; every key is always present.
 
@@ -123,7 +126,7 @@ REPORT_VERSION = 1
 REPORT_KEYS = ("format", "version", "created", "config", "platform", "device", "versions", "model",
                "state_points", "summary", "files", "notes", "units", "timing_s")
 STATE_POINT_KEYS = ("label", "slug", "title", "state", "status", "message", "in_training", "reference", "cg",
-                    "rdf", "adf", "density", "timing_s")
+                    "rdf", "adf", "density", "by_type", "timing_s")
 MODEL_KEYS = ("file", "sha256", "kind", "label", "format", "type_names", "cutoff_nm", "network_class", "tensor_order",
               "dtype", "prior", "training_state_points", "training_datasets", "trained")
 REFERENCE_KEYS = ("source", "dataset", "sha256", "n_frames", "n_beads", "species", "forcefield", "platform",
@@ -657,6 +660,7 @@ def _empty_result(sp: StatePoint, in_training: bool) -> dict[str, Any]:
         "reference": {k: None for k in REFERENCE_KEYS}, "cg": {k: None for k in CG_KEYS},
         "rdf": {k: None for k in RDF_KEYS}, "adf": {k: None for k in ADF_KEYS},
         "density": {**{k: None for k in DENSITY_KEYS}, "ensemble": sp.ensemble, "fixed": sp.ensemble == "NVT"},
+        "by_type": {"composition": None, "rdf": {}, "adf": {}},
         "timing_s": {"reference": None, "cg": None, "analysis": None},
     }
 
@@ -1054,6 +1058,9 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
         theta, p_ref = A.adf(ds.positions, ds.boxes, shell, n_bins=config.adf_bins)
         curves.update(theta=theta, p_ref=p_ref)
         res["adf"].update(shell_cutoff_nm=shell, n_bins=config.adf_bins)
+    res["by_type"]["composition"] = {name: int(np.sum(ds.bead_types == t)) for t, name in enumerate(ds.type_names)}
+    if cg is not None and len(ds.type_names) > 1:
+        _analyse_by_type(ds, cg, r_max, bw, shell, config.adf_bins, res["by_type"], curves)
     dens = res["density"]
     if sp.ensemble == "NVT":
         dens.update(ref_mean=float(np.mean(ref_rho)), ref_se=0.0)
@@ -1090,6 +1097,39 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     if se is None or dens["ref_se"] is None:
         dens["abs_error_se"] = dens["relative_error_se"] = dens["z"] = None
     return notes
+
+
+def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float, shell: float | None, adf_bins: int,
+                     out: dict[str, Any], curves: dict[str, np.ndarray]) -> None:
+    """Partial RDFs of every bead-type pair and ADFs per central bead type (reference vs CG); the CG run
+    keeps the bead order and types of the reference data set it started from."""
+    from . import analysis as A
+
+    types = ds.bead_types
+    if cg["positions"].shape[1] != len(types):
+        raise RuntimeError("the CG run has a different number of beads than its reference")
+    names = ds.type_names
+    for a in range(len(names)):
+        for b in range(a, len(names)):
+            na, nb = int(np.sum(types == a)), int(np.sum(types == b))
+            if (na < 2 if a == b else na * nb == 0):
+                continue
+            key = f"{names[a]}-{names[b]}"
+            r, g_ref = A.rdf(ds.positions, ds.boxes, r_max=r_max, bin_width=bw, types=types, pair=(a, b))
+            _, g_cg = A.rdf(cg["positions"], cg["boxes"], r_max=r_max, bin_width=bw, types=types, pair=(a, b))
+            curves[f"g_ref_{key}"], curves[f"g_cg_{key}"] = g_ref, g_cg
+            try:
+                out["rdf"][key] = A.rdf_metrics(r, g_ref, g_cg)
+            except ValueError as exc:        # e.g. no peak above 1 in a sparse partial RDF
+                out["rdf"][key] = {"mad": float(np.mean(np.abs(g_cg - g_ref))), "note": str(exc)}
+    if shell is None:
+        return
+    for t, name in enumerate(names):
+        _, p_ref = A.adf(ds.positions, ds.boxes, shell, n_bins=adf_bins, types=types, centre=t)
+        theta, p_cg = A.adf(cg["positions"], cg["boxes"], shell, n_bins=adf_bins, types=types, centre=t)
+        curves[f"p_ref_{name}"], curves[f"p_cg_{name}"] = p_ref, p_cg
+        l1 = A.adf_l1(p_ref, p_cg, theta) if p_ref.sum() > 0 and p_cg.sum() > 0 else None
+        out["adf"][name] = {"l1": l1, "shell_cutoff_nm": shell}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1258,6 +1298,23 @@ def metrics_table_markdown(report: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _by_type_markdown(report: dict[str, Any]) -> list[str]:
+    """Composition, partial RDFs and per-centre ADFs, for models with several bead types."""
+    rows = []
+    for sp in report["state_points"]:
+        bt = sp.get("by_type") or {}
+        if not bt.get("rdf") and not bt.get("adf"):
+            continue
+        comp = ", ".join(f"{k} {v}" for k, v in (bt.get("composition") or {}).items())
+        rdfs = ", ".join(f"{k} {_fmt(v.get('mad'), '.3f')}" for k, v in bt["rdf"].items())
+        adfs = ", ".join(f"{k} {_fmt(v.get('l1'), '.3f')}" for k, v in bt.get("adf", {}).items())
+        rows.append(f"| {sp['label']} | {comp} | {rdfs} | {adfs or _fmt(None, '')} |")
+    if not rows:
+        return []
+    return ["## By bead type", "", "| state point | composition (beads) | partial RDF MAD | ADF L1 by centre type |",
+            "| --- | --- | --- | --- |", *rows, ""]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     m = report["model"]
     trained = ", ".join(StatePoint(s["temperature_K"], s.get("density_g_cm3") if s.get("pressure_bar") is None
@@ -1280,6 +1337,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "distance between the first-shell angle distributions (0 = identical, 2 = disjoint). Density: "
         "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed.", "",
     ]
+    lines += _by_type_markdown(report)
     problems = [s for s in report["state_points"] if s["status"] != "complete"]
     if problems:
         lines += ["## Problems", ""] + [f"- **{s['label']}** ({s['status'].replace('_', ' ')}): {s['message']}"
