@@ -178,7 +178,8 @@ def test_ethanol_end_to_end_with_bonded_terms_and_the_models_own_system(ethanol,
     from openmm_cgnn.system import CGModel, cg_topology_from_dataset
 
     _, ds_path = ethanol
-    cfg = HarnessConfig.preset("tiny", n_molecules=27, aa_cutoff=0.6, cg_production=0.2)
+    cfg = HarnessConfig.preset("tiny", n_molecules=27, aa_cutoff=0.6, aa_equilibration=0.2, aa_production=0.4,
+                               aa_frame_interval=0.02, cg_production=0.2)
     model_dir, pt = _train_export(ds_path, tmp_path)
     report = _simulate_and_compare(ds_path, pt, tmp_path, cfg)
     meta = json.loads((model_dir / "metadata.json").read_text())
@@ -217,3 +218,27 @@ def test_harness_fails_fast_when_the_liquid_does_not_fit_the_model(mixture_model
         compare(mixture_model, "300K:0.8g/cm3", tmp_path / "rep", HarnessConfig.preset("tiny", species="ethanol"),
                 progress=False)
     assert not (tmp_path / "rep").exists()
+
+
+def test_harness_takes_the_liquid_and_map_from_the_training_metadata():
+    """The issue's water example: a water model makes the harness run water, not the methanol default."""
+    from openmm_cgnn.harness import HarnessConfig, check_mapping, resolve_system
+
+    def meta(config, spec=None):
+        return {"training": {"datasets": [{"source": {"config": config, "species": config.get("species")},
+                                           "mapping_spec": spec}]}}
+
+    water = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "water", "forcefield": "spce"}))
+    assert water.species == "water" and water.aa_forcefield == "spce" and water.system is None
+    assert check_mapping(water, ["HOH"]) == ["HOH"]
+    mix = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "methanol",
+                                                             "components": [["methanol", 4], ["water", 8]]}))
+    assert mix.system == {"components": [["methanol", 4], ["water", 8]]}
+    assert check_mapping(mix, ["MEOH", "HOH"]) == ["MEOH", "HOH"]
+    eth = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "ethanol"}, get_species("ethanol").cg_map))
+    assert check_mapping(eth, ["CH3", "CH2OH"]) == ["CH3", "CH2OH"]
+    # an explicit choice wins over the metadata
+    assert resolve_system(HarnessConfig.preset("tiny", species="methanol"), meta({"species": "water"})).species \
+        == "methanol"
+    imported = resolve_system(HarnessConfig.preset("tiny"), meta({"imported": "trr"}))
+    assert imported.species is None and imported.system is None
