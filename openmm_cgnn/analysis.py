@@ -163,7 +163,8 @@ def _uniform_spacing(x: np.ndarray, name: str) -> float:
 # radial distribution function
 # ---------------------------------------------------------------------------------------------
 def rdf(positions: np.ndarray, boxes: np.ndarray, r_max: float | None = None, bin_width: float = 0.005,
-        types: np.ndarray | None = None, pair: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        types: np.ndarray | None = None, pair: tuple[int, int] | None = None,
+        molecules: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bead-bead radial distribution function g(r), averaged over frames.
 
     Parameters
@@ -178,6 +179,9 @@ def rdf(positions: np.ndarray, boxes: np.ndarray, r_max: float | None = None, bi
     types : (N,) int array, optional. Bead type of each bead; needed only with ``pair``.
     pair : (a, b), optional. Only pairs of a bead of type a with a bead of type b (a == b
         allowed). Default: all bead pairs.
+    molecules : (N,) int array, optional. Molecule of each bead: pairs within one molecule are left
+        out (the intermolecular RDF; ``n_pairs`` counts only pairs of different molecules). Not
+        combined with ``pair``.
 
     Returns
     -------
@@ -219,6 +223,12 @@ def rdf(positions: np.ndarray, boxes: np.ndarray, r_max: float | None = None, bi
     else:
         a = b = None
         n_pairs = n * (n - 1) // 2
+    if molecules is not None:
+        if pair is not None:
+            raise ValueError("molecules and pair cannot be combined")
+        molecules = np.asarray(molecules)
+        sizes = np.bincount(np.unique(molecules, return_inverse=True)[1])
+        n_pairs -= int(np.sum(sizes * (sizes - 1) // 2))
     if n_pairs == 0:
         raise ValueError("no bead pairs to count")
 
@@ -231,6 +241,8 @@ def rdf(positions: np.ndarray, boxes: np.ndarray, r_max: float | None = None, bi
             ti, tj = types[i], types[j]
             keep = ((ti == a) & (tj == b)) | ((ti == b) & (tj == a))
             d = d[keep]
+        if molecules is not None:
+            d = d[molecules[i] != molecules[j]]
         k = np.floor(d / bin_width).astype(np.int64)
         counts += np.bincount(k[k < n_bins], minlength=n_bins)
         inv_vol += 1.0 / abs(np.linalg.det(box[f]))

@@ -1051,7 +1051,12 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
             shell = float(config.adf_shell_cutoff)
     else:
         try:
-            shell = A.first_minimum(r, g_ref)
+            g_shell = g_ref
+            if len(np.unique(ds.bead_residues)) < ds.n_beads:
+                # multi-bead molecules: the bond peaks would set the "first minimum"; take the shell from the
+                # intermolecular RDF instead
+                _, g_shell = A.rdf(ds.positions, ds.boxes, r_max=r_max, bin_width=bw, molecules=ds.bead_residues)
+            shell = A.first_minimum(r, g_shell)
         except ValueError as exc:
             notes.append(f"{sp.label()}: no ADF: {exc}")
     if shell is not None:

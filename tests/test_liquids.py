@@ -193,6 +193,22 @@ def test_ethanol_end_to_end_with_bonded_terms_and_the_models_own_system(ethanol,
     assert sp["reference"]["source"] == "computed" and sp["by_type"]["composition"] == {"CH3": 27, "CH2OH": 27}
     assert set(sp["by_type"]["rdf"]) == {"CH3-CH3", "CH3-CH2OH", "CH2OH-CH2OH"}
     assert set(sp["by_type"]["adf"]) == {"CH3", "CH2OH"}
+    # the ADF shell comes from the intermolecular RDF, beyond the CH3-CH2OH bond
+    assert sp["adf"]["shell_cutoff_nm"] > 0.3 and sp["adf"]["l1"] is not None
+
+
+def test_intermolecular_rdf_of_an_ideal_gas_of_dumbbells_is_one():
+    from openmm_cgnn.analysis import rdf
+
+    rng = np.random.default_rng(3)
+    box = np.eye(3) * 3.0
+    first = rng.uniform(0, 3.0, (20, 300, 3))
+    pos = np.concatenate([first, first + 0.15], axis=1)        # each bead bonded to a partner 0.26 nm away
+    molecules = np.concatenate([np.arange(300), np.arange(300)])
+    r, g_all = rdf(pos, box, r_max=1.2, bin_width=0.05)
+    _, g_inter = rdf(pos, box, r_max=1.2, bin_width=0.05, molecules=molecules)
+    assert g_all[5] > 1.8                                          # the bond peak in the total RDF (~1.95)
+    assert np.mean(g_inter[2:]) == pytest.approx(1.0, abs=0.03) and g_inter[5] < 1.3
 
 
 def test_mixture_end_to_end(mixture, mixture_model, tmp_path):
