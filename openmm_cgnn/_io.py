@@ -165,6 +165,8 @@ def read_config_file(path: str | os.PathLike, what: str, error: type[Exception] 
         text = path.read_text()
     except FileNotFoundError:
         raise (missing_error or error)(f"{what} '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:   # a folder, a binary file ...
+        raise error(f"{what} '{path}' cannot be read as text ({exc})") from None
     if fmt == "toml" or (fmt is None and path.suffix == ".toml"):
         try:
             return tomllib.loads(text)

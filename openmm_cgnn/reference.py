@@ -418,12 +418,13 @@ def load_reference(path: str | Path) -> ReferenceTrajectory:
     path = Path(path)
     expected = "an all-atom reference NPZ from 'openmm-cgnn reference'"
     z = read_npz(path, "reference file", expected)
+    meta = read_metadata_json(z, path, "reference file") if "metadata_json" in z else {}
+    if meta.get("format") == "openmm-cgnn/cg-dataset":
+        raise ReferenceError(f"'{path}' is already a mapped CG data set; expected {expected}")
     if "metadata_json" not in z or "top_atom_names" not in z:
         raise ReferenceError(f"'{path}' is not an openmm-cgnn all-atom reference file; expected {expected}")
-    meta = read_metadata_json(z, path, "reference file")
     if meta.get("format") != REFERENCE_FORMAT:
-        hint = "; it is already a mapped CG data set" if meta.get("format") == "openmm-cgnn/cg-dataset" else ""
-        raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}{hint}")
+        raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
     missing = [k for k in ("positions", "forces", "boxes", "potential_energy", "time") if k not in z]
     if missing:
         raise ReferenceError(f"reference file '{path}' lacks {', '.join(missing)}")
