@@ -21,6 +21,7 @@ class CLIError(CGNNError):
 _OPTION_DEST = {"production": "ns", "n_molecules": "molecules", "n_beads": "beads", "max_epochs": "epochs",
                 "start_dataset": "start", "torch_threads": "threads", "tensor_order": "tensor_order",
                 "use_cuda_graphs": "cuda_graphs"}
+_CONVERTED = {"production", "timestep"}   # --ns (ns -> ps) and --timestep (fs -> ps)
 
 
 def _one_line(exc: CGNNError, args: argparse.Namespace) -> str:
@@ -30,8 +31,11 @@ def _one_line(exc: CGNNError, args: argparse.Namespace) -> str:
     if field:
         dest = _OPTION_DEST.get(field, field)
         option = "--" + dest.replace("_", "-")
-        if vars(args).get(dest) is not None and option not in message:   # the option was given (or defaulted)
+        value = vars(args).get(dest)
+        if value is not None and option not in message:   # the option was given (or defaulted)
             message = f"{option}: {message}"
+            if field in _CONVERTED:   # the configuration holds it in other units than the option
+                message += f" (given as {option} {value:g})"
     return message
 
 
@@ -292,6 +296,17 @@ _SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import warnings
+
+    shown = warnings.showwarning
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        if "openmm_cgnn" in str(filename):   # ours: one line in the same form as the errors
+            print(f"openmm-cgnn {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line_warning
     try:
         args.func(args)
     except CGNNError as exc:   # the user's input or an unphysical run; anything else is a bug: traceback
@@ -301,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"openmm-cgnn {args.command}: interrupted; rerun the same command to resume where possible",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

@@ -164,6 +164,8 @@ class CGDataset:
         if missing:
             raise DatasetFormatError(f"data set '{path}' lacks {', '.join(missing)}")
         arrays = {k: z[k] for k in _ARRAYS}
+        if arrays["positions"].ndim != 3 or arrays["positions"].shape[0] == 0:
+            raise DatasetFormatError(f"data set '{path}' holds no frames (positions {arrays['positions'].shape})")
         arrays["type_names"] = [str(t) for t in arrays["type_names"]]
         try:
             return cls(metadata=meta, **arrays)

@@ -328,3 +328,14 @@ def test_python_api_applies_the_same_rules():
         module, name = cls.split(".")
         mod = __import__(f"openmm_cgnn.{module}", fromlist=[name])
         assert issubclass(getattr(mod, name), CGNNError), cls
+
+
+def test_a_mapping_with_some_absent_residues_warns_in_one_line(files, tmp_path, capsys):
+    spec = tmp_path / "map.json"
+    spec.write_text(json.dumps({"MEOH": [{"name": "M", "atoms": ["CB", "OG", "HG1", "HB1", "HB2", "HB3"]}],
+                                "HOH": [{"name": "W", "atoms": ["O", "H1", "H2"]}]}))
+    assert main(["map", "--in", str(files["reference"]), "--mapping", str(spec), "--out", str(tmp_path / "cg.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "openmm-cgnn map: warning: the mapping's residues HOH are not in the system; their beads " \
+                          "are unused", err
+    assert CGDataset.load(tmp_path / "cg.npz").type_names == ["M"]
