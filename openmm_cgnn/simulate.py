@@ -212,7 +212,9 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
                       progress: bool = True) -> Path:
     """Run (or resume) the CG simulation ``config`` and write the output folder ``out``.
 
-    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up.
+    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up (one that
+    blows up before its first frame writes nothing). Every setting, the model file and the start positions
+    are checked before ``out`` is created; a folder that holds a blown-up run is replaced without ``overwrite``.
     """
     out = Path(out)
     config.validate()
