@@ -11,11 +11,7 @@ from importlib import resources
 
 import numpy as np
 
-from .errors import CGNNError
-
-
-class SpeciesError(CGNNError, ValueError):
-    """An unknown built-in species or force-field name."""
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ class Species:
         if name.endswith(".xml"):
             return [name]  # a user's own force-field file (or one shipped with OpenMM)
         if name not in self.forcefields:
-            raise SpeciesError(
+            raise ConfigError(
                 f"force field '{name}' is not available for {self.name}; choose one of "
                 f"{', '.join(sorted(self.forcefields))}, or give the path of a force-field XML file")
         files = []
@@ -155,6 +151,6 @@ def get_species(name: str) -> Species:
     """The built-in species called ``name`` (case-insensitive)."""
     key = name.lower()
     if key not in SPECIES:
-        raise SpeciesError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}, or give "
-                             "--components FILE.pdb:COUNT, --box FILE.pdb or --system-xml FILE.xml")
+        raise ConfigError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}, or give "
+                          "--components FILE.pdb:COUNT, --box FILE.pdb or --system-xml FILE.xml")
     return SPECIES[key]
