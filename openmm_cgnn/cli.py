@@ -53,8 +53,8 @@ def _add_reference(sub) -> None:
                    help="density, g/cm^3: fixed for NVT, initial for NPT (default: the species' liquid density)")
     p.add_argument("--pressure", type=float, default=None, help="pressure, bar: run NPT with a Monte Carlo barostat")
     p.add_argument("--forcefield", default=None,
-                   help="force field name (methanol, ethanol: oplsaa (default), charmm36; water: spce (default), tip3p, "
-                        "opc3, spce-opls) "
+                   help="force field name (methanol, ethanol: oplsaa (default), charmm36; water: spce (default), "
+                        "tip3p, opc3, spce-opls) "
                         "or the path of an OpenMM force-field XML")
     p.add_argument("--cutoff", type=float, default=1.0, help="nonbonded cutoff, nm (default 1.0)")
     p.add_argument("--timestep", type=float, default=2.0, help="time step, fs (default 2)")
@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_reference, _add_import, _add_map, _add_train, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
+_SUBCOMMANDS = [_add_reference, _add_import, _add_map, _add_train, _add_export, _add_simulate, _add_compare,
+                _add_demo, _add_study]
 
 
 def main(argv: list[str] | None = None) -> int:

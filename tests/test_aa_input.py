@@ -153,7 +153,8 @@ def test_cli_reference_from_components_reports_a_missing_force_field_in_one_line
     m = aa_input.load_molecule("ethanol")
     _write_pdb(mol, m.topology, m.positions)
     res = subprocess.run([sys.executable, "-m", "openmm_cgnn.cli", "reference", "--components", f"{mol}:27",
-                          "--density", "0.79", "--ns", "0.0001", "--out", str(tmp_path / "o.npz"), "--quiet"],
+                          "--density", "0.79", "--ns", "0.0001", "--frame-interval", "0.05",
+                          "--out", str(tmp_path / "o.npz"), "--quiet"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "needs a force field" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.npz").exists()
