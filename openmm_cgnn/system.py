@@ -82,16 +82,19 @@ def type_masses(metadata: dict) -> dict[str, float]:
 
 
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
-                     use_cuda_graphs: bool = False):
-    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed."""
+                     use_cuda_graphs: bool = False, neighbour_capacity: int = 0):
+    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed and its
+    neighbour table laid out for this bead count and box (``neighbour_capacity`` neighbours per bead;
+    0: the capacity recorded in the model)."""
     import openmmtorch
+    import torch
 
-    check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
+    box = check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
     types = bead_type_indices(topology, metadata["type_names"], atoms)
     if len(metadata["type_names"]) > 1:
-        import torch
-
         module.set_types(torch.tensor(types, dtype=torch.int64))
+    if hasattr(module, "configure"):  # files of export format 1 have no fixed layout
+        module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
     if use_cuda_graphs:
@@ -100,7 +103,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
 
 
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
-                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False) -> openmm.System:
+                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False,
+                  neighbour_capacity: int = 0) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
     Parameters
@@ -110,6 +114,9 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
     remove_cm_motion: add a CMMotionRemover.
     use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only).
+    neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
+        capacity recorded in the model at export (from the training data, with a margin). Raise it
+        when a run stops with a neighbour-table overflow (a denser state than the training data).
     """
     module, metadata = _load_model(model)
     system = openmm.System()
@@ -122,7 +129,8 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         raise CGSystemError(f"got {len(masses)} masses for {cg_topology.getNumAtoms()} beads")
     for m in masses:
         system.addParticle(float(m))
-    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs))
+    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
+                                     neighbour_capacity=neighbour_capacity))
     if remove_cm_motion:
         system.addForce(openmm.CMMotionRemover())
     return system
