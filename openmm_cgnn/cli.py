@@ -330,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     from .reference import ReferenceError
     from .simulate import CGSimulationBlowUp
 
+    from .errors import CGNNError
+
     expected = (CLIError, OutputExistsError, DatasetFormatError, MappingError, ReferenceError, FileNotFoundError,
-                ValueError, CGSimulationBlowUp)
+                ValueError, CGSimulationBlowUp, CGNNError)
     try:
         args.func(args)
     except expected as exc:

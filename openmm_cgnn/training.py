@@ -427,6 +427,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     """
     out_dir = check_output_path(out_dir, overwrite)
     config.validate()
+    resolve_device(config.device)  # a device that is not there fails now, not after the data are prepared
     t_start = time.perf_counter()
     paths = [Path(p) for p in datasets]
     sets = load_datasets(paths)

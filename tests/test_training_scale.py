@@ -93,6 +93,17 @@ def test_auto_device_is_the_gpu_when_there_is_one(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+def test_train_on_a_missing_gpu_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from openmm_cgnn.cli import main as cli_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "data.npz"
+    make_synthetic_dataset(data, n_frames=4)
+    assert cli_main(["train", "--data", str(data), "--device", "cuda", "--out", str(tmp_path / "m")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
 def test_device_settings_are_checked():
     with pytest.raises(ValueError, match="devices"):
         TrainConfig(devices=0)
@@ -151,7 +162,8 @@ def test_distilled_student_is_closer_to_the_teacher_than_a_student_of_the_mapped
     """Teacher: a small network fitted to noisy synthetic forces. Two identical tiny students, one trained
     on the teacher's forces, one on the noisy mapped forces of the same frames: on held-out frames the
     distilled one reproduces the teacher's forces more closely."""
-    from openmm_cgnn.distill import distill, distillation_info
+    from openmm_cgnn.cli import main as cli_main
+    from openmm_cgnn.distill import distillation_info
 
     data = tmp_path / "data.npz"
     teacher_cfg = _learnable(data, noise=150.0, seed=8)  # noise well above the signal, as in mapped forces
@@ -160,7 +172,10 @@ def test_distilled_student_is_closer_to_the_teacher_than_a_student_of_the_mapped
     student_cfg = TrainConfig.from_toml(teacher_cfg.to_toml())
     student_cfg.n_features = 6
     student_cfg.seed = 1
-    student = distill(teacher, [data], student_cfg, tmp_path / "student", verbose=False)
+    (tmp_path / "student.toml").write_text(student_cfg.to_toml())
+    assert cli_main(["distill", "--teacher", str(teacher), "--data", str(data), "--config",
+                     str(tmp_path / "student.toml"), "--device", "cpu", "--out", str(tmp_path / "student")]) == 0
+    student = tmp_path / "student"
     direct = train([data], student_cfg, tmp_path / "direct", verbose=False)
     assert distillation_info(student)["teacher"] == str(teacher) and distillation_info(direct) is None
 
