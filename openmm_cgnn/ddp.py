@@ -44,7 +44,7 @@ def fit_ddp(config, training_modules, database, controller, metric_tracker,
     ``training_modules.model``. Returns this process's global rank (only rank 0 should write files).
 
     :param config: the :class:`~openmm_cgnn.training.TrainConfig` (``devices``, ``num_nodes``, ``max_epochs``).
-    :param on_epoch: called as ``on_epoch(epoch, better)`` after each epoch's validation, on every rank.
+    :param on_epoch: called as ``on_epoch(epoch, better)`` after each epoch's validation, on rank 0 only.
     :param device: ``cuda`` to train on GPUs (one per process), ``cpu`` for CPU processes.
     """
     pl = _import_lightning()
