@@ -202,6 +202,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="capture the model in CUDA graphs (CUDA only)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's choice)")
+    p.add_argument("--neighbour-capacity", type=int, default=0, metavar="K",
+                   help="neighbours per bead in the model's fixed neighbour table (default: the capacity "
+                        "recorded at export from the training data); raise it when a run stops with an overflow")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -218,7 +221,7 @@ def _cmd_simulate(args) -> None:
                              production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
                              platform=args.platform, start_dataset=args.start, start_frame=args.start_frame,
                              n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs,
-                             torch_threads=args.threads)
+                             torch_threads=args.threads, neighbour_capacity=args.neighbour_capacity)
     run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
 
 

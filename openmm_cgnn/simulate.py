@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openmm
@@ -63,6 +64,7 @@ class CGSimulationConfig(FrameSchedule):
     n_beads: int | None = None        # ...or from a fresh lattice of n beads (one-type models)
     density: float | None = None      # g/cm^3 for the fresh lattice
     use_cuda_graphs: bool = False
+    neighbour_capacity: int = 0       # neighbours per bead in the model's table; 0: the model's own
     checkpoint_every: int = 50        # frames
     max_temperature_factor: float = 3.0
     overlap_margin: float = 0.05      # nm inside the prior's taper that counts as an overlap
@@ -114,13 +116,29 @@ def _degrees_of_freedom(system: openmm.System) -> int:
 class _Monitor:
     """Stops a run that has become unphysical."""
 
-    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float):
+    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float,
+                 module: Any = None):
         self.config = config
+        self.module = module  # the exported model, to tell a neighbour-table overflow from a blow-up
+        self.last_good: tuple[np.ndarray, np.ndarray] | None = None  # positions, box (nm) last seen sane
         self.dof = dof
         self.total_mass = total_mass
         prior = metadata.get("prior") or {}
         taper = prior.get("taper")
         self.min_distance = (taper - config.overlap_margin) if taper else None
+
+    def explain_non_finite(self, t: float) -> str:
+        """Why energies or positions stopped being finite at ``t`` (ps): a neighbour-table overflow of the
+        model (checked on the last sane configuration) or an unphysical run."""
+        if self.last_good is not None:
+            overflow = neighbour_overflow_message(self.module, *self.last_good)
+            if overflow:
+                return f"at t = {t:.3f} ps {overflow}"
+        hint = ""
+        if self.module is not None and hasattr(self.module, "table_capacity"):
+            hint = (f" (if the liquid became denser than the training data, the model's neighbour table of "
+                    f"{int(self.module.table_capacity)} slots may have overflowed: try a larger --neighbour-capacity)")
+        return f"the energy or positions stopped being finite at t = {t:.3f} ps{hint}"
 
     def observe(self, state: openmm.State, t: float) -> dict[str, float]:
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
@@ -130,7 +148,9 @@ class _Monitor:
         temperature = 2.0 * kinetic / (self.dof * BOLTZMANN_KJ_PER_MOL_K)
         volume = float(abs(np.linalg.det(box)))
         if not (math.isfinite(energy) and math.isfinite(kinetic) and np.isfinite(positions).all()):
-            raise CGSimulationBlowUp(f"the energy or positions stopped being finite at t = {t:.3f} ps")
+            if np.isfinite(positions).all():
+                self.last_good = (positions, box)
+            raise CGSimulationBlowUp(self.explain_non_finite(t))
         if temperature > self.config.max_temperature_factor * self.config.temperature:
             raise CGSimulationBlowUp(
                 f"the temperature ran away to {temperature:.0f} K (target {self.config.temperature} K) at "
@@ -138,11 +158,34 @@ class _Monitor:
         if self.min_distance is not None:
             closest = _closest_pair(positions, box, self.min_distance)
             if closest is not None:
+                overflow = neighbour_overflow_message(self.module, positions, box)
+                if overflow:
+                    raise CGSimulationBlowUp(f"at t = {t:.3f} ps {overflow}")
                 raise CGSimulationBlowUp(
                     f"beads came {closest:.3f} nm apart at t = {t:.3f} ps, far inside the repulsive prior "
                     f"(which starts at {self.min_distance + self.config.overlap_margin:.3f} nm)")
+        self.last_good = (positions, box)
         return {"potential_energy": energy, "temperature": temperature, "volume": volume,
                 "density": density_g_cm3(self.total_mass, volume)}
+
+
+def neighbour_overflow_message(module: Any, positions: np.ndarray, box: np.ndarray) -> str | None:
+    """Why the exported model's fixed neighbour table could not hold this configuration, with the fix;
+    None when it could (or the model has no fixed table). Positions (N, 3) and box (3, 3) in nm."""
+    import torch
+
+    if module is None or not hasattr(module, "overflowed"):
+        return None
+    pos, cell = torch.tensor(positions), torch.tensor(box)
+    if not module.overflowed(pos, cell):
+        return None
+    needed = int(module.max_neighbours(pos, cell))
+    if needed > int(module.table_capacity):
+        return (f"a bead has {needed} neighbours within the model's cutoff but the neighbour table holds "
+                f"{int(module.table_capacity)} (a denser state than the training data); rerun with "
+                f"--neighbour-capacity {int(math.ceil(1.25 * needed))}")
+    return ("the box changed so much since the run started that the model's cell grid no longer fits it "
+            "(the neighbour table overflowed); restart the run from its last frame")
 
 
 def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float | None:
@@ -180,7 +223,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     model = CGModel(config.model)
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
-    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs)
+    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs,
+                                 neighbour_capacity=config.neighbour_capacity)
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
@@ -192,7 +236,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     integrator.setRandomNumberSeed(config.seed)
     simulation = app.Simulation(topology, system, integrator, platform, platform_properties(platform))
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
-    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()))
+    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()),
+                       module=getattr(model, "module", None))
     frames = _frame_store(topology.getNumAtoms())
     partial = PartialRun(out / ".partial", json.dumps(asdict(config), sort_keys=True))
     _log(progress, f"[simulate] {topology.getNumAtoms()} beads, {config.ensemble} at {config.temperature} K"
@@ -207,6 +252,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         else:
             partial.start()
             simulation.context.setPositions(positions * u.nanometer)
+            monitor.last_good = (np.asarray(positions), np.array(
+                [[x.value_in_unit(u.nanometer) for x in v] for v in topology.getPeriodicBoxVectors()]))
             simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
             _equilibrate(simulation, config, monitor, progress)
             partial.save(simulation, frames)
@@ -229,6 +276,11 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         elapsed = time.perf_counter() - started
     except CGSimulationBlowUp as exc:
         status, error, elapsed, first = "blew_up", str(exc), float("nan"), 0
+    except openmm.OpenMMException as exc:  # OpenMM's own check: "Particle coordinate is NaN"
+        if "nan" not in str(exc).lower():
+            raise
+        t = len(frames) * config.frame_interval
+        status, error, elapsed, first = "blew_up", monitor.explain_non_finite(t), float("nan"), 0
     done = len(frames) - first
     ns_per_day = done * config.frame_interval * 1e-3 / (elapsed / 86400.0) if done and elapsed > 0 else None
     _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error)

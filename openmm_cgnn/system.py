@@ -171,7 +171,7 @@ class CGModel:
             self.module, self.metadata = load_exported(self.path)
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
-                      use_cuda_graphs: bool = False) -> openmm.System:
+                      use_cuda_graphs: bool = False, neighbour_capacity: int = 0) -> openmm.System:
         if self.kind == "pair":
             if masses is None:
                 by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
@@ -179,4 +179,5 @@ class CGModel:
                     raise CGSystemError("a pair force field records no masses; start from a CG data set")
                 masses = [by_type[a.name] for a in topology.atoms()]
             return self.pair.create_system(topology, bead_masses=masses)
-        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs)
+        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
+                             neighbour_capacity=neighbour_capacity)
