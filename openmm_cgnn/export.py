@@ -712,18 +712,49 @@ def load_exported(path: str | Path,
     """Load an exported CG potential: (ScriptModule, metadata dict of the file's ``metadata.json``)."""
     import vesin_torch  # noqa: F401  (files of format version 1 refer to vesin's TorchScript class)
 
+    from .errors import InputFileError, MissingInputError
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"exported model '{path}' does not exist")
+        raise MissingInputError(f"exported model '{path}' does not exist")
+    if path.is_dir():
+        raise InputFileError(f"exported model '{path}' is a folder; give the .pt file written by "
+                             f"'openmm-cgnn export {path} --out model.pt'")
     extra = {"metadata.json": ""}
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
         if "torch.classes.vesin" in str(exc):
             raise RuntimeError(
                 f"cannot load '{path}': it uses vesin's TorchScript neighbour list; run `import openmm_cgnn` "
                 "or `import vesin_torch` before torch.jit.load (and check that vesin-torch matches this torch)"
             ) from exc
-        raise
-    meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
+        raise InputFileError(_not_an_export(path)) from None
+    try:
+        meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
+    except ValueError:
+        meta = {}
+    if not isinstance(meta, dict) or "cutoff_nm" not in meta or "type_names" not in meta:
+        raise InputFileError(f"'{path}' is a TorchScript module but not an openmm-cgnn exported model (it has no "
+                             "metadata.json with the cutoff and bead types); make one with 'openmm-cgnn export'")
     return module, meta
+
+
+def _not_an_export(path: Path) -> str:
+    """Why ``path`` does not load as an exported model, naming the file to use instead where we can tell."""
+    from .training import MODEL_FORMAT
+
+    what = f"'{path}' is not an exported openmm-cgnn model (the TorchScript .pt written by 'openmm-cgnn export')"
+    head = path.read_bytes()[:512]
+    if not head:
+        return f"exported model '{path}' is empty; export the model again with 'openmm-cgnn export'"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        blob = None
+    if isinstance(blob, dict) and blob.get("format") == MODEL_FORMAT:
+        return (f"'{path}' is the hippynn weights file of the trained model directory '{path.parent}', not an "
+                f"exported model; run 'openmm-cgnn export {path.parent} --out model.pt' and give that file")
+    if head.startswith(b"PK"):
+        return f"{what}; it is truncated, damaged or another kind of torch file"
+    return what

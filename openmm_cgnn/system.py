@@ -19,9 +19,10 @@ import openmm.app as app
 import openmm.unit as u
 
 from .dataset import CGDataset
+from .errors import CGNNError, InputFileError, MissingInputError
 
 
-class CGSystemError(ValueError):
+class CGSystemError(CGNNError, ValueError):
     """A CG System cannot be made for this topology and model (box too small, unknown bead type...)."""
 
 
@@ -155,7 +156,10 @@ class CGModel:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"model file '{self.path}' does not exist")
+            raise MissingInputError(f"model file '{self.path}' does not exist")
+        if self.path.is_dir():
+            raise InputFileError(f"model '{self.path}' is a folder; give the exported model file (.pt): "
+                                 f"make it with 'openmm-cgnn export {self.path} --out model.pt'")
         if self.path.suffix == ".json":
             from .baselines import PairForceField
 
