@@ -24,7 +24,7 @@ class CGNNPotentialImpl(MLPotentialImpl):
             raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
         self.model = model
 
-    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False, **args):
+    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool | None = None, **args):
         module, metadata = _load_model(self.model)
         # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with
         if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
