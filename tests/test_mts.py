@@ -47,7 +47,13 @@ def _energy_forces(ctx, groups=None):
 
 @pytest.mark.parametrize("fast", ["prior", "pair"])
 def test_fast_and_slow_groups_sum_to_the_model(frame, tiny_model_pt, pair_json, fast):
+    from openmm_cgnn.export import load_exported
+
     ds, top, pos = frame
+    _, meta = load_exported(tiny_model_pt)
+    # one pair pushed inside the prior's taper, so that the fast force is large where it matters
+    pos = pos.copy()
+    pos[1] = pos[0] + np.array([meta["prior"]["taper"] - 0.01, 0.0, 0.0])
     spec = "prior" if fast == "prior" else str(pair_json)
     e_model, f_model = _energy_forces(_context(create_system(top, tiny_model_pt), pos))
     ctx = _context(create_system(top, tiny_model_pt, mts_fast=spec), pos)
@@ -63,9 +69,6 @@ def test_fast_and_slow_groups_sum_to_the_model(frame, tiny_model_pt, pair_json, 
     assert e_fast + e_slow == pytest.approx(e_model, rel=1e-6, abs=1e-4)
     if fast == "prior":
         # the fast group is the model's prior, computed independently in numpy
-        from openmm_cgnn.export import load_exported
-
-        _, meta = load_exported(tiny_model_pt)
         e_ref, f_ref = prior_energy_forces(PriorParams(**meta["prior"]), pos, ds.boxes[5])
         assert e_fast == pytest.approx(e_ref, rel=1e-5, abs=1e-6)
         np.testing.assert_allclose(f_fast, f_ref, rtol=1e-4, atol=1e-4)
