@@ -34,8 +34,9 @@ NAME = "mts"
 
 # per mode: inner steps (fs) and substeps K tried; structure-run size and lengths (ps)
 MODES: dict[str, dict[str, Any]] = {
-    "quick": {"inner_fs": [2.0], "substeps": [1, 2, 3, 4, 5], "structure_archs": ["tiny"], "structure_beads": 64,
-              "nve_ps": {"default": 1.0, "paper": 0.4}, "drift_samples": 50, "equilibration_ps": 2.0, "production_ps": 12.0, "frame_ps": 0.12, "blocks": 10, "bootstrap": 200,
+    "quick": {"inner_fs": [2.0], "substeps": [1, 2, 3, 4, 5, 6, 8], "structure_archs": ["tiny"],
+              "structure_beads": 64, "nve_ps": {"default": 1.0, "paper": 0.4}, "drift_samples": 50,
+              "equilibration_ps": 2.0, "production_ps": 12.0, "frame_ps": 0.12, "blocks": 10, "bootstrap": 200,
               "rdf_bin_nm": 0.01},
     "full": {"inner_fs": [2.0, 4.0], "substeps": [1, 2, 3, 4, 5, 6, 8], "structure_archs": ["tiny", "paper"],
              "structure_beads": 512, "nve_ps": {"default": 4.0}, "drift_samples": 50, "equilibration_ps": 10.0, "production_ps": 100.0, "frame_ps": 0.2,
