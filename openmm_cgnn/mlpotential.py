@@ -24,7 +24,8 @@ class CGNNPotentialImpl(MLPotentialImpl):
             raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
         self.model = model
 
-    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool | None = None, **args):
+    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool | None = None,
+                  neighbour_capacity: int = 0, **args):
         module, metadata = _load_model(self.model)
         # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with
         if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
@@ -33,7 +34,8 @@ class CGNNPotentialImpl(MLPotentialImpl):
         for atom in topology.atoms():
             if system.getParticleMass(atom.index).value_in_unit(u.dalton) == 0:
                 system.setParticleMass(atom.index, by_type.get(atom.name, 0.0))
-        force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs)
+        force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs,
+                                 neighbour_capacity=neighbour_capacity)
         force.setForceGroup(forceGroup)
         system.addForce(force)
 

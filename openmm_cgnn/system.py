@@ -99,21 +99,25 @@ def resolve_cuda_graphs(requested: bool | None, platform_name: str | None = None
 
 
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
-                     use_cuda_graphs: bool | None = False, cuda_graph_warmup_steps: int | None = None):
-    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed.
+                     use_cuda_graphs: bool | None = False, cuda_graph_warmup_steps: int | None = None,
+                     neighbour_capacity: int = 0):
+    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed and its
+    neighbour table laid out for this bead count and box (``neighbour_capacity`` neighbours per bead;
+    0: the capacity recorded in the model).
 
     ``use_cuda_graphs``: set the TorchForce property ``useCUDAGraphs`` (None: see
     :func:`resolve_cuda_graphs`); ``cuda_graph_warmup_steps``: its ``CUDAGraphWarmupSteps`` (model
     calls before capture; openmm-torch's default when None).
     """
     import openmmtorch
+    import torch
 
-    check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
+    box = check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
     types = bead_type_indices(topology, metadata["type_names"], atoms)
     if len(metadata["type_names"]) > 1:
-        import torch
-
         module.set_types(torch.tensor(types, dtype=torch.int64))
+    if hasattr(module, "configure"):  # files of export format 1 have no fixed layout
+        module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
     if resolve_cuda_graphs(use_cuda_graphs):
@@ -127,7 +131,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
 
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
                   remove_cm_motion: bool = False, use_cuda_graphs: bool | None = None,
-                  cuda_graph_warmup_steps: int | None = None, mts_fast: Any = None) -> openmm.System:
+                  cuda_graph_warmup_steps: int | None = None, mts_fast: Any = None,
+                  neighbour_capacity: int = 0) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
     Parameters
@@ -143,6 +148,9 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         ``PairForceField`` to split the forces for multiple time stepping (:mod:`openmm_cgnn.mts`):
         the fast pair force in group 0, the model minus that pair force in group 1. Integrate with
         ``openmm_cgnn.mts.langevin_integrator`` (or any MTS integrator over groups 0 and 1).
+    neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
+        capacity recorded in the model at export (from the training data, with a margin). Raise it
+        when a run stops with a neighbour-table overflow (a denser state than the training data).
     """
     module, metadata = _load_model(model)
     system = openmm.System()
@@ -156,7 +164,8 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     for m in masses:
         system.addParticle(float(m))
     model_force = system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
-                                                   cuda_graph_warmup_steps=cuda_graph_warmup_steps))
+                                                   cuda_graph_warmup_steps=cuda_graph_warmup_steps,
+                                                   neighbour_capacity=neighbour_capacity))
     if mts_fast is not None:
         from .mts import add_fast_split
 
