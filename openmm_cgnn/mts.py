@@ -32,7 +32,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from .errors import CGNNError
+from .errors import ConfigError
 from .prior import PriorParams
 
 FAST_GROUP = 0
@@ -42,7 +42,7 @@ FAST_PRIOR = "prior"
 FastSpec = Union[str, Path, Any]   # "prior", a pair force field file (.json), or a PairForceField
 
 
-class MTSConfigError(CGNNError, ValueError):
+class MTSConfigError(ConfigError):
     """Multiple time stepping cannot be set up as asked (bad substep count, fast force, model kind)."""
 
 
@@ -50,7 +50,7 @@ def check_substeps(substeps: Any) -> int:
     """``substeps`` (K, inner steps per network evaluation) as an int >= 1, else MTSConfigError."""
     if isinstance(substeps, bool) or not isinstance(substeps, (int, np.integer)) or int(substeps) < 1:
         raise MTSConfigError(f"--mts must be a whole number of inner steps >= 1 (1: no multiple time stepping), "
-                             f"got {substeps!r}")
+                             f"got {substeps!r}", "mts")
     return int(substeps)
 
 
@@ -91,10 +91,10 @@ def _pair_field(fast: FastSpec):
     path = Path(fast)
     if path.suffix != ".json":
         raise MTSConfigError(f"the fast MTS force must be 'prior' or a pair force field file (.json from the "
-                             f"pair baseline), got '{fast}'")
+                             f"pair baseline), got '{fast}'", "mts_fast")
     if not path.exists():
         raise MTSConfigError(f"the fast MTS force file '{path}' does not exist; fit one with "
-                             "openmm_cgnn.baselines.fit_pair_force_matching or use --mts-fast prior")
+                             "openmm_cgnn.baselines.fit_pair_force_matching or use --mts-fast prior", "mts_fast")
     return PairForceField.load(path)
 
 
@@ -111,17 +111,17 @@ def fast_pair_force(fast: FastSpec, topology: app.Topology, metadata: dict,
         prior = metadata.get("prior")
         if not prior:
             raise MTSConfigError("the model records no repulsive prior to use as the fast MTS force; give a pair "
-                                 "force field (--mts-fast pair.json)")
+                                 "force field (--mts-fast pair.json)", "mts_fast")
         return _prior_force(PriorParams(**prior), n, sign)
     pair = _pair_field(fast)
     if list(pair.type_names) != list(metadata["type_names"]):
         raise MTSConfigError(f"the fast pair force field has bead types {pair.type_names}, the model "
-                             f"{metadata['type_names']}; fit it on data mapped like the model's")
+                             f"{metadata['type_names']}; fit it on data mapped like the model's", "mts_fast")
     try:
         # the pair model's own System builder makes its force; masses do not matter here
         pair_system = pair.create_system(topology, bead_masses=np.ones(n))
     except ValueError as exc:
-        raise MTSConfigError(f"the fast pair force field cannot be used here: {exc}") from None
+        raise MTSConfigError(f"the fast pair force field cannot be used here: {exc}", "mts_fast") from None
     # a copy that outlives pair_system (its getForce() points into that System)
     force = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(pair_system.getForce(0)))
     del pair_system

@@ -19,9 +19,10 @@ import openmm.app as app
 import openmm.unit as u
 
 from .dataset import CGDataset
+from .errors import CGNNError, InputFileError, MissingInputError
 
 
-class CGSystemError(ValueError):
+class CGSystemError(CGNNError, ValueError):
     """A CG System cannot be made for this topology and model (box too small, unknown bead type...)."""
 
 
@@ -194,7 +195,10 @@ class CGModel:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"model file '{self.path}' does not exist")
+            raise MissingInputError(f"model file '{self.path}' does not exist")
+        if self.path.is_dir():
+            raise InputFileError(f"model '{self.path}' is a folder; give the exported model file (.pt): "
+                                 f"make it with 'openmm-cgnn export {self.path} --out model.pt'")
         if self.path.suffix == ".json":
             from .baselines import PairForceField
 
@@ -211,9 +215,9 @@ class CGModel:
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
                       use_cuda_graphs: bool | None = None, cuda_graph_warmup_steps: int | None = None,
-                      mts_fast: Any = None) -> openmm.System:
+                      mts_fast: Any = None, neighbour_capacity: int = 0) -> openmm.System:
         """The System for ``topology``; the options are those of :func:`create_system` (a pair
-        force field is cheap already: it takes no CUDA graph or MTS options)."""
+        force field is cheap already: it takes no CUDA graph, MTS or neighbour-table options)."""
         if self.kind == "pair":
             if mts_fast is not None:
                 from .mts import MTSConfigError
@@ -227,4 +231,5 @@ class CGModel:
                 masses = [by_type[a.name] for a in topology.atoms()]
             return self.pair.create_system(topology, bead_masses=masses)
         return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
-                             cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast)
+                             cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast,
+                             neighbour_capacity=neighbour_capacity)
