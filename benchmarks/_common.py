@@ -647,7 +647,7 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-BENCHMARK_ORDER = ["throughput", "overhead", "scaling", "precision", "training", "profile"]
+BENCHMARK_ORDER = ["throughput", "overhead", "scaling", "precision", "training", "profile", "mts"]
 
 
 def _order_key(name: str) -> int:

@@ -89,7 +89,7 @@ def main() -> int:
     pos = ds.positions[-1]
     for dtype, tol in (("float64", 1e-6), ("float32", 1e-4)):
         pt = export_model(model_dir, work / f"model-{dtype}.pt", dtype=dtype, overwrite=True)
-        system = create_system(top, pt)
+        system = create_system(top, pt, use_cuda_graphs=False)
         e_cpu, f_cpu = _module_energy_forces(pt, pos, ds.boxes[-1])
         e_cuda, f_cuda = _energy_forces(system, pos, args.platform)
         graphs = create_system(top, pt, use_cuda_graphs=True)

@@ -13,6 +13,8 @@ Benchmarks (``--only`` names):
 * ``precision``   float32 vs float64 export; CUDA graphs on/off (CUDA only).
 * ``training``    training throughput (frames/s) of the tiny, fast and paper presets.
 * ``profile``     where a CG force evaluation spends its time.
+* ``mts``         multiple time stepping: largest stable outer step (NVE drift), speed against one
+  time step, RDF MAD against single-step runs.
 
 The speed models are the "tiny" and "paper" presets trained for one epoch on synthetic lattice
 frames (speed does not depend on the weights; ``--model-dir`` uses a trained model instead).
@@ -43,6 +45,7 @@ os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 from benchmarks import _common as C  # noqa: E402
 from benchmarks import cg_profile, overhead, precision, scaling, throughput, training_speed  # noqa: E402
+from benchmarks import mts  # noqa: E402
 
 BENCHMARKS = {
     "throughput": throughput,
@@ -51,6 +54,7 @@ BENCHMARKS = {
     "precision": precision,
     "training": training_speed,
     "profile": cg_profile,
+    "mts": mts,
 }
 
 

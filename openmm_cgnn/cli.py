@@ -20,7 +20,7 @@ class CLIError(CGNNError):
 # configuration fields whose command-line option is not "--" + the field name with dashes
 _OPTION_DEST = {"production": "ns", "n_molecules": "molecules", "n_beads": "beads", "max_epochs": "epochs",
                 "start_dataset": "start", "torch_threads": "threads", "tensor_order": "tensor_order",
-                "use_cuda_graphs": "cuda_graphs"}
+                "use_cuda_graphs": "cuda_graphs", "cuda_graph_warmup_steps": "cuda_graph_warmup"}
 _CONVERTED = {"production", "timestep"}   # --ns (ns -> ps) and --timestep (fs -> ps)
 
 
@@ -277,13 +277,13 @@ def _add_simulate(sub) -> None:
     p.add_argument("--density", type=float, default=None, help="density of the fresh lattice, g/cm^3")
     p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     p.add_argument("--pressure", type=float, default=None, help="bar: NPT with a Monte Carlo barostat")
-    p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    p.add_argument("--timestep", type=float, default=2.0, help="fs (default 2); with --mts K the inner step")
     p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
     p.add_argument("--equilibration", type=float, default=10.0, help="ps (default 10)")
     p.add_argument("--ns", type=float, default=0.1, help="production length, ns (default 0.1)")
     p.add_argument("--frame-interval", type=float, default=0.5, help="ps between saved frames (default 0.5)")
     p.add_argument("--platform", default=None, help="OpenMM platform (default CUDA if available, else CPU)")
-    p.add_argument("--cuda-graphs", action="store_true", help="capture the model in CUDA graphs (CUDA only)")
+    _add_speed_options(p)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's choice)")
     p.add_argument("--neighbour-capacity", type=int, default=0, metavar="K",
@@ -293,6 +293,23 @@ def _add_simulate(sub) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
+
+
+def _add_speed_options(p, harness: bool = False) -> None:
+    """--cuda-graphs/--no-cuda-graphs, --mts, --mts-fast (simulate and compare) and --cuda-graph-warmup
+    (simulate). For compare they override the harness settings only when given."""
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the model in CUDA graphs (openmm-torch's useCUDAGraphs; default: on for the CUDA "
+                        "platform, off elsewhere; if the capture fails by default, the run goes on without)")
+    if not harness:
+        p.add_argument("--cuda-graph-warmup", type=int, default=None, metavar="CALLS",
+                       help="model calls before the CUDA graph capture (CUDAGraphWarmupSteps; default openmm-torch's)")
+    p.add_argument("--mts", type=int, default=None if harness else 1, metavar="K",
+                   help="multiple time stepping: the network every K inner steps of the time step, the fast pair "
+                        "force every inner step (MTSLangevinIntegrator; default 1: one time step)")
+    p.add_argument("--mts-fast", default=None if harness else "prior", metavar="prior|PAIR.json",
+                   help="the fast force of the inner steps: the model's repulsive prior (default) or a pair force "
+                        "field from the pair baseline (.json); the network gets the rest, so the sum is the model")
 
 
 def _cmd_simulate(args) -> None:
@@ -305,7 +322,8 @@ def _cmd_simulate(args) -> None:
                              production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
                              platform=args.platform, start_dataset=args.start, start_frame=args.start_frame,
                              n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs,
-                             torch_threads=args.threads, neighbour_capacity=args.neighbour_capacity)
+                             torch_threads=args.threads, cuda_graph_warmup_steps=args.cuda_graph_warmup,
+                             mts=args.mts, mts_fast=args.mts_fast, neighbour_capacity=args.neighbour_capacity)
     run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
 
 
@@ -335,6 +353,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--mapping", default=None, help="JSON map (as for 'map') instead of the model's training map")
     p.add_argument("--platform", default=None,
                    help="OpenMM platform for every run (default CUDA if available, else CPU)")
+    _add_speed_options(p, harness=True)
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_compare)
@@ -350,6 +369,9 @@ def _cmd_compare(args) -> None:
         cfg = replace(cfg, n_molecules=args.molecules)
     if args.platform is not None:
         cfg = replace(cfg, platform=args.platform)
+    for option, name in (("cuda_graphs", "cg_cuda_graphs"), ("mts", "cg_mts"), ("mts_fast", "cg_mts_fast")):
+        if getattr(args, option) is not None:
+            cfg = replace(cfg, **{name: getattr(args, option)})
     inp = {k: v for k, v in _aa_input_fields(args).items() if v}
     if args.species is not None or inp:
         cfg = replace(cfg, species=args.species, system=inp or None)

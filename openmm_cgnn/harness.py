@@ -342,6 +342,9 @@ class HarnessConfig:
     cg_equilibration: float = 5.0
     cg_production: float = 30.0
     cg_frame_interval: float = 0.25
+    cg_cuda_graphs: bool | None = None   # CUDA graphs for the model: None = on for the CUDA platform, off elsewhere
+    cg_mts: int = 1                      # multiple time stepping: the network every cg_mts steps of cg_timestep
+    cg_mts_fast: str = "prior"           # the fast force of the inner steps: "prior" or a pair force field (.json)
     # analysis
     rdf_bin_width: float = 0.005         # nm
     adf_bins: int = 60                   # over 0..180 degrees
@@ -382,6 +385,14 @@ class HarnessConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table (dict) or None (the model's), got "
                                   f"{getattr(self, name)!r}", name)
+        V.integer(self.cg_mts, "cg_mts", 1)
+        outer = self.cg_mts * self.cg_timestep
+        if self.cg_mts > 1 and abs(self.cg_frame_interval / outer - round(self.cg_frame_interval / outer)) > 1e-6:
+            raise ConfigError(f"cg_frame_interval ({self.cg_frame_interval:g} ps) must be a whole number of MTS outer "
+                              f"steps (cg_mts x cg_timestep = {outer:g} ps)", "cg_frame_interval")
+        if self.cg_cuda_graphs is not None and not isinstance(self.cg_cuda_graphs, bool):
+            raise ConfigError(f"cg_cuda_graphs must be true, false or null (automatic), got {self.cg_cuda_graphs!r}",
+                              "cg_cuda_graphs")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
@@ -956,7 +967,8 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
                              timestep=config.cg_timestep, friction=config.cg_friction,
                              equilibration=config.cg_equilibration, production=config.cg_production,
                              frame_interval=config.cg_frame_interval, seed=config.seed, platform=platform,
-                             start_dataset=str(ds_path), start_frame=-1)
+                             start_dataset=str(ds_path), start_frame=-1, use_cuda_graphs=config.cg_cuda_graphs,
+                             mts=config.cg_mts, mts_fast=config.cg_mts_fast)
     marker = sim_dir / "harness-run.json"
     # the run's settings, with the paths of this machine made relative (model: its file name), so that a
     # moved report folder is still recognised; the files themselves are identified by their hashes

@@ -24,7 +24,7 @@ class CGNNPotentialImpl(MLPotentialImpl):
             raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
         self.model = model
 
-    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False,
+    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool | None = None,
                   neighbour_capacity: int = 0, **args):
         module, metadata = _load_model(self.model)
         # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with

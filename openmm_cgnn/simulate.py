@@ -40,7 +40,7 @@ from ._io import (atomic_write, check_writable, make_output_dir, save_npz_atomic
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError
 from .reference import choose_platform, platform_properties
-from .system import CGModel, cg_topology_from_dataset, type_masses
+from .system import CGModel, cg_topology_from_dataset, resolve_cuda_graphs, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
 
 
@@ -72,13 +72,41 @@ class CGSimulationConfig(FrameSchedule):
     start_frame: int = -1
     n_beads: int | None = None        # ...or from a fresh lattice of n beads (one-type models)
     density: float | None = None      # g/cm^3 for the fresh lattice
-    use_cuda_graphs: bool = False
+    use_cuda_graphs: bool | None = None  # None: on for the CUDA platform, off elsewhere (system.resolve_cuda_graphs)
     neighbour_capacity: int = 0       # neighbours per bead in the model's table; 0: the model's own
     checkpoint_every: int = 50        # frames
     max_temperature_factor: float = 3.0
     overlap_margin: float = 0.05      # nm inside the prior's taper that counts as an overlap
     torch_threads: int | None = None  # torch intra-op threads on the CPU (None: torch's default); 1 is
                                       # often fastest for small systems on a busy machine
+    cuda_graph_warmup_steps: int | None = None  # model calls before the CUDA graph capture (None: openmm-torch's)
+    mts: int = 1                      # multiple time stepping: the model every `mts` inner steps of `timestep`
+                                      # (1: one time step); the integrator's step is mts * timestep
+    mts_fast: str = "prior"           # fast force of the inner steps: "prior" or a pair force field (.json)
+
+    @property
+    def outer_timestep(self) -> float:
+        """The integrator's step, ps: ``mts * timestep`` (``timestep`` with one time step)."""
+        return self.mts * self.timestep
+
+    @property
+    def steps_per_frame(self) -> int:
+        """Integrator (outer) steps between frames."""
+        return max(1, int(round(self.frame_interval / self.outer_timestep)))
+
+    def check_mts(self) -> None:
+        """MTSConfigError when the multiple-time-stepping settings cannot work."""
+        from .mts import MTSConfigError, check_substeps
+
+        check_substeps(self.mts)
+        if self.mts > 1:
+            n = self.frame_interval / self.outer_timestep
+            if n < 1 - 1e-9 or abs(n - round(n)) > 1e-6:
+                near = max(1, round(n)) * self.outer_timestep
+                raise MTSConfigError(
+                    f"the frame interval ({self.frame_interval:g} ps) must be a whole number of outer steps "
+                    f"(--mts {self.mts} x --timestep {self.timestep * 1000:g} fs = {self.outer_timestep:g} ps); "
+                    f"use e.g. --frame-interval {near:.6g}", "frame_interval")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +141,9 @@ class CGSimulationConfig(FrameSchedule):
         if not self.start_dataset and (self.n_beads is None or self.density is None):
             raise ConfigError("give a starting data set (--start) or both --beads and --density for a fresh "
                               "lattice", "start_dataset")
+        if self.cuda_graph_warmup_steps is not None:
+            V.integer(self.cuda_graph_warmup_steps, "cuda_graph_warmup_steps", 1)
+        self.check_mts()
 
 
 def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
@@ -271,21 +302,20 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
 
         raise OutputExistsError(f"output '{out}' already holds a simulation; choose another folder or pass --overwrite")
     check_writable(out)
+    config.check_mts()
     model = CGModel(config.model)
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
-    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs,
-                                 neighbour_capacity=config.neighbour_capacity)
-    if config.pressure is not None:
-        barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
-                                             config.barostat_interval)
-        barostat.setRandomNumberSeed(config.seed)
-        system.addForce(barostat)
     platform = choose_platform(config.platform)
-    integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
-                                                 config.timestep * u.picoseconds)
-    integrator.setRandomNumberSeed(config.seed)
-    simulation = app.Simulation(topology, system, integrator, platform, platform_properties(platform))
+    graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.kind != "pair"
+    simulation, system = _build_simulation(config, model, topology, masses, platform, graphs)
+    if graphs and config.use_cuda_graphs is None and not _capture_works(simulation, positions, config):
+        _log(progress, "[simulate] CUDA graph capture failed for this model; running without CUDA graphs "
+                       "(--no-cuda-graphs skips the try)")
+        graphs = False
+        simulation, system = _build_simulation(config, model, topology, masses, platform, graphs)
+    run_info = {"cuda_graphs": {"requested": config.use_cuda_graphs, "used": graphs},
+                "integrator": _integrator_info(config)}
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
     monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()),
                        module=getattr(model, "module", None))
@@ -296,7 +326,10 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     partial = PartialRun(out / ".partial", json.dumps(asdict(config), sort_keys=True))
     _log(progress, f"[simulate] {topology.getNumAtoms()} beads, {config.ensemble} at {config.temperature} K"
          + (f", {config.pressure} bar" if config.pressure is not None else "")
-         + f", dt {config.timestep * 1000:g} fs, platform {platform.getName()}")
+         + f", dt {config.timestep * 1000:g} fs"
+         + (f" (model every {config.mts} steps, fast force: {run_info['integrator']['fast']})"
+            if config.mts > 1 else "")
+         + f", platform {platform.getName()}" + (", CUDA graphs" if graphs else ""))
 
     status, error = "complete", None
     try:
@@ -318,7 +351,7 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
                    leave=False)
         while len(frames) < config.n_frames:
             simulation.step(config.steps_per_frame)
-            t = (len(frames) + 1) * config.steps_per_frame * config.timestep
+            t = (len(frames) + 1) * config.steps_per_frame * config.outer_timestep
             state = simulation.context.getState(getPositions=True, getEnergy=True)
             obs = monitor.observe(state, t)
             frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
@@ -347,7 +380,7 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         _discard(out, partial, created)
         raise CGSimulationBlowUp(f"the CG simulation blew up before its first frame: {error}. Nothing was "
                                  f"written. {advice}")
-    _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error)
+    _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error, run_info)
     if status == "blew_up":
         partial.remove()
         raise CGSimulationBlowUp(
@@ -357,6 +390,55 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     _log(progress, f"[simulate] wrote {len(frames)} frames to {out}"
          + (f" ({ns_per_day:.1f} ns/day)" if ns_per_day else ""))
     return out
+
+
+def _build_simulation(config: CGSimulationConfig, model: CGModel, topology: app.Topology, masses, platform,
+                      graphs: bool) -> tuple[app.Simulation, openmm.System]:
+    """The Simulation of ``config``: the model's System (split into fast and slow force groups for
+    MTS), the barostat for NPT, and a LangevinMiddle or MTSLangevin integrator."""
+    options = {"use_cuda_graphs": graphs, "cuda_graph_warmup_steps": config.cuda_graph_warmup_steps,
+               "neighbour_capacity": config.neighbour_capacity}
+    if config.mts > 1:
+        options["mts_fast"] = config.mts_fast
+    system = model.create_system(topology, masses=masses, **options)
+    if config.pressure is not None:
+        barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
+                                             config.barostat_interval)
+        barostat.setRandomNumberSeed(config.seed)
+        system.addForce(barostat)
+    if config.mts > 1:
+        from .mts import langevin_integrator
+
+        integrator = langevin_integrator(config.temperature, config.friction, config.timestep, config.mts,
+                                         seed=config.seed)
+    else:
+        integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
+                                                     config.timestep * u.picoseconds)
+        integrator.setRandomNumberSeed(config.seed)
+    return app.Simulation(topology, system, integrator, platform, platform_properties(platform)), system
+
+
+def _capture_works(simulation: app.Simulation, positions: np.ndarray, config: CGSimulationConfig) -> bool:
+    """Evaluate the forces past openmm-torch's warm-up, so that a CUDA graph capture that fails does
+    so here; False if it did."""
+    calls = (config.cuda_graph_warmup_steps or 10) + 2
+    try:
+        for k in range(calls):
+            simulation.context.setPositions((positions + 1e-6 * k) * u.nanometer)
+            simulation.context.getState(getForces=True)
+    except openmm.OpenMMException:
+        return False
+    return True
+
+
+def _integrator_info(config: CGSimulationConfig) -> dict:
+    from .mts import FAST_GROUP, SLOW_GROUP, fast_label
+
+    if config.mts == 1:
+        return {"kind": "LangevinMiddle", "timestep_ps": config.timestep, "mts": 1}
+    return {"kind": "MTSLangevin (BAOAB-RESPA)", "timestep_ps": config.timestep, "mts": config.mts,
+            "outer_timestep_ps": config.outer_timestep, "fast": fast_label(config.mts_fast),
+            "fast_group": FAST_GROUP, "slow_group": SLOW_GROUP}
 
 
 def _holds_finished_run(out: Path) -> bool:
@@ -396,7 +478,7 @@ def _check_start(positions: np.ndarray, topology: app.Topology, monitor: "_Monit
 
 
 def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor: _Monitor, progress: bool) -> None:
-    n_steps = int(round(config.equilibration / config.timestep))
+    n_steps = int(round(config.equilibration / config.outer_timestep))
     chunk = config.steps_per_frame
     from tqdm.auto import tqdm
 
@@ -406,7 +488,7 @@ def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor
         k = min(chunk, n_steps - done)
         simulation.step(k)
         done += k
-        t = -(n_steps - done) * config.timestep  # equilibration runs before t = 0
+        t = -(n_steps - done) * config.outer_timestep  # equilibration runs before t = 0
         monitor.observe(simulation.context.getState(getPositions=True, getEnergy=True), t)
         bar.update(k)
     bar.close()
@@ -414,7 +496,7 @@ def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor
 
 def _write_outputs(out: Path, config: CGSimulationConfig, topology: app.Topology, frames: FrameStore,
                    metadata: dict, platform: openmm.Platform, ns_per_day: float | None, status: str,
-                   error: str | None) -> None:
+                   error: str | None, run_info: dict | None = None) -> None:
     import mdtraj as md
 
     arrays = frames.arrays()
@@ -429,6 +511,7 @@ def _write_outputs(out: Path, config: CGSimulationConfig, topology: app.Topology
         "units": {"positions": "nm", "boxes": "nm", "potential_energy": "kJ/mol", "temperature": "K",
                   "density": "g/cm^3", "time": "ps"},
         "versions": versions(),
+        **(run_info or {}),
     }
     save_npz_atomic(out / "frames.npz", metadata_json=np.array(json.dumps(info)), **arrays)
     rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3"]

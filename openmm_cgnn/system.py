@@ -82,11 +82,34 @@ def type_masses(metadata: dict) -> dict[str, float]:
     return {str(k): float(v) for k, v in masses.items()}
 
 
+CUDA_GRAPH_PLATFORMS = ("CUDA",)
+
+
+def resolve_cuda_graphs(requested: bool | None, platform_name: str | None = None) -> bool:
+    """Whether the TorchForce asks openmm-torch for CUDA graphs: the one place this default is chosen.
+
+    ``requested`` True/False is taken as it is. ``None`` (the default everywhere) means "where capture
+    works": on for the CUDA platform, off for any other named platform. With no platform named yet (a
+    System built before its Context) ``None`` turns the property on, which is the same choice:
+    openmm-torch reads ``useCUDAGraphs`` only on the CUDA platform, and the CPU and Reference
+    platforms run the model as before.
+    """
+    if requested is not None:
+        return bool(requested)
+    return platform_name is None or platform_name in CUDA_GRAPH_PLATFORMS
+
+
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
-                     use_cuda_graphs: bool = False, neighbour_capacity: int = 0):
+                     use_cuda_graphs: bool | None = False, cuda_graph_warmup_steps: int | None = None,
+                     neighbour_capacity: int = 0):
     """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed and its
     neighbour table laid out for this bead count and box (``neighbour_capacity`` neighbours per bead;
-    0: the capacity recorded in the model)."""
+    0: the capacity recorded in the model).
+
+    ``use_cuda_graphs``: set the TorchForce property ``useCUDAGraphs`` (None: see
+    :func:`resolve_cuda_graphs`); ``cuda_graph_warmup_steps``: its ``CUDAGraphWarmupSteps`` (model
+    calls before capture; openmm-torch's default when None).
+    """
     import openmmtorch
     import torch
 
@@ -98,13 +121,18 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
         module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
-    if use_cuda_graphs:
+    if resolve_cuda_graphs(use_cuda_graphs):
         force.setProperty("useCUDAGraphs", "true")
+        if cuda_graph_warmup_steps is not None:
+            if int(cuda_graph_warmup_steps) < 1:
+                raise CGSystemError("the CUDA graph warm-up must be at least 1 model call")
+            force.setProperty("CUDAGraphWarmupSteps", str(int(cuda_graph_warmup_steps)))
     return force
 
 
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
-                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False,
+                  remove_cm_motion: bool = False, use_cuda_graphs: bool | None = None,
+                  cuda_graph_warmup_steps: int | None = None, mts_fast: Any = None,
                   neighbour_capacity: int = 0) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
@@ -114,7 +142,13 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     model: path of an exported model (``openmm-cgnn export``) or a (ScriptModule, metadata) pair.
     masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
     remove_cm_motion: add a CMMotionRemover.
-    use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only).
+    use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only);
+        None (default): on where capture works, see :func:`resolve_cuda_graphs`.
+    cuda_graph_warmup_steps: model calls before the capture (openmm-torch's default when None).
+    mts_fast: None for one force group; ``"prior"``, a pair force field file (``.json``) or a
+        ``PairForceField`` to split the forces for multiple time stepping (:mod:`openmm_cgnn.mts`):
+        the fast pair force in group 0, the model minus that pair force in group 1. Integrate with
+        ``openmm_cgnn.mts.langevin_integrator`` (or any MTS integrator over groups 0 and 1).
     neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
         capacity recorded in the model at export (from the training data, with a margin). Raise it
         when a run stops with a neighbour-table overflow (a denser state than the training data).
@@ -130,8 +164,13 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         raise CGSystemError(f"got {len(masses)} masses for {cg_topology.getNumAtoms()} beads")
     for m in masses:
         system.addParticle(float(m))
-    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
-                                     neighbour_capacity=neighbour_capacity))
+    model_force = system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
+                                                   cuda_graph_warmup_steps=cuda_graph_warmup_steps,
+                                                   neighbour_capacity=neighbour_capacity))
+    if mts_fast is not None:
+        from .mts import add_fast_split
+
+        add_fast_split(system, [model_force], cg_topology, metadata, mts_fast)
     add_model_bonded_forces(system, cg_topology, metadata)
     if remove_cm_motion:
         system.addForce(openmm.CMMotionRemover())
@@ -188,8 +227,16 @@ class CGModel:
             self.module, self.metadata = load_exported(self.path)
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
-                      use_cuda_graphs: bool = False, neighbour_capacity: int = 0) -> openmm.System:
+                      use_cuda_graphs: bool | None = None, cuda_graph_warmup_steps: int | None = None,
+                      mts_fast: Any = None, neighbour_capacity: int = 0) -> openmm.System:
+        """The System for ``topology``; the options are those of :func:`create_system` (a pair
+        force field is cheap already: it takes no CUDA graph, MTS or neighbour-table options)."""
         if self.kind == "pair":
+            if mts_fast is not None:
+                from .mts import MTSConfigError
+
+                raise MTSConfigError("multiple time stepping splits a network model; a pair force field is cheap "
+                                     "already: run it without --mts")
             if masses is None:
                 by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
                 if by_type is None:
@@ -197,4 +244,5 @@ class CGModel:
                 masses = [by_type[a.name] for a in topology.atoms()]
             return self.pair.create_system(topology, bead_masses=masses)
         return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
+                             cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast,
                              neighbour_capacity=neighbour_capacity)

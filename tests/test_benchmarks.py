@@ -41,7 +41,7 @@ def test_results_are_recorded(smoke):
     assert saved["device"]["device"] and saved["device"]["slug"] in files[0]
     md = (out / files[1]).read_text()
     for heading in ("CG vs all-atom throughput", "TorchForce overhead", "Scaling", "Precision",
-                    "Training throughput", "Profile"):
+                    "Training throughput", "Profile", "Multiple time stepping"):
         assert heading in md, heading
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -74,6 +74,13 @@ def test_measurements_have_their_fields(smoke):
     assert prof["status"] == "ok"
     assert set(prof["coarse"]) >= {"neighbour_list_s", "forward_s", "backward_s"}
     assert prof["profiler_top_ops"]
+
+    mts = b["mts"]["models"]["tiny"]
+    first = mts["drift"]["rows"][0]
+    assert (first["substeps"], first["status"]) == (1, "ok") and math.isfinite(first["drift_kT_per_ns_per_dof"])
+    assert mts["mts"]["substeps"] > 1  # the chosen setting, or the smallest tested when none passed
+    assert mts["speed"]["mts"]["ns_per_day"] > 0 and mts["speed"]["single"]["ns_per_day"] > 0
+    assert mts["structure"]["mad_single_vs_single"]["mad"] >= 0 and mts["structure"]["mad_mts_vs_single"]["se"] >= 0
 
 
 def test_budget_skips_instead_of_running(tmp_path):
