@@ -10,6 +10,8 @@ forces             (F, n, 3) f4    atomic forces from the force field, kJ/mol/nm
 boxes              (F, 3, 3) f8    periodic box vectors as rows, nm
 potential_energy   (F,) f8         potential energy, kJ/mol
 time               (F,) f8         simulation time of each frame, ps (from the production start)
+pressure           (F,) f8         instantaneous pressure of each frame, bar (OpenMM's molecular
+                                   finite-difference estimator; absent in files from older versions)
 top_*              arrays          the all-atom topology (see ``topology_io``)
 metadata_json      () str          JSON: config, state point, platform, versions, units
 =================  ==============  ==========================================================
@@ -35,11 +37,13 @@ import openmm.unit as u
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from ._io import check_output_path, save_npz_atomic, versions
 from .species import Species, get_species
+from .pressure import attach_pressure_probe, current_pressure, find_barostat_index
 from .topology_io import topology_from_arrays, topology_to_arrays
 from .units import volume_for_density_nm3
 
 REFERENCE_FORMAT = "openmm-cgnn/aa-reference"
 REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "potential_energy": "kJ/mol",
+                   "pressure_series": "bar",
                    "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
 
 
@@ -204,6 +208,8 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
+    else:
+        attach_pressure_probe(system, config.temperature)  # a disabled barostat: pressure estimates in NVT
     return system
 
 
@@ -220,14 +226,15 @@ def create_simulation(config: ReferenceConfig, topology: app.Topology, system: o
 def _frame_store(n_atoms: int) -> FrameStore:
     return FrameStore({"positions": ((n_atoms, 3), np.float32), "forces": ((n_atoms, 3), np.float32),
                        "boxes": ((3, 3), np.float64), "potential_energy": ((), np.float64),
-                       "time": ((), np.float64)})
+                       "time": ((), np.float64), "pressure": ((), np.float64)})
 
 
-def _add_frame(frames: FrameStore, state: openmm.State, t: float) -> None:
+def _add_frame(frames: FrameStore, state: openmm.State, t: float, pressure: float) -> None:
     frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
                forces=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer),
                boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
-               potential_energy=state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), time=t)
+               potential_energy=state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), time=t,
+               pressure=pressure)
 
 
 def _config_json(config: ReferenceConfig) -> str:
@@ -263,6 +270,7 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
          + f", force field {config.forcefield or species.default_forcefield}, platform {platform.getName()}")
 
     frames = _frame_store(topology.getNumAtoms())
+    barostat = system.getForce(find_barostat_index(system))
     if resume:
         partial.restore(simulation, frames)
         _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial.folder}")
@@ -284,7 +292,9 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         if not math.isfinite(energy):
             raise RuntimeError(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
                                "try a smaller --timestep or a longer equilibration")
-        _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep)
+        # after getState: the estimator scales the box and positions and restores them
+        pressure = current_pressure(simulation.context, barostat)
+        _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep, pressure)
         bar.update(1)
         if len(frames) % config.checkpoint_every == 0 or len(frames) == config.n_frames:
             partial.save(simulation, frames)
@@ -347,6 +357,7 @@ class ReferenceTrajectory:
     potential_energy: np.ndarray
     time: np.ndarray
     metadata: dict
+    pressure: np.ndarray | None = None     # (F,) bar; None in files written before it was recorded
 
 
 def load_reference(path: str | Path) -> ReferenceTrajectory:
@@ -361,4 +372,5 @@ def load_reference(path: str | Path) -> ReferenceTrajectory:
         if meta.get("format") != REFERENCE_FORMAT:
             raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
         top = topology_from_arrays(z)
-        return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta)
+        return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta,
+                                   z["pressure"] if "pressure" in z.files else None)

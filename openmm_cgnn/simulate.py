@@ -8,8 +8,10 @@ file              content
 trajectory.dcd    bead positions (read with ``mdtraj.load("trajectory.dcd", top="topology.pdb")``)
 topology.pdb      the CG topology and the first frame (beads as atoms named by bead type)
 frames.npz        positions (F,N,3) nm, boxes (F,3,3) nm, potential_energy (F,) kJ/mol,
-                  temperature (F,) K, density (F,) g/cm^3, time (F,) ps, plus metadata_json
-log.csv           time_ps, potential_kJ_mol, temperature_K, volume_nm3, density_g_cm3 per frame
+                  temperature (F,) K, density (F,) g/cm^3, time (F,) ps, pressure (F,) bar
+                  (instantaneous, OpenMM's finite-difference estimator; absent in older files),
+                  plus metadata_json
+log.csv           time_ps, potential_kJ_mol, temperature_K, volume_nm3, density_g_cm3, pressure_bar per frame
 simulation.json   the config, platform, speed (ns/day), status, units, versions
 ================  ============================================================================
 
@@ -34,6 +36,7 @@ import openmm.unit as u
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from ._io import atomic_write, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 from .dataset import CGDataset
+from .pressure import attach_pressure_probe, current_pressure
 from .reference import choose_platform, platform_properties
 from .system import CGModel, cg_topology_from_dataset, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
@@ -158,7 +161,7 @@ def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float
 def _frame_store(n: int) -> FrameStore:
     return FrameStore({"positions": ((n, 3), np.float32), "boxes": ((3, 3), np.float64),
                        "potential_energy": ((), np.float64), "temperature": ((), np.float64),
-                       "density": ((), np.float64), "time": ((), np.float64)})
+                       "density": ((), np.float64), "time": ((), np.float64), "pressure": ((), np.float64)})
 
 
 def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bool = False,
@@ -180,12 +183,15 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     model = CGModel(config.model)
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
-    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs)
+    system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs,
+                                 temperature=config.temperature)
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
+    else:
+        barostat = attach_pressure_probe(system, config.temperature)  # disabled: pressure estimates in NVT
     platform = choose_platform(config.platform)
     integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
                                                  config.timestep * u.picoseconds)
@@ -221,7 +227,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
             state = simulation.context.getState(getPositions=True, getEnergy=True)
             obs = monitor.observe(state, t)
             frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t, **obs)
+                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t,
+                       pressure=current_pressure(simulation.context, barostat), **obs)
             bar.update(1)
             if len(frames) % config.checkpoint_every == 0:
                 partial.save(simulation, frames)
@@ -275,15 +282,15 @@ def _write_outputs(out: Path, config: CGSimulationConfig, topology: app.Topology
         "model": {"file": Path(config.model).name, "type_names": metadata.get("type_names"),
                   "cutoff_nm": metadata.get("cutoff_nm")},
         "units": {"positions": "nm", "boxes": "nm", "potential_energy": "kJ/mol", "temperature": "K",
-                  "density": "g/cm^3", "time": "ps"},
+                  "density": "g/cm^3", "time": "ps", "pressure": "bar"},
         "versions": versions(),
     }
     save_npz_atomic(out / "frames.npz", metadata_json=np.array(json.dumps(info)), **arrays)
-    rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3"]
+    rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3,pressure_bar"]
     vols = np.abs(np.linalg.det(arrays["boxes"])) if len(frames) else []
-    for t, e, temp, v, d in zip(arrays["time"], arrays["potential_energy"], arrays["temperature"], vols,
-                                arrays["density"]):
-        rows.append(f"{t:.4f},{e:.4f},{temp:.3f},{v:.5f},{d:.5f}")
+    for t, e, temp, v, d, p in zip(arrays["time"], arrays["potential_energy"], arrays["temperature"], vols,
+                                   arrays["density"], arrays["pressure"]):
+        rows.append(f"{t:.4f},{e:.4f},{temp:.3f},{v:.5f},{d:.5f},{p:.2f}")
     write_text_atomic(out / "log.csv", "\n".join(rows) + "\n")
     if len(frames):
         traj = md.Trajectory(arrays["positions"], md.Topology.from_openmm(topology))

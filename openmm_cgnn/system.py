@@ -82,8 +82,9 @@ def type_masses(metadata: dict) -> dict[str, float]:
 
 
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
-                     use_cuda_graphs: bool = False):
-    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed."""
+                     use_cuda_graphs: bool = False, temperature: float | None = None):
+    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed.
+    ``temperature`` (K): the run temperature of the model's volume term (``openmm_cgnn.volume``)."""
     import openmmtorch
 
     check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
@@ -92,6 +93,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
         import torch
 
         module.set_types(torch.tensor(types, dtype=torch.int64))
+    if temperature is not None and hasattr(module, "volume_term"):
+        module.volume_term.set_temperature(float(temperature))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
     if use_cuda_graphs:
@@ -100,7 +103,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
 
 
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
-                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False) -> openmm.System:
+                  remove_cm_motion: bool = False, use_cuda_graphs: bool = False,
+                  temperature: float | None = None) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
     Parameters
@@ -110,6 +114,8 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
     remove_cm_motion: add a CMMotionRemover.
     use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only).
+    temperature: K, the run temperature seen by the model's volume term when it has a temperature
+        trend (default: the temperature it was fitted at).
     """
     module, metadata = _load_model(model)
     system = openmm.System()
@@ -122,7 +128,8 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         raise CGSystemError(f"got {len(masses)} masses for {cg_topology.getNumAtoms()} beads")
     for m in masses:
         system.addParticle(float(m))
-    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs))
+    system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
+                                     temperature=temperature))
     if remove_cm_motion:
         system.addForce(openmm.CMMotionRemover())
     return system
@@ -163,12 +170,13 @@ class CGModel:
             self.module, self.metadata = load_exported(self.path)
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
-                      use_cuda_graphs: bool = False) -> openmm.System:
+                      use_cuda_graphs: bool = False, temperature: float | None = None) -> openmm.System:
         if self.kind == "pair":
             if masses is None:
                 by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
                 if by_type is None:
                     raise CGSystemError("a pair force field records no masses; start from a CG data set")
                 masses = [by_type[a.name] for a in topology.atoms()]
-            return self.pair.create_system(topology, bead_masses=masses)
-        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs)
+            return self.pair.create_system(topology, bead_masses=masses, temperature=temperature)
+        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
+                             temperature=temperature)
