@@ -491,7 +491,8 @@ def _solve_normal(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, bin_width: float = 0.01,
                             regularization: float = 1e-3, prior: PriorParams | None = None,
                             zero_force_at_cutoff: bool = True,
-                            table_points_per_bin: int = 4, fit_volume: bool = True) -> PairForceField:
+                            table_points_per_bin: int = 4, fit_volume: bool = True, volume_source: str = "mapped",
+                            volume_nvt_ps: float = 2.0, volume_nvt_equilibration_ps: float = 0.5) -> PairForceField:
     """Fit a tabulated pair force field to mapped forces by linear least squares (MS-CG).
 
     ``regularization`` weighs a second-difference (smoothness) penalty on the force table relative
@@ -499,7 +500,8 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
     1e-12 relative ridge only to keep the system solvable). ``prior``: the repulsive prior, fitted
     with ``fit_prior(datasets)`` if not given. Units: nm, kJ/mol/nm. ``fit_volume``: when every data
     set carries all-atom pressures, also fit the volume term U_V by pressure matching (as ``train``
-    does for the GNN; ``openmm_cgnn.volume``).
+    does for the GNN; ``openmm_cgnn.volume``), with the CG pressure from the mapped frames
+    (``volume_source="mapped"``) or a short CG NVT run of the pair model (``"cg-nvt"``, ``volume_nvt_*`` ps).
     """
     datasets = list(datasets)
     if not datasets:
@@ -623,11 +625,19 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
     ff = PairForceField(r=np.arange(n_nodes) * h, force=force, energy=energy, prior=prior,
                         type_names=type_names, cutoff=cutoff, onset=onset, pair_counts=counts,
                         table_points_per_bin=table_points_per_bin, provenance=provenance)
-    if fit_volume:
-        from .volume import fit_from_datasets
+    if fit_volume and all(ds.pressure is not None for ds in datasets):
+        from .volume import cg_nvt_pressures, fit_from_datasets, fit_volume_term, pressure_point_from_run
 
-        def energy_for(ds: CGDataset):
-            return lambda pos, box: ff.energy_forces(pos, box, ds.bead_types)[0]
+        if volume_source == "cg-nvt":
+            ff.volume = fit_volume_term([pressure_point_from_run(
+                cg_nvt_pressures(ff, ds, ds.temperature, volume_nvt_ps, volume_nvt_equilibration_ps, seed=k), ds,
+                label=f"data set {k}") for k, ds in enumerate(datasets)])
+            ff.volume.fit["cg_pressure_from"] = (f"CG NVT run of the pair model at each reference volume "
+                                                 f"({volume_nvt_equilibration_ps:g} + {volume_nvt_ps:g} ps)")
+        else:
+            def energy_for(ds: CGDataset):
+                return lambda pos, box: ff.energy_forces(pos, box, ds.bead_types)[0]
 
-        ff.volume = fit_from_datasets(datasets, energy_for)
+            ff.volume = fit_from_datasets(datasets, energy_for)
+            ff.volume.fit["cg_pressure_from"] = "virial of the model on the mapped all-atom frames"
     return ff

@@ -25,9 +25,8 @@ the CG model without the term at the reference volume, measured one of two ways:
   and temperature, OpenMM's estimator every few steps. U_V puts no force on beads, so this run samples
   exactly the ensemble the corrected model will sample at that volume: one run, no iteration.
 * ``"mapped"`` (:func:`pressure_point`): the virial pressure of the model on the mapped all-atom
-  frames (:func:`openmm_cgnn.pressure.virial_pressure`). Cheap, but it equals the CG ensemble's
-  pressure only as far as the model reproduces the mapped structure, and the pressure is sensitive
-  to small differences (for a briefly trained methanol model the two differed by about 1 kbar).
+  frames (:func:`openmm_cgnn.pressure.virial_pressure`). Cheap (two energy evaluations per frame),
+  but it equals the CG ensemble's pressure only as far as the model reproduces the mapped structure.
 
 :class:`VolumeTerm` is a TorchScript-able module ``forward(box (3, 3) nm, n_beads) -> kJ/mol``. The
 exported CG potential carries one (zero coefficients: no term), so ``TorchForce`` and
@@ -257,7 +256,8 @@ def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: fl
                      sample_every: int = 25, timestep_ps: float = 0.002, seed: int = 0,
                      platform: str | None = None) -> np.ndarray:
     """Instantaneous pressures (bar) of a CG NVT run of ``module`` (the scripted CG potential without
-    volume term) at the mean volume of data set ``ds``, from its last frame scaled to that volume.
+    volume term, or a pair force field with ``create_system``) at the mean volume of data set ``ds``,
+    from its last frame scaled to that volume.
 
     Langevin (LangevinMiddle, 1/ps) at ``temperature`` K; ``equilibration_ps`` then ``production_ps``,
     a sample every ``sample_every`` steps (OpenMM's finite-difference estimator, every bead scaled).
@@ -276,8 +276,11 @@ def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: fl
     positions = ds.positions[-1] * scale
     topology = cg_topology_from_dataset(ds, ds.n_frames - 1)
     topology.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box] * unit.nanometer)
-    metadata = {"cutoff_nm": float(module.cutoff_nm), "type_names": list(ds.type_names)}
-    system = create_system(topology, (module, metadata), masses=list(ds.bead_masses))
+    if hasattr(module, "create_system"):          # a pair force field (openmm_cgnn.baselines)
+        system = module.create_system(topology, bead_masses=ds.bead_masses, bead_types=ds.bead_types)
+    else:
+        metadata = {"cutoff_nm": float(module.cutoff_nm), "type_names": list(ds.type_names)}
+        system = create_system(topology, (module, metadata), masses=list(ds.bead_masses))
     probe = attach_pressure_probe(system, temperature)
     integrator = openmm.LangevinMiddleIntegrator(temperature, 1.0, timestep_ps)
     integrator.setRandomNumberSeed(seed)

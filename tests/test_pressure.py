@@ -150,7 +150,7 @@ def test_exported_model_carries_the_volume_term(tiny_model_dir, tiny_model_pt, m
         x = torch.tensor(p, requires_grad=True)
         e = m(x, torch.tensor(b))
         (g,) = torch.autograd.grad(e, x)
-        return float(e), -g.numpy()
+        return float(e.detach()), -g.numpy()
 
     e_with, f_with = energy_forces(module, pos, box)
     e_plain, f_plain = energy_forces(plain, pos, box)
@@ -248,3 +248,35 @@ def test_npt_reaches_the_target_density_after_pressure_matching():
     assert err < 0.02 * n0
     plain = _npt_density(_pair_system(n, box, expr, 0.75), start, p_target, 2000, seed=3)
     assert np.mean(plain[-10:]) < 0.85 * n0           # without U_V the fluid expands far below n0
+
+
+def test_volume_term_fitted_from_a_cg_nvt_run_matches_the_all_atom_pressure(tiny_model_dir, methanol_dataset,
+                                                                            tmp_path):
+    """Pressure matching on a short CG NVT run ("cg-nvt"), then an independent CG NVT run of the exported
+    model (another seed, through openmm-cgnn simulate) has the all-atom pressure within the error bars."""
+    import shutil
+
+    from openmm_cgnn.dataset import CGDataset
+    from openmm_cgnn.export import export_model
+    from openmm_cgnn.pressure import mean_and_standard_error
+    from openmm_cgnn.simulate import CGSimulationConfig, load_cg_frames, run_cg_simulation
+    from openmm_cgnn.training import TrainConfig, fit_model_volume_term
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = TrainConfig.from_toml(model_dir / "config.toml")
+    config.volume_source, config.volume_nvt_ps, config.volume_nvt_equilibration_ps = "cg-nvt", 2.0, 0.4
+    volume = fit_model_volume_term(model_dir, [methanol_dataset], config, verbose=False)
+    assert volume.fit["terms"] == ["a"] and volume.fit["cg_pressure_from"].startswith("CG NVT")
+    point = volume.fit["points"][0]
+    ds = CGDataset.load(methanol_dataset)
+    assert point["p_ref"] == pytest.approx(np.mean(ds.pressure[len(ds.pressure) % 5:]), rel=1e-9)
+    model_pt = export_model(model_dir, tmp_path / "model.pt")
+    run = CGSimulationConfig(model=str(model_pt), start_dataset=str(methanol_dataset), temperature=300.0,
+                             equilibration=0.4, production=2.0, frame_interval=0.02, seed=99, platform="CPU")
+    run_cg_simulation(run, tmp_path / "run", progress=False)
+    frames, _ = load_cg_frames(tmp_path / "run")
+    m, se = mean_and_standard_error(frames["pressure"], 5)
+    assert abs(m - point["p_ref"]) < 3 * np.hypot(se, np.hypot(point["p_ref_se"], point["p_cg_se"])), (m, se, point)
+    # without the term the same model is off by the fitted offset, which is far larger than the errors
+    assert abs(volume.a * BAR_PER_KJ_MOL_NM3) > 5 * np.hypot(se, point["p_ref_se"])

@@ -46,7 +46,7 @@ def main(work: Path) -> None:
     # the tiny preset fits U_V on the mapped frames; keep that fit for the record and refit from a CG NVT run
     if not (model_dir / "volume-mapped.json").exists():
         shutil.copy(model_dir / "volume.json", model_dir / "volume-mapped.json")
-    if VolumeTermParams.load(model_dir / "volume.json").fit.get("cg_pressure_from", "").startswith("virial"):
+    if not VolumeTermParams.load(model_dir / "volume.json").fit.get("cg_pressure_from", "").startswith("CG NVT"):
         cfg = TrainConfig.from_toml(model_dir / "config.toml")
         cfg.volume_source, cfg.volume_nvt_ps, cfg.volume_nvt_equilibration_ps = "cg-nvt", 10.0, 2.0
         fit_model_volume_term(model_dir, [cg], cfg)
