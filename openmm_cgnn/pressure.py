@@ -15,6 +15,11 @@ force, the TorchForce of a many-body network included:
   isotropic scaling of box and positions (every particle scaled: the CG beads), and the kinetic term
   from the temperature (its ensemble average).
 
+With a TorchForce in the System, call ``computeCurrentPressure`` with a Langevin (LangevinMiddle)
+integrator, as everything here does: it then needs energies only. With a Verlet integrator it also
+computes forces for the kinetic energy, and torch's autograd engine refuses to run inside that call
+(the Python wrapper holds the GIL): "The autograd engine was called while holding the GIL".
+
 Units: bar for pressures, nm and nm^3 for positions and volumes, kJ/mol for energies, K.
 """
 

@@ -280,3 +280,40 @@ def test_volume_term_fitted_from_a_cg_nvt_run_matches_the_all_atom_pressure(tiny
     assert abs(m - point["p_ref"]) < 3 * np.hypot(se, np.hypot(point["p_ref_se"], point["p_cg_se"])), (m, se, point)
     # without the term the same model is off by the fitted offset, which is far larger than the errors
     assert abs(volume.a * BAR_PER_KJ_MOL_NM3) > 5 * np.hypot(se, point["p_ref_se"])
+
+
+def test_pair_baseline_gets_the_same_volume_term(tmp_path):
+    """The pair model is pressure-matched too; its JSON carries the term and its System adds it as a
+    box-only force: same bead forces, energy shifted by U_V, pressure shifted by -dU_V/dV."""
+    from openmm_cgnn.baselines import PairForceField, fit_pair_force_matching
+    from openmm_cgnn.mapping import build_cg_topology
+
+    from ._synthetic import make_synthetic_dataset
+
+    ds = make_synthetic_dataset(n_frames=6, seed=5)
+    ds.pressure = np.full(ds.n_frames, 50.0)                 # pretend all-atom pressures, bar
+    ff = fit_pair_force_matching([ds], cutoff=0.7, bin_width=0.02)
+    assert ff.volume is not None and ff.volume.fit["terms"] == ["a"]
+    assert ff.volume.fit["points"][0]["p_ref"] == pytest.approx(50.0)
+    loaded = PairForceField.load(ff.save(tmp_path / "pair.json"))
+    assert loaded.volume.a == ff.volume.a
+    assert fit_pair_force_matching([ds], cutoff=0.7, bin_width=0.02, fit_volume=False).volume is None
+    top = build_cg_topology([ds.type_names[t] for t in ds.bead_types], ds.bead_residues,
+                            box_vectors=[openmm.Vec3(*row) for row in ds.boxes[0]] * u.nanometer)
+    results = []
+    for model in (loaded, fit_pair_force_matching([ds], cutoff=0.7, bin_width=0.02, fit_volume=False)):
+        system = model.create_system(top, bead_masses=ds.bead_masses)
+        probe = attach_pressure_probe(system, 300.0)
+        # a LangevinMiddle integrator: its kinetic energy needs no forces, so computeCurrentPressure only
+        # asks the TorchForce for energies (see openmm_cgnn.pressure)
+        ctx = _context(system, openmm.LangevinMiddleIntegrator(300.0, 1.0, 0.001))
+        ctx.setPositions(ds.positions[0])
+        ctx.setVelocitiesToTemperature(300.0, 1)
+        state = ctx.getState(getEnergy=True, getForces=True)
+        results.append((state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+                        state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer),
+                        current_pressure(ctx, probe)))
+    (e1, f1, p1), (e0, f0, p0) = results
+    assert np.allclose(f1, f0, rtol=0, atol=1e-9)
+    assert e1 - e0 == pytest.approx(loaded.volume.energy(abs(np.linalg.det(ds.boxes[0])), ds.n_beads), abs=1e-6)
+    assert p0 - p1 == pytest.approx(loaded.volume.a * BAR_PER_KJ_MOL_NM3, rel=1e-3)
