@@ -14,34 +14,30 @@ prior, in TorchScript-friendly code:
 * the hierarchical energy head: a linear read-out of every layer's features, summed over beads.
 
 The network works in angstrom and kcal/mol like hippynn; the conversions from OpenMM's nm and to
-kJ/mol happen only in :meth:`CGPotential.forward`. Neighbours come from ``vesin_torch`` (periodic
-half list, used in both directions); the box must be wider than twice the cutoff along each
-perpendicular width. Sensitivity terms below exp(-80) are set to zero (their exp() would underflow
-into slow denormals; the values are < 2e-35). The exported file carries a ``metadata.json`` extra
-file (cutoff, bead type names, dtype, units, prior parameters, training metadata).
+kJ/mol happen only in :meth:`CGPotential.energy_of_layout`.
 
-A saved model uses vesin's TorchScript class, so ``import vesin_torch`` (or ``import openmm_cgnn``)
-must run before ``torch.jit.load``; :func:`load_exported` does this for you.
+Neighbours live in a table of fixed capacity (N beads x K slots, full list), filled every call by a
+cell search over a fixed grid written in TorchScript: every shape depends only on N and on the
+layout chosen by :meth:`CGPotential.configure`, and nothing in a step reads a tensor value on the host,
+so openmm-torch can capture the step in a CUDA graph. The capacity K is recorded at export from the
+training data (the most neighbours any bead had, plus a margin); an overflow makes the energy NaN.
+The box must be wider than twice the cutoff along each perpendicular width. Sensitivity terms below
+exp(-80) are set to zero (their exp() would underflow into slow denormals; the values are < 2e-35).
+The exported file carries a ``metadata.json`` extra file (cutoff, bead type names, dtype, units,
+neighbour capacity, prior parameters, training metadata).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Tuple
 
-# vesin's CUDA neighbour list holds at most n_points * VESIN_CUDA_MAX_PAIRS_PER_POINT pairs (default 128,
-# read when a list is computed). A half list at the paper's 1.5 nm cutoff in liquid methanol has about
-# 105 pairs per bead; leave room for denser systems unless the user chose a value.
-os.environ.setdefault("VESIN_CUDA_MAX_PAIRS_PER_POINT", "512")
-
+import numpy as np
 import torch
 from torch import Tensor
 
-import vesin_torch  # noqa: F401  (registers torch.classes.vesin, needed to script and to load)
-from vesin_torch import NeighborList
 
 from ._io import atomic_write, check_output_path
 from .prior import PriorParams
@@ -49,8 +45,15 @@ from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 from .volume import VolumeTerm, VolumeTermParams  # volume term U_V(V, N): see openmm_cgnn.volume
 
 EXPORT_FORMAT = "openmm-cgnn/torchscript-cg-potential"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: fixed-capacity neighbour table (1 used vesin-torch)
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# How far (linear) the box may shrink below the one the layout was configured for before the cell grid
+# is too fine for the cutoff and the model reports an overflow (NPT runs then get a new layout).
+COMPRESSION_MARGIN = 0.1
+# The neighbour capacity recorded at export: the most neighbours any bead had in the training data,
+# times this factor, plus NEIGHBOUR_SLACK (denser states than the training data then still fit).
+NEIGHBOUR_MARGIN = 1.25
+NEIGHBOUR_SLACK = 8
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -85,8 +88,8 @@ class _Interaction(torch.nn.Module):
         self.quadscales = torch.nn.Parameter(torch.zeros(nf_out))
 
     def sensitivity(self, r: Tensor) -> Tensor:
-        """(P,) distances in angstrom -> (P, n_dist) sensitivities, as hippynn's InverseSensitivityModule."""
-        d = r.unsqueeze(1)
+        """(..., ) distances in angstrom -> (..., n_dist) sensitivities, as hippynn's InverseSensitivityModule."""
+        d = r.unsqueeze(-1)
         nondim = (d ** -1 - self.mu ** -1) ** 2 / (self.sigma ** -2)
         # exp(-nondim/2) below exp(-80) (< 2e-35) is set to 0: exp of large negative arguments produces
         # denormals, which are an order of magnitude slower on CPUs, and the values are negligible.
@@ -94,31 +97,25 @@ class _Interaction(torch.nn.Module):
         base = torch.where(nondim < 160.0, base, torch.zeros_like(base))
         cut = torch.cos((math.pi / 2) * r / self.hard_cutoff) ** 2
         cut = cut * (r <= self.hard_cutoff).to(cut.dtype)
-        return base * cut.unsqueeze(1)
+        return base * cut.unsqueeze(-1)
 
-    def forward(self, features: Tensor, r: Tensor, comps: Tensor, pair_slots: Tensor, nbr: Tensor) -> Tensor:
+    def forward(self, features: Tensor, r: Tensor, comps: Tensor, nbr: Tensor) -> Tensor:
+        """features (N, nf_in); r (N, K) angstrom; comps (N, K, >= n_comp); nbr (N, K), empty slots = N."""
         n = features.shape[0]
-        n_pairs = r.shape[0]
-        k_max = pair_slots.shape[1]
-        sense = self.sensitivity(r)  # (P, D)
+        k_max = nbr.shape[1]
+        sense = self.sensitivity(r)  # (N, K, D); zero in empty slots (r beyond the cutoff)
         # Environment env[i, c, d, f] = sum over i's neighbours k of comp[c] * sense[d] * features_j[f]
-        # (hippynn's envsum of the stacked sensitivities), as one batched matrix product per bead over a
-        # neighbour table padded with zeros: pair_slots (N, K) indexes pairs (P = empty slot), nbr (N, K)
-        # indexes beads (N = empty slot). Of the two ways to group the product, the one that materialises
-        # the smaller per-pair tensor is taken (the first layer has only n_types input features).
+        # (hippynn's envsum of the stacked sensitivities), as one batched matrix product per bead over
+        # the neighbour table. Of the two ways to group the product, the one that materialises the
+        # smaller per-slot tensor is taken (the first layer has only n_types input features).
         f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, self.nf_in)], 0), nbr)  # (N, K, nf_in)
+        comp = comps[:, :, : self.n_comp]
         if self.nf_in <= self.n_comp:
-            s_pad = _gather_rows(torch.cat([sense, sense.new_zeros(1, self.n_dist)], 0), pair_slots)  # (N, K, D)
-            c_pad = _gather_rows(torch.cat([comps[:, : self.n_comp], comps.new_zeros(1, self.n_comp)], 0),
-                                 pair_slots)  # (N, K, C)
-            sf = (s_pad.unsqueeze(3) * f_pad.unsqueeze(2)).reshape(n, k_max, self.n_dist * self.nf_in)
-            env = torch.bmm(c_pad.transpose(1, 2), sf)  # (N, C, D*nf_in)
+            sf = (sense.unsqueeze(3) * f_pad.unsqueeze(2)).reshape(n, k_max, self.n_dist * self.nf_in)
+            env = torch.bmm(comp.transpose(1, 2), sf)  # (N, C, D*nf_in)
         else:
-            stacked = (comps[:, : self.n_comp].unsqueeze(2) * sense.unsqueeze(1)).reshape(
-                n_pairs, self.n_comp * self.n_dist)
-            s_pad = _gather_rows(torch.cat([stacked, stacked.new_zeros(1, stacked.shape[1])], 0),
-                                 pair_slots)  # (N, K, C*D)
-            env = torch.bmm(s_pad.transpose(1, 2), f_pad)  # (N, C*D, nf_in)
+            stacked = (comp.unsqueeze(3) * sense.unsqueeze(2)).reshape(n, k_max, self.n_comp * self.n_dist)
+            env = torch.bmm(stacked.transpose(1, 2), f_pad)  # (N, C*D, nf_in)
         out = torch.matmul(env.reshape(n, self.n_comp, self.n_dist * self.nf_in), self.weights)  # (N, C, nf_out)
         total = out[:, 0, :] + self.selfint(features)
         if self.order >= 1:
@@ -160,8 +157,8 @@ class _Block(torch.nn.Module):
         self.int_adjust = int_adjust    # Linear(nf_in, nf_out, bias=False) when the sizes differ, else Identity
         self.atom_layers = torch.nn.ModuleList(atom_layers)
 
-    def forward(self, features: Tensor, r: Tensor, comps: Tensor, pair_slots: Tensor, nbr: Tensor) -> Tensor:
-        y = self.interaction(features, r, comps, pair_slots, nbr)
+    def forward(self, features: Tensor, r: Tensor, comps: Tensor, nbr: Tensor) -> Tensor:
+        y = self.interaction(features, r, comps, nbr)
         if self.resnet:
             x = self.int_res(torch.nn.functional.softplus(y)) + self.int_adjust(features)
         else:
@@ -179,10 +176,21 @@ class CGPotential(torch.nn.Module):
     to the module's dtype (chosen at export). Bead types are the buffer ``types`` (N,) of 0-based
     indices into ``type_names``, set with :meth:`set_types`; with a single bead type an empty buffer
     means "every bead is that type" and any number of beads works.
+
+    Static shapes, no host synchronisation. Neighbours live in a fixed-capacity table (N, K) filled
+    by a cell search over a fixed grid; :meth:`configure` sizes the grid and the capacities for a bead
+    count and a box (the only place that reads tensor values on the host). ``forward`` calls it by
+    itself when the bead count changes; after that every call has the same shapes and the same
+    operations, which is what CUDA graph capture needs. When a table overflows (a bead with more
+    than K neighbours, a cell with more beads than it holds, or a box compressed so far that a cell
+    is narrower than the cutoff) the energy and forces are NaN: never silently wrong. Call
+    :meth:`overflowed` to tell that apart from a blow-up, and :meth:`configure` with a larger
+    capacity to go on.
     """
 
     def __init__(self, n_types: int, blocks: List[_Block], heads: List[torch.nn.Linear], network_cutoff_nm: float,
-                 prior: PriorParams | None, max_order: int, dtype: torch.dtype = torch.float32):
+                 prior: PriorParams | None, max_order: int, dtype: torch.dtype = torch.float32,
+                 neighbour_capacity: int = 0):
         super().__init__()
         self.n_types = n_types
         self.blocks = torch.nn.ModuleList(blocks)
@@ -199,7 +207,16 @@ class CGPotential(torch.nn.Module):
         self.cutoff_text = f"{self.cutoff_nm:.6g}"
         self.kj_per_kcal = KJ_PER_KCAL
         self.angstrom_per_nm = ANGSTROM_PER_NM
-        self.nl = NeighborList(cutoff=self.cutoff_nm, full_list=False)
+        # neighbours per bead (full list) the table holds by default; 0: estimate from the density
+        self.neighbour_capacity = int(neighbour_capacity)
+        self.compression_margin = COMPRESSION_MARGIN
+        # the configured layout (set by configure): bead count, capacities, grid
+        self.n_configured = -1
+        self.table_capacity = 0
+        self.cell_capacity = 0
+        self.n_cells = 0
+        self.register_buffer("grid", torch.ones(3, dtype=torch.long))              # cells along a, b, c
+        self.register_buffer("cell_neighbours", torch.zeros(0, 0, dtype=torch.long))  # (n_cells, n_offsets)
         self.register_buffer("types", torch.zeros(0, dtype=torch.long))
         self.register_buffer("_dtype_ref", torch.zeros((), dtype=dtype))
         self.volume_term = VolumeTerm(None, dtype)  # U_V(V, N): zero unless set at export (openmm_cgnn.volume)
@@ -222,99 +239,242 @@ class CGPotential(torch.nn.Module):
         raise RuntimeError("CGPotential: the model has several bead types; call set_types(types) with one "
                            "0-based type index per bead (the number of beads has changed or was never set)")
 
-    def _check_box(self, box: Tensor) -> None:
-        a = box[0]
-        b = box[1]
-        c = box[2]
-        bc = torch.linalg.cross(b, c)
-        ca = torch.linalg.cross(c, a)
-        ab = torch.linalg.cross(a, b)
-        vol = torch.abs(torch.dot(a, bc))
-        widths = torch.stack([vol / torch.linalg.vector_norm(bc), vol / torch.linalg.vector_norm(ca),
-                              vol / torch.linalg.vector_norm(ab)])
+    # -------------------------------------------------------------------------------------------
+    # geometry (static shapes, no host synchronisation)
+    # -------------------------------------------------------------------------------------------
+    def _widths(self, box: Tensor) -> Tensor:
+        """(3,) perpendicular widths of the box (rows a, b, c) in nm."""
+        bc = torch.linalg.cross(box[1], box[2])
+        ca = torch.linalg.cross(box[2], box[0])
+        ab = torch.linalg.cross(box[0], box[1])
+        vol = torch.abs(torch.dot(box[0], bc))
+        return vol / torch.stack([torch.linalg.vector_norm(bc), torch.linalg.vector_norm(ca),
+                                  torch.linalg.vector_norm(ab)])
+
+    def _fractional(self, pos: Tensor, box: Tensor) -> Tensor:
+        """(N, 3) fractional coordinates in [0, 1) of positions (N, 3) in a box with rows a, b, c."""
+        bc = torch.linalg.cross(box[1], box[2])
+        ca = torch.linalg.cross(box[2], box[0])
+        ab = torch.linalg.cross(box[0], box[1])
+        recip = torch.stack([bc, ca, ab], dim=1) / torch.dot(box[0], bc)  # columns: reciprocal vectors
+        frac = torch.matmul(pos, recip)
+        return frac - torch.floor(frac)
+
+    def _minimum_image(self, d: Tensor, box: Tensor) -> Tensor:
+        """Displacements (..., 3) reduced to their nearest periodic image, for a box in OpenMM's reduced
+        (lower-triangular) form, exact for distances below half the smallest width (as in OpenMM)."""
+        d = d - torch.round(d[..., 2:3] / box[2, 2]) * box[2]
+        d = d - torch.round(d[..., 1:2] / box[1, 1]) * box[1]
+        return d - torch.round(d[..., 0:1] / box[0, 0]) * box[0]
+
+    @torch.jit.export
+    def neighbour_table(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
+        """Fixed-capacity neighbour table of the configured layout.
+
+        :param pos: (N, 3) positions in nm; :param box: (3, 3) box rows in nm.
+        :return: ``nbr`` (N, K) long, the neighbours of each bead within the cutoff (empty slots hold N),
+            and ``overflow``, a 0-d bool tensor: True when the table cannot be trusted (a bead with more
+            than K neighbours, a full cell, or cells narrower than the cutoff).
+        """
+        # detached inputs rather than torch.no_grad(): inside openmm-torch the latter lost the position gradient
+        pos = pos.detach()
+        box = box.detach()
+        n = pos.shape[0]
+        device = pos.device
+        cap = self.cell_capacity
+        n_cells = self.n_cells
+        # bead -> cell of the fixed grid, in fractional coordinates (any triclinic box)
+        idx3 = torch.floor(self._fractional(pos, box) * self.grid.to(pos.dtype)).to(torch.long)
+        idx3 = torch.minimum(torch.clamp(idx3, min=0), self.grid - 1)
+        cell = (idx3[:, 0] * self.grid[1] + idx3[:, 1]) * self.grid[2] + idx3[:, 2]
+        # cells as rows of `cap` slots: sort beads by cell, rank within their cell
+        order = torch.argsort(cell)
+        cell_sorted = torch.index_select(cell, 0, order)
+        counts = torch.zeros(n_cells, dtype=torch.long, device=device).scatter_add_(
+            0, cell, torch.ones_like(cell))
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n, device=device) - torch.index_select(start, 0, cell_sorted)
+        slot = torch.where(rank < cap, cell_sorted * cap + rank, torch.full_like(rank, n_cells * cap))
+        table = torch.full((n_cells * cap + 1,), n, dtype=torch.long, device=device).scatter_(0, slot, order)
+        table = table[: n_cells * cap].reshape(n_cells, cap)
+        # candidates: every bead of the neighbouring cells, then those inside the cutoff
+        cells_around = torch.index_select(self.cell_neighbours, 0, cell)  # (N, n_offsets)
+        cand = torch.index_select(table, 0, cells_around.reshape(-1)).reshape(n, -1)  # (N, M)
+        pos_pad = torch.cat([pos, pos.new_zeros(1, 3)], 0)
+        d = torch.index_select(pos_pad, 0, cand.reshape(-1)).reshape(n, -1, 3) - pos.unsqueeze(1)
+        d = self._minimum_image(d, box)
+        inside = (torch.square(d).sum(dim=2) < self.cutoff_nm * self.cutoff_nm) & (cand != n) \
+            & (cand != torch.arange(n, device=device).unsqueeze(1))
+        # compact each row into K slots; slot K collects what does not fit and is dropped
+        k = self.table_capacity
+        position = torch.cumsum(inside.to(torch.int32), dim=1)
+        dest = torch.where(inside & (position <= k), position - 1, torch.full_like(position, k)).to(torch.long)
+        nbr = torch.full((n, k + 1), n, dtype=torch.long, device=device).scatter_(1, dest, cand)[:, :k]
+        too_narrow = (self._widths(box) / self.grid.to(pos.dtype) < self.cutoff_nm).any() \
+            | (self._widths(box) <= 2.0 * self.cutoff_nm).any()
+        overflow = (position[:, -1] > k).any() | (counts > cap).any() | too_narrow
+        return nbr, overflow
+
+    def _slot_geometry(self, pos: Tensor, box: Tensor, nbr: Tensor) -> Tuple[Tensor, Tensor]:
+        """Differentiable (N, K, 3) vectors r_j - r_i and (N, K) distances (nm) of the table's slots;
+        empty slots get a distance of twice the cutoff, where every term of the model is zero."""
+        n = pos.shape[0]
+        pos_pad = torch.cat([pos, pos.new_zeros(1, 3)], 0)
+        # index_select, not pos[nbr]: its backward is an atomic index_add (see _gather_rows)
+        vec = torch.index_select(pos_pad, 0, nbr.reshape(-1)).reshape(n, -1, 3) - pos.unsqueeze(1)
+        vec = self._minimum_image(vec, box)
+        filled = (nbr != n).unsqueeze(2)
+        far = torch.zeros_like(vec)
+        far[:, :, 0] = 2.0 * self.cutoff_nm
+        vec = torch.where(filled, vec, far)
+        r = torch.sqrt(torch.square(vec).sum(dim=2))
+        return vec, r
+
+    @torch.jit.export
+    def configure(self, n: int, box: Tensor, neighbour_capacity: int = 0) -> None:
+        """Size the neighbour table and the cell grid for ``n`` beads in ``box`` ((3, 3) nm, rows).
+
+        Raises if the box is narrower than twice the cutoff. ``neighbour_capacity`` (neighbours per bead,
+        full list) overrides the model's own (recorded at export from the training data); both 0:
+        estimated from the density with a margin. The grid leaves room for the box to shrink by
+        ``compression_margin`` (linear) before the table reports an overflow.
+        """
+        box = box.detach().to(self._dtype_ref.dtype)
+        widths = self._widths(box)
         if bool((widths <= 2.0 * self.cutoff_nm).any()):
             width = str(float(torch.round(widths.min(), decimals=5)))
             raise RuntimeError("CGPotential: the periodic box is too small for the model: its smallest "
                                "perpendicular width (" + width + " nm) must exceed twice the cutoff ("
                                + self.cutoff_text + " nm); use a larger system")
+        if bool(box[0, 1] != 0) or bool(box[0, 2] != 0) or bool(box[1, 2] != 0):
+            raise RuntimeError("CGPotential: box vectors must be in OpenMM's reduced form (a along x, b in the "
+                               "xy plane), as OpenMM gives them")
+        volume = float(torch.abs(torch.det(box)))
+        density = float(n) / volume
+        sphere = 4.0 / 3.0 * math.pi * self.cutoff_nm ** 3
+        if neighbour_capacity <= 0:
+            neighbour_capacity = self.neighbour_capacity
+        if neighbour_capacity <= 0:
+            neighbour_capacity = int(math.ceil(1.3 * density * sphere)) + 8
+        neighbour_capacity = min(neighbour_capacity, max(n - 1, 1))
+        grid: List[int] = []
+        for d in range(3):
+            grid.append(max(1, int(math.floor(float(widths[d]) * (1.0 - self.compression_margin) / self.cutoff_nm))))
+        n_cells = grid[0] * grid[1] * grid[2]
+        # a cell holds its share of the beads at the densest local density the capacity allows
+        local_density = max(density, float(neighbour_capacity) / sphere)
+        cell_capacity = int(math.ceil(1.25 * local_density * volume / n_cells)) + 4
+        cell_capacity = min(cell_capacity, n)
+        # neighbouring cells (offsets -1, 0, 1 along each axis, without repeats when an axis has < 3 cells)
+        axes: List[List[int]] = []
+        for d in range(3):
+            offsets: List[int] = []
+            for o in [-1, 0, 1]:
+                wrapped = o % grid[d]
+                if wrapped not in offsets:
+                    offsets.append(wrapped)
+            axes.append(offsets)
+        rows: List[List[int]] = []
+        for ia in range(grid[0]):
+            for ib in range(grid[1]):
+                for ic in range(grid[2]):
+                    row: List[int] = []
+                    for oa in axes[0]:
+                        for ob in axes[1]:
+                            for oc in axes[2]:
+                                row.append((((ia + oa) % grid[0]) * grid[1] + (ib + ob) % grid[1]) * grid[2]
+                                           + (ic + oc) % grid[2])
+                    rows.append(row)
+        device = self._dtype_ref.device
+        self.grid = torch.tensor(grid, dtype=torch.long, device=device)
+        self.cell_neighbours = torch.tensor(rows, dtype=torch.long, device=device)
+        self.n_cells = n_cells
+        self.cell_capacity = cell_capacity
+        self.table_capacity = neighbour_capacity
+        self.n_configured = n
 
+    @torch.jit.export
+    def overflowed(self, positions: Tensor, boxvectors: Tensor) -> bool:
+        """True when the configured neighbour table cannot hold this configuration (a host read: for
+        diagnosis after a NaN energy, not for every step)."""
+        pos = positions.to(self._dtype_ref.dtype)
+        if pos.shape[0] != self.n_configured:
+            return False
+        _, overflow = self.neighbour_table(pos, boxvectors.to(self._dtype_ref.dtype))
+        return bool(overflow)
+
+    @torch.jit.export
+    def max_neighbours(self, positions: Tensor, boxvectors: Tensor) -> int:
+        """The largest number of neighbours within the cutoff of any bead (a host read, for sizing)."""
+        pos = positions.to(self._dtype_ref.dtype)
+        box = boxvectors.to(self._dtype_ref.dtype)
+        d = self._minimum_image(pos.unsqueeze(0) - pos.unsqueeze(1), box)
+        inside = torch.square(d).sum(dim=2) < self.cutoff_nm * self.cutoff_nm
+        return int(inside.sum(dim=1).max()) - 1
+
+    # -------------------------------------------------------------------------------------------
+    # energy
+    # -------------------------------------------------------------------------------------------
     def prior_energy(self, r_nm: Tensor) -> Tensor:
-        """Prior energy (kJ/mol) of a full pair list (each pair twice) with distances in nm."""
+        """Prior energy (kJ/mol) of a full neighbour table (each pair twice), distances (N, K) in nm."""
         inside = r_nm < self.prior_cutoff
         # clamp so that pairs beyond the prior's cutoff (masked out below) never underflow exp()
         x = torch.clamp(r_nm, max=self.prior_cutoff) - self.prior_taper
         pair = self.prior_e0 * (torch.exp(-self.prior_a * x) - self.prior_shift)
         return 0.5 * torch.where(inside, pair, torch.zeros_like(pair)).sum()
 
-    def network_energy(self, types: Tensor, vec: Tensor, r: Tensor, i: Tensor, j: Tensor, n: int) -> Tensor:
-        """Network energy (kcal/mol) of ``n`` beads from a full pair list sorted by ``i``:
-        ``vec`` (P, 3) = r_j - r_i and ``r`` (P,) in angstrom, ``types`` (n,) 0-based."""
-        device = vec.device
-        n_pairs = r.shape[0]
-        # Padded neighbour table: row = bead i, slot k = its k-th pair.
-        counts = torch.bincount(i, minlength=n)
-        k_max = int(counts.max()) if n_pairs > 0 else 0
-        start = torch.cumsum(counts, 0) - counts
-        pair_ids = torch.arange(n_pairs, device=device)
-        flat = i * k_max + (pair_ids - start[i])
-        pair_slots = torch.full((n * k_max,), n_pairs, dtype=torch.long, device=device)
-        pair_slots[flat] = pair_ids
-        nbr = torch.full((n * k_max,), n, dtype=torch.long, device=device)
-        nbr[flat] = j
-        pair_slots = pair_slots.reshape(n, k_max)
-        nbr = nbr.reshape(n, k_max)
-        # Tensor components of each pair: 1, r-hat (l=1), traceless r-hat r-hat in 5 components (l=2)
-        comps = [torch.ones_like(r).unsqueeze(1)]
+    def network_energy(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor) -> Tensor:
+        """Network energy (kcal/mol) from the neighbour table ``nbr`` (N, K) (empty slots = N), its
+        vectors ``vec`` (N, K, 3) = r_j - r_i and distances ``r`` (N, K) in angstrom; ``types`` (N,) 0-based."""
+        # Tensor components of each slot: 1, r-hat (l=1), traceless r-hat r-hat in 5 components (l=2)
+        comps = [torch.ones_like(r).unsqueeze(2)]
         if self.max_order >= 1:
-            rhat = vec / r.unsqueeze(1)
+            rhat = vec / r.unsqueeze(2)
             comps.append(rhat)
             if self.max_order >= 2:
-                xx = rhat[:, 0] * rhat[:, 0]
-                yy = rhat[:, 1] * rhat[:, 1]
-                zz = rhat[:, 2] * rhat[:, 2]
-                tr = (xx + yy + zz) / 3.0
-                comps.append(torch.stack([xx - tr, rhat[:, 0] * rhat[:, 1], rhat[:, 0] * rhat[:, 2], yy - tr,
-                                          rhat[:, 1] * rhat[:, 2]], dim=1))
-        comp = torch.cat(comps, dim=1)
+                x = rhat[:, :, 0]
+                y = rhat[:, :, 1]
+                z = rhat[:, :, 2]
+                xx = x * x
+                yy = y * y
+                tr = (xx + yy + z * z) / 3.0
+                comps.append(torch.stack([xx - tr, x * y, x * z, yy - tr, y * z], dim=2))
+        comp = torch.cat(comps, dim=2)
         features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
         feats = [features]
         for block in self.blocks:
-            features = block(features, r, comp, pair_slots, nbr)
+            features = block(features, r, comp, nbr)
             feats.append(features)
-        energy = torch.zeros((), dtype=vec.dtype, device=device)
+        energy = torch.zeros((), dtype=vec.dtype, device=vec.device)
         for k, head in enumerate(self.heads):
             energy = energy + head(feats[k]).sum()
         return energy
 
-    def forward(self, positions: Tensor, boxvectors: Tensor) -> Tensor:
-        pos = positions.to(self._dtype_ref.dtype)
-        box = boxvectors.to(self._dtype_ref.dtype)
-        self._check_box(box)
+    @torch.jit.export
+    def energy_of_layout(self, pos: Tensor, box: Tensor) -> Tensor:
+        """The energy (kJ/mol) with the configured layout: the step's whole work, in static shapes and
+        with no host synchronisation. NaN when the neighbour table overflows."""
         n = pos.shape[0]
         types = self._bead_types(n, pos.device)
-        # vesin gives each pair once (half the memory of a full list, which matters for vesin's fixed
-        # per-point pair capacity on CUDA); the network needs both directions.
-        i_half, j_half, s_half = self.nl.compute(points=pos.detach(), box=box.detach(), periodic=True,
-                                                 quantities="ijS", copy=True)
-        i = torch.cat([i_half, j_half])
-        j = torch.cat([j_half, i_half])
-        shifts = torch.cat([s_half, -s_half])
-        order = torch.argsort(i, stable=True)
-        i = i[order]
-        j = j[order]
-        shifts = shifts[order]
-        # index_select, not pos[j]: its backward is an atomic index_add (see _gather_rows)
-        vec_nm = (torch.index_select(pos, 0, j) - torch.index_select(pos, 0, i)
-                  + torch.matmul(shifts.to(pos.dtype), box))
-        r_nm = torch.sqrt(torch.square(vec_nm).sum(dim=1))
+        nbr, overflow = self.neighbour_table(pos, box)
+        vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
         energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
         if self.has_prior:
             energy = energy + self.prior_energy(r_nm)
         if len(self.blocks) > 0 or len(self.heads) > 0:
-            e_net = self.network_energy(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, i, j, n)
+            e_net = self.network_energy(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
             energy = energy + self.kj_per_kcal * e_net
         energy = energy + self.volume_term(box, n)  # box only: no bead forces; seen by the MC barostat
-        return energy
+        # an overflowing table makes energy and forces NaN rather than silently wrong
+        invalid = torch.where(overflow, torch.full_like(energy, float("nan")), torch.ones_like(energy))
+        return energy * invalid
+
+    def forward(self, positions: Tensor, boxvectors: Tensor) -> Tensor:
+        pos = positions.to(self._dtype_ref.dtype)
+        box = boxvectors.to(self._dtype_ref.dtype)
+        if pos.shape[0] != self.n_configured:
+            self.configure(pos.shape[0], box, 0)
+        return self.energy_of_layout(pos, box)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,8 +494,10 @@ def _linear_from(src: torch.nn.Linear) -> torch.nn.Linear:
 
 
 def potential_from_hippynn(network: torch.nn.Module, energy: torch.nn.Module, prior: PriorParams | None,
-                           dtype: torch.dtype = torch.float32) -> CGPotential:
-    """Build a :class:`CGPotential` from hippynn's network (Hipnn/HipnnVec/HipnnQuad) and HEnergy modules."""
+                           dtype: torch.dtype = torch.float32, neighbour_capacity: int = 0) -> CGPotential:
+    """Build a :class:`CGPotential` from hippynn's network (Hipnn/HipnnVec/HipnnQuad) and HEnergy modules.
+
+    ``neighbour_capacity``: neighbours per bead the table holds (0: estimated from the density)."""
     from hippynn.layers.hiplayers.interactions import InteractLayerQuad, InteractLayerVec
     from hippynn.layers.transform import ResNetWrapper
 
@@ -393,7 +555,40 @@ def potential_from_hippynn(network: torch.nn.Module, energy: torch.nn.Module, pr
         blocks.append(_Block(inter, atoms, resnet, int_res, int_adjust))
     heads = [_linear_from(h) for h in energy.layers]
     n_types = int(network.nf_in)
-    return CGPotential(n_types, blocks, heads, hard / ANGSTROM_PER_NM, prior, max_order, dtype)
+    return CGPotential(n_types, blocks, heads, hard / ANGSTROM_PER_NM, prior, max_order, dtype,
+                       neighbour_capacity=neighbour_capacity)
+
+
+def most_neighbours(positions: np.ndarray, boxes: np.ndarray, cutoff_nm: float, max_frames: int = 20) -> int:
+    """The largest number of neighbours within ``cutoff_nm`` that any bead has, over up to ``max_frames``
+    evenly spread frames of ``positions`` (F, N, 3) nm in ``boxes`` (F, 3, 3) nm (rows)."""
+    from vesin import NeighborList
+
+    finder = NeighborList(cutoff=cutoff_nm, full_list=False)
+    frames = np.unique(np.linspace(0, len(positions) - 1, min(max_frames, len(positions))).astype(int))
+    most = 0
+    for f in frames:
+        i, j = finder.compute(points=positions[f], box=boxes[f], periodic=True, quantities="ij")
+        counts = np.bincount(np.concatenate([i, j]), minlength=positions.shape[1])
+        most = max(most, int(counts.max()))
+    return most
+
+
+def training_neighbour_capacity(metadata: dict, cutoff_nm: float) -> int:
+    """The neighbour capacity for a model trained on the data sets named in its ``metadata``: the most
+    neighbours any bead had there, times NEIGHBOUR_MARGIN, plus NEIGHBOUR_SLACK; 0 when none of the
+    data sets can be read any more (the capacity is then estimated from the density when a System is
+    made)."""
+    from .dataset import CGDataset
+
+    most = 0
+    for entry in metadata.get("datasets", []):
+        path = Path(entry.get("path", ""))
+        if not path.is_file():
+            continue
+        ds = CGDataset.load(path)
+        most = max(most, most_neighbours(ds.positions, ds.boxes, cutoff_nm))
+    return int(math.ceil(most * NEIGHBOUR_MARGIN)) + NEIGHBOUR_SLACK if most > 0 else 0
 
 
 def potential_from_model_dir(model_dir: str | Path, dtype: str | torch.dtype = "float32") -> tuple[CGPotential, Any]:
@@ -403,7 +598,11 @@ def potential_from_model_dir(model_dir: str | Path, dtype: str | torch.dtype = "
     if isinstance(dtype, str):
         dtype = _dtype(dtype)
     loaded = load_trained(model_dir, dtype=torch.float64)
-    pot = potential_from_hippynn(loaded.network, loaded.energy, loaded.prior, dtype=dtype)
+    cutoff_nm = max(float(loaded.network.dist_hard_max) / ANGSTROM_PER_NM,
+                    float(loaded.prior.cutoff) if loaded.prior is not None else 0.0)
+    capacity = training_neighbour_capacity(loaded.metadata, cutoff_nm)
+    pot = potential_from_hippynn(loaded.network, loaded.energy, loaded.prior, dtype=dtype,
+                                 neighbour_capacity=capacity)
     return pot, loaded
 
 
@@ -424,8 +623,9 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
     :param dtype: "float32" or "float64": the precision of the exported module.
     :param bead_types: optional (N,) 0-based bead types stored in the module (needed before use when the
         model has several bead types; can also be set later with ``module.set_types``).
-    :return: ``out_path``. The file's ``metadata.json`` extra file holds cutoff_nm, type_names, dtype,
-        units, the prior parameters and the training metadata.
+    :return: ``out_path``. The file's ``metadata.json`` extra file holds cutoff_nm, neighbour_capacity
+        (neighbours per bead the table holds; 0: estimated from the density), type_names, dtype, units,
+        the prior parameters and the training metadata.
     """
     out_path = check_output_path(out_path, overwrite)
     torch_dtype = _dtype(dtype)
@@ -438,6 +638,7 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION,
         "cutoff_nm": pot.cutoff_nm, "network_cutoff_nm": pot.network_cutoff_nm,
+        "neighbour_capacity": pot.neighbour_capacity,
         "type_names": loaded.type_names, "dtype": dtype,
         "type_masses": loaded.metadata.get("type_masses"),
         "units": {"positions": "nm", "boxvectors": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm"},
@@ -461,7 +662,7 @@ def _volume_params(model_dir: str | Path) -> VolumeTermParams | None:
 def load_exported(path: str | Path,
                   map_location: str | torch.device | None = None) -> tuple[torch.jit.ScriptModule, dict]:
     """Load an exported CG potential: (ScriptModule, metadata dict of the file's ``metadata.json``)."""
-    import vesin_torch  # noqa: F401  (registers the TorchScript class the saved module refers to)
+    import vesin_torch  # noqa: F401  (files of format version 1 refer to vesin's TorchScript class)
 
     path = Path(path)
     if not path.exists():

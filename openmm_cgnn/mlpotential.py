@@ -24,7 +24,8 @@ class CGNNPotentialImpl(MLPotentialImpl):
             raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
         self.model = model
 
-    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False, **args):
+    def addForces(self, topology, system, atoms, forceGroup, use_cuda_graphs: bool = False,
+                  neighbour_capacity: int = 0, **args):
         module, metadata = _load_model(self.model)
         # openmmml gives element-less atoms zero mass; beads get the masses the model was trained with
         if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
@@ -35,7 +36,7 @@ class CGNNPotentialImpl(MLPotentialImpl):
                 system.setParticleMass(atom.index, by_type.get(atom.name, 0.0))
         # createSystem(topology, temperature=T) sets the run temperature of the model's volume term
         force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs,
-                                 temperature=args.get("temperature"))
+                                 neighbour_capacity=neighbour_capacity, temperature=args.get("temperature"))
         force.setForceGroup(forceGroup)
         system.addForce(force)
 

@@ -82,19 +82,22 @@ def type_masses(metadata: dict) -> dict[str, float]:
 
 
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
-                     use_cuda_graphs: bool = False, temperature: float | None = None):
-    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed.
-    ``temperature`` (K): the run temperature of the model's volume term (``openmm_cgnn.volume``)."""
+                     use_cuda_graphs: bool = False, neighbour_capacity: int = 0, temperature: float | None = None):
+    """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed and its
+    neighbour table laid out for this bead count and box (``neighbour_capacity`` neighbours per bead;
+    0: the capacity recorded in the model). ``temperature`` (K): the run temperature of the model's
+    volume term (``openmm_cgnn.volume``)."""
     import openmmtorch
+    import torch
 
-    check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
+    box = check_box(topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
     types = bead_type_indices(topology, metadata["type_names"], atoms)
     if len(metadata["type_names"]) > 1:
-        import torch
-
         module.set_types(torch.tensor(types, dtype=torch.int64))
     if temperature is not None and hasattr(module, "volume_term"):
         module.volume_term.set_temperature(float(temperature))
+    if hasattr(module, "configure"):  # files of export format 1 have no fixed layout
+        module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
     if use_cuda_graphs:
@@ -104,7 +107,7 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
 
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
                   remove_cm_motion: bool = False, use_cuda_graphs: bool = False,
-                  temperature: float | None = None) -> openmm.System:
+                  neighbour_capacity: int = 0, temperature: float | None = None) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
     Parameters
@@ -114,6 +117,9 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
     remove_cm_motion: add a CMMotionRemover.
     use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only).
+    neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
+        capacity recorded in the model at export (from the training data, with a margin). Raise it
+        when a run stops with a neighbour-table overflow (a denser state than the training data).
     temperature: K, the run temperature seen by the model's volume term when it has a temperature
         trend (default: the temperature it was fitted at).
     """
@@ -129,7 +135,7 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     for m in masses:
         system.addParticle(float(m))
     system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
-                                     temperature=temperature))
+                                     neighbour_capacity=neighbour_capacity, temperature=temperature))
     if remove_cm_motion:
         system.addForce(openmm.CMMotionRemover())
     return system
