@@ -125,10 +125,9 @@ class VolumeTerm(torch.nn.Module):
     def forward(self, box: Tensor, n_beads: int) -> Tensor:
         box = box.to(self.coeffs.dtype)
         volume = torch.abs(torch.dot(box[0], torch.linalg.cross(box[1], box[2])))
-        n = float(n_beads)
-        dv = volume / n - self.v0
+        dv = volume / n_beads - self.v0        # tensor ops only: no host synchronisation
         per_bead = dv * (self.coeffs[0] + 0.5 * self.coeffs[1] * dv + self.coeffs[2] * (self.temperature - self.t0))
-        return n * per_bead
+        return per_bead * n_beads
 
 
 class VolumeOnlyPotential(torch.nn.Module):
