@@ -253,13 +253,15 @@ def fit_volume_term(points: Sequence[PressurePoint], rel_volume_spread: float = 
 
 def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: float, equilibration_ps: float,
                      sample_every: int = 25, timestep_ps: float = 0.002, seed: int = 0,
-                     platform: str | None = None) -> np.ndarray:
+                     platform: str | None = None, torch_threads: int | None = 1) -> np.ndarray:
     """Instantaneous pressures (bar) of a CG NVT run of ``module`` (the scripted CG potential without
     volume term, or a pair force field with ``create_system``) at the mean volume of data set ``ds``,
     from its last frame scaled to that volume.
 
     Langevin (LangevinMiddle, 1/ps) at ``temperature`` K; ``equilibration_ps`` then ``production_ps``,
     a sample every ``sample_every`` steps (OpenMM's finite-difference estimator, every bead scaled).
+    On the CPU platform torch runs with ``torch_threads`` intra-op threads (as the harness does; None:
+    torch's default), restored afterwards.
     """
     import openmm
     import openmm.unit as unit
@@ -288,12 +290,18 @@ def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: fl
     context.setPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box])
     context.setPositions(positions)
     context.setVelocitiesToTemperature(temperature, seed)
-    integrator.step(int(round(equilibration_ps / timestep_ps)))
-    n_samples = max(2, int(round(production_ps / timestep_ps / sample_every)))
-    out = np.empty(n_samples)
-    for k in range(n_samples):
-        integrator.step(sample_every)
-        out[k] = current_pressure(context, probe)
+    threads = torch.get_num_threads()
+    if torch_threads is not None and chosen.getName() == "CPU":
+        torch.set_num_threads(int(torch_threads))
+    try:
+        integrator.step(int(round(equilibration_ps / timestep_ps)))
+        n_samples = max(2, int(round(production_ps / timestep_ps / sample_every)))
+        out = np.empty(n_samples)
+        for k in range(n_samples):
+            integrator.step(sample_every)
+            out[k] = current_pressure(context, probe)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
