@@ -350,9 +350,9 @@ def describe(params: VolumeTermParams) -> str:
     """One line: the fitted terms and what they do to the pressure at (v0, t0)."""
     terms = params.fit.get("terms", [])
     se = params.fit.get("coefficient_se", {}).get("a")
-    parts = [f"removes {params.a * BAR_PER_KJ_MOL_NM3:+.0f}"
+    parts = [f"shifts the CG pressure by {-params.a * BAR_PER_KJ_MOL_NM3:+.0f}"
              + (f" +- {se * BAR_PER_KJ_MOL_NM3:.0f}" if se is not None else "")
-             + f" bar of CG pressure at v0 = {params.v0:.5f} nm^3/bead, T0 = {params.t0:g} K"]
+             + f" bar at v0 = {params.v0:.5f} nm^3/bead, T0 = {params.t0:g} K"]
     if "b" in terms:
         parts.append(f"compressibility term b = {params.b:.4g} kJ/mol/nm^6")
     if "c" in terms:

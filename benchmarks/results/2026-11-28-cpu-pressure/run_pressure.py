@@ -130,7 +130,7 @@ def main(work: Path, without: bool = False, extra: str | None = None) -> None:
 def _pm(m, se, spec):
     if m is None:
         return "\u2014"
-    return format(m, spec) + (f" \u00b1 {format(se, spec)}" if se is not None else "")
+    return format(m, spec) + (f" \u00b1 {format(se, spec.replace('+', ''))}" if se is not None else "")
 
 
 def markdown(result: dict) -> str:
