@@ -1,10 +1,10 @@
 """Where a CG step's time goes: the exported model's forward pass split into its stages (neighbour
-list, pair geometry, prior, network = padded neighbour table + sensitivities + message passing +
+table, slot geometry, prior, network = sensitivities + message passing +
 atom layers + energy head) and the backward pass (autograd forces), timed with simple
 synchronised timers; plus the top operators from ``torch.profiler`` for whole forward+backward calls.
 
-The stages call the exported module's own scripted pieces (``nl``, ``prior_energy``,
-``network_energy``) in the order ``CGPotential.forward`` does.
+The stages call the exported module's own scripted pieces (``neighbour_table``, ``_slot_geometry``,
+``prior_energy``, ``network_energy``) in the order ``CGPotential.energy_of_layout`` does.
 """
 
 from __future__ import annotations
@@ -29,30 +29,26 @@ def _stage_timer(module, positions, edge: float, device: str):
     types = torch.zeros(n, dtype=torch.long, device=device)
     sync = C.sync_fn(device)
 
+    module.configure(n, box, 0)
+
     def once() -> dict[str, float]:
         times: dict[str, float] = {}
         pos = pos0.detach().requires_grad_(True)
         sync()
         t = time.perf_counter()
-        i, j, shifts = module.nl.compute(points=pos.detach(), box=box, periodic=True, quantities="ijS", copy=True)
+        nbr, overflow = module.neighbour_table(pos, box)
         sync()
-        times["neighbour_list"] = time.perf_counter() - t
+        times["neighbour_table"] = time.perf_counter() - t
         t = time.perf_counter()
-        if not bool(torch.equal(torch.bincount(i, minlength=n), torch.bincount(j, minlength=n))):
-            # a half list (each pair once): the network wants both directions, as CGPotential.forward makes
-            i, j, shifts = torch.cat([i, j]), torch.cat([j, i]), torch.cat([shifts, -shifts])
-        order = torch.argsort(i, stable=True)
-        i, j, shifts = i[order], j[order], shifts[order]
-        vec = pos[j] - pos[i] + torch.matmul(shifts.to(dtype), box)
-        r = torch.sqrt(torch.square(vec).sum(dim=1))
+        vec, r = module._slot_geometry(pos, box, nbr)
         sync()
-        times["pair_geometry"] = time.perf_counter() - t
+        times["slot_geometry"] = time.perf_counter() - t
         t = time.perf_counter()
         energy = module.prior_energy(r) if module.has_prior else torch.zeros((), dtype=dtype, device=device)
         sync()
         times["prior"] = time.perf_counter() - t
         t = time.perf_counter()
-        e_net = module.network_energy(types, vec * module.angstrom_per_nm, r * module.angstrom_per_nm, i, j, n)
+        e_net = module.network_energy(types, vec * module.angstrom_per_nm, r * module.angstrom_per_nm, nbr)
         energy = energy + module.kj_per_kcal * e_net
         sync()
         times["network_forward"] = time.perf_counter() - t
@@ -60,7 +56,8 @@ def _stage_timer(module, positions, edge: float, device: str):
         (grad,) = torch.autograd.grad(energy, pos)
         sync()
         times["backward_autograd"] = time.perf_counter() - t
-        times["pairs"] = float(i.shape[0])
+        times["pairs"] = float((nbr != n).sum())
+        times["table_slots"] = float(nbr.numel())
         return times
 
     def whole() -> float:
@@ -76,7 +73,6 @@ def _stage_timer(module, positions, edge: float, device: str):
 
 
 _CATEGORIES = [
-    ("neighbour list (vesin)", ("vesin",)),
     ("gather/scatter (message passing indexing)", ("index", "gather", "scatter", "embedding", "take", "put_",
                                                     "masked")),
     ("dense math (bmm, matmul, linear)", ("bmm", "aten::mm", "addmm", "matmul", "linear", "baddbmm")),
@@ -100,14 +96,12 @@ def _category(op: str) -> str:
 
 
 def _coarse(module, cutoff_nm: float, positions, edge: float, device: str, repeats: int) -> dict[str, float]:
-    """Neighbour list alone (vesin, same cutoff, half list), forward alone, forward + backward."""
+    """Neighbour table alone (the module's own cell search), forward alone, forward + backward."""
     import torch
-    from vesin_torch import NeighborList
 
     dtype = module._dtype_ref.dtype
     pos0 = torch.tensor(positions, dtype=dtype, device=device)
     box = torch.eye(3, dtype=dtype, device=device) * edge
-    nl = NeighborList(cutoff=cutoff_nm, full_list=False)
     sync = C.sync_fn(device)
 
     def timed(fn) -> float:
@@ -127,7 +121,7 @@ def _coarse(module, cutoff_nm: float, positions, edge: float, device: str, repea
         p = pos0.detach().requires_grad_(True)
         torch.autograd.grad(module(p, box), p)
 
-    nl_s = timed(lambda: nl.compute(points=pos0, box=box, periodic=True, quantities="ijS", copy=True))
+    nl_s = timed(lambda: module.neighbour_table(pos0, box))
     f_s = timed(fwd)
     fb_s = timed(fwd_bwd)
     return {"neighbour_list_s": nl_s, "forward_s": f_s, "forward_backward_s": fb_s,
@@ -160,9 +154,11 @@ def run(ctx: C.Context) -> dict[str, Any]:
                 for _ in range(3):
                     once()
                 runs = [once() for _ in range(repeats)]
-                stages = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pairs"}
+                stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]
+                          if k not in ("pairs", "table_slots")}
                 total = sum(stages.values())
                 entry.update(pairs_full_list=int(runs[0]["pairs"]), pairs_per_bead=runs[0]["pairs"] / n,
+                             table_slots_per_bead=runs[0]["table_slots"] / n,
                              stages_s=stages, stages_share={k: v / total for k, v in stages.items()},
                              stages_total_s=total)
             except Exception as exc:  # noqa: BLE001
@@ -204,7 +200,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"**{arch}**, {r['n_beads']} beads{nb} (cutoff {r['cutoff_nm']:.2f} nm): scripted "
                   f"forward+backward {r['scripted_forward_backward_s'] * 1e3:.1f} ms", ""]
         lines.append(C.md_table(["part (whole calls)", "ms", "share"],
-                                [["neighbour list (vesin alone)", c["neighbour_list_s"] * 1e3,
+                                [["neighbour table (cell search alone)", c["neighbour_list_s"] * 1e3,
                                   f"{c['shares']['neighbour list'] * 100:.0f} %"],
                                  ["rest of the forward", c["forward_without_neighbour_list_s"] * 1e3,
                                   f"{c['shares']['forward network + prior + pair geometry'] * 100:.0f} %"],

@@ -63,6 +63,7 @@ class PartialRun:
     def __init__(self, folder: Path, config_json: str):
         self.folder = Path(folder)
         self.config_json = config_json
+        self.saved_frames = 0   # production frames in the folder's frames.npz (after start/save/restore)
 
     def resumable(self) -> bool:
         return (self.folder / "frames.npz").exists() and (self.folder / "config.json").exists()
@@ -78,6 +79,7 @@ class PartialRun:
 
     def save(self, simulation: app.Simulation, frames: FrameStore) -> None:
         n = len(frames)
+        self.saved_frames = n
         chk = self.folder / f"state-{n}.chk"
         simulation.saveCheckpoint(str(chk))
         save_npz_atomic(self.folder / "frames.npz", n_frames=np.array(n), **frames.arrays())
@@ -89,6 +91,7 @@ class PartialRun:
         with np.load(self.folder / "frames.npz") as z:
             frames.load(z)
         simulation.loadCheckpoint(str(self.folder / f"state-{len(frames)}.chk"))
+        self.saved_frames = len(frames)
         return len(frames)
 
     def remove(self) -> None:

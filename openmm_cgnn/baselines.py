@@ -58,6 +58,7 @@ import numpy as np
 
 from ._io import versions, write_json_atomic
 from .dataset import CGDataset
+from .errors import CGNNError, MissingInputError
 from .prior import PriorParams, fit_prior, pair_distances
 
 FORMAT = "openmm-cgnn/pair-force-field"
@@ -76,7 +77,7 @@ __all__ = ["PairForceField", "PairForceFieldFormatError", "fit_pair_force_matchi
 _DENSE_LIMIT = 8_000_000  # entries of the per-frame design matrix above which it is built sparse
 
 
-class PairForceFieldFormatError(ValueError):
+class PairForceFieldFormatError(CGNNError, ValueError):
     """The file is not an openmm-cgnn pair force field, or it is inconsistent."""
 
 
@@ -440,7 +441,7 @@ class PairForceField:
     def load(cls, path: str | Path) -> "PairForceField":
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"pair force field '{path}' does not exist")
+            raise MissingInputError(f"pair force field '{path}' does not exist")
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as exc:

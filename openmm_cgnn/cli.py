@@ -10,9 +10,33 @@ from pathlib import Path
 
 os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
+from .errors import CGNNError, ConfigError  # noqa: E402
 
-class CLIError(Exception):
+
+class CLIError(CGNNError):
     """An error to show the user as one line."""
+
+
+# configuration fields whose command-line option is not "--" + the field name with dashes
+_OPTION_DEST = {"production": "ns", "n_molecules": "molecules", "n_beads": "beads", "max_epochs": "epochs",
+                "start_dataset": "start", "torch_threads": "threads", "tensor_order": "tensor_order",
+                "use_cuda_graphs": "cuda_graphs"}
+_CONVERTED = {"production", "timestep"}   # --ns (ns -> ps) and --timestep (fs -> ps)
+
+
+def _one_line(exc: CGNNError, args: argparse.Namespace) -> str:
+    """The error's message on one line, naming the command-line option of a bad configuration field."""
+    message = " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+    field = getattr(exc, "field", None) if isinstance(exc, ConfigError) else None
+    if field:
+        dest = _OPTION_DEST.get(field, field)
+        option = "--" + dest.replace("_", "-")
+        value = vars(args).get(dest)
+        if value is not None and option not in message:   # the option was given (or defaulted)
+            message = f"{option}: {message}"
+            if field in _CONVERTED:   # the configuration holds it in other units than the option
+                message += f" (given as {option} {value:g})"
+    return message
 
 
 def _add_reference(sub) -> None:
@@ -157,6 +181,9 @@ def _add_simulate(sub) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="capture the model in CUDA graphs (CUDA only)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--threads", type=int, default=None, help="torch threads on the CPU (default: torch's choice)")
+    p.add_argument("--neighbour-capacity", type=int, default=0, metavar="K",
+                   help="neighbours per bead in the model's fixed neighbour table (default: the capacity "
+                        "recorded at export from the training data); raise it when a run stops with an overflow")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -173,7 +200,7 @@ def _cmd_simulate(args) -> None:
                              production=args.ns * 1000.0, frame_interval=args.frame_interval, seed=args.seed,
                              platform=args.platform, start_dataset=args.start, start_frame=args.start_frame,
                              n_beads=args.beads, density=args.density, use_cuda_graphs=args.cuda_graphs,
-                             torch_threads=args.threads)
+                             torch_threads=args.threads, neighbour_capacity=args.neighbour_capacity)
     run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
 
 
@@ -267,7 +294,10 @@ def _cmd_study(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="openmm-cgnn", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"openmm-cgnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
@@ -279,23 +309,28 @@ _SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ._io import OutputExistsError
-    from .dataset import DatasetFormatError
-    from .mapping import MappingError
-    from .reference import ReferenceError
-    from .simulate import CGSimulationBlowUp
+    import warnings
 
-    expected = (CLIError, OutputExistsError, DatasetFormatError, MappingError, ReferenceError, FileNotFoundError,
-                ValueError, CGSimulationBlowUp)
+    shown = warnings.showwarning
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        if "openmm_cgnn" in str(filename):   # ours: one line in the same form as the errors
+            print(f"openmm-cgnn {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line_warning
     try:
         args.func(args)
-    except expected as exc:
-        print(f"openmm-cgnn {args.command}: error: {exc}", file=sys.stderr)
+    except CGNNError as exc:   # the user's input or an unphysical run; anything else is a bug: traceback
+        print(f"openmm-cgnn {args.command}: error: {_one_line(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"openmm-cgnn {args.command}: interrupted; rerun the same command to resume where possible",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

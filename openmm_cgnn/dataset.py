@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import save_npz_atomic
+from ._io import read_metadata_json, read_npz, save_npz_atomic
+from .errors import CGNNError
 
 FORMAT = "openmm-cgnn/cg-dataset"
 FORMAT_VERSION = 1
@@ -51,7 +52,7 @@ _ARRAYS = ("positions", "forces", "boxes", "potential_energy", "bead_types", "ty
            "bead_masses", "bead_residues")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(CGNNError, ValueError):
     """The file is not an openmm-cgnn CG data set, or it is inconsistent."""
 
 
@@ -125,6 +126,13 @@ class CGDataset:
                 raise DatasetFormatError(f"'{name}' has shape {got}, expected {shape}")
         if self.bead_types.size and (self.bead_types.min() < 0 or self.bead_types.max() >= len(self.type_names)):
             raise DatasetFormatError("bead_types index outside type_names")
+        for name in ("positions", "forces", "boxes", "bead_masses"):
+            bad = ~np.isfinite(getattr(self, name))
+            if bad.any():
+                where = f" (frame {int(np.argwhere(bad)[0][0])})" if name in ("positions", "forces", "boxes") else ""
+                raise DatasetFormatError(f"'{name}' holds {int(bad.sum())} NaN or infinite values{where}")
+        if self.n_frames and np.any(np.abs(np.linalg.det(self.boxes)) <= 0):
+            raise DatasetFormatError("a box has zero volume")
 
     def subset(self, frames: np.ndarray | slice) -> "CGDataset":
         """A data set with only the chosen frames (same beads and metadata)."""
@@ -152,27 +160,27 @@ class CGDataset:
     @classmethod
     def load(cls, path: str | Path) -> "CGDataset":
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"data set '{path}' does not exist")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "metadata_json" not in z:
-                    raise DatasetFormatError(
-                        f"'{path}' is not an openmm-cgnn CG data set (no metadata_json); "
-                        "make one with 'openmm-cgnn map'")
-                meta = json.loads(str(z["metadata_json"]))
-                if meta.get("format") != FORMAT:
-                    raise DatasetFormatError(
-                        f"'{path}' has format {meta.get('format')!r}, expected {FORMAT!r}; "
-                        "an all-atom reference file must be mapped first with 'openmm-cgnn map'")
-                arrays = {k: z[k] for k in _ARRAYS}
-                arrays["pressure"] = z["pressure"] if "pressure" in z.files else None
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, DatasetFormatError):
-                raise
-            raise DatasetFormatError(f"cannot read '{path}' as a CG data set: {exc}") from exc
+        z = read_npz(path, "data set", "a CG data set from 'openmm-cgnn map'")
+        if "metadata_json" not in z:
+            raise DatasetFormatError(
+                f"'{path}' is not an openmm-cgnn CG data set (no metadata_json); make one with 'openmm-cgnn map'")
+        meta = read_metadata_json(z, path, "data set")
+        if meta.get("format") != FORMAT:
+            raise DatasetFormatError(
+                f"'{path}' has format {meta.get('format')!r}, expected {FORMAT!r}; "
+                "an all-atom reference file must be mapped first with 'openmm-cgnn map'")
+        missing = [k for k in _ARRAYS if k not in z]
+        if missing:
+            raise DatasetFormatError(f"data set '{path}' lacks {', '.join(missing)}")
+        arrays = {k: z[k] for k in _ARRAYS}
+        arrays["pressure"] = z["pressure"] if "pressure" in z else None
+        if arrays["positions"].ndim != 3 or arrays["positions"].shape[0] == 0:
+            raise DatasetFormatError(f"data set '{path}' holds no frames (positions {arrays['positions'].shape})")
         arrays["type_names"] = [str(t) for t in arrays["type_names"]]
-        return cls(metadata=meta, **arrays)
+        try:
+            return cls(metadata=meta, **arrays)
+        except DatasetFormatError as exc:
+            raise DatasetFormatError(f"data set '{path}': {exc}") from None
 
     def to_hippynn_arrays(self, frames: np.ndarray | slice | None = None) -> dict[str, np.ndarray]:
         """Arrays in the layout and units hippynn's ``Database`` expects (angstrom, kcal/mol).

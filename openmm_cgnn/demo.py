@@ -55,8 +55,9 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .training import TrainConfig, train
 
     config = config or DemoConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ._io import make_output_dir
+
+    out = make_output_dir(out)
     write_json_atomic(out / "demo.json", asdict(config))
     started = time.perf_counter()
 

@@ -52,7 +52,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 COMPRESSION_MARGIN = 0.1
 # The neighbour capacity recorded at export: the most neighbours any bead had in the training data,
 # times this factor, plus NEIGHBOUR_SLACK (denser states than the training data then still fit).
-NEIGHBOUR_MARGIN = 1.25
+NEIGHBOUR_MARGIN = 1.15
 NEIGHBOUR_SLACK = 8
 
 
@@ -78,6 +78,7 @@ class _Interaction(torch.nn.Module):
         self.hard_cutoff = hard_cutoff
         self.cusp_reg = cusp_reg
         self.n_comp = 1 if order == 0 else (4 if order == 1 else 9)
+        self.ones_input = False  # True for the first layer of a one-type model: input features all 1
         self.mu = torch.nn.Parameter(torch.zeros(1, n_dist))
         self.sigma = torch.nn.Parameter(torch.zeros(1, n_dist))
         # hippynn stores int_weights as (n_dist, nf_out, nf_in); we keep them as the matrix it multiplies
@@ -88,19 +89,21 @@ class _Interaction(torch.nn.Module):
         self.quadscales = torch.nn.Parameter(torch.zeros(nf_out))
 
     def sensitivity(self, r: Tensor) -> Tensor:
-        """(..., ) distances in angstrom -> (..., n_dist) sensitivities, as hippynn's InverseSensitivityModule."""
-        d = r.unsqueeze(-1)
-        nondim = (d ** -1 - self.mu ** -1) ** 2 / (self.sigma ** -2)
-        # exp(-nondim/2) below exp(-80) (< 2e-35) is set to 0: exp of large negative arguments produces
-        # denormals, which are an order of magnitude slower on CPUs, and the values are negligible.
-        base = torch.exp(-0.5 * torch.clamp(nondim, max=160.0))
-        base = torch.where(nondim < 160.0, base, torch.zeros_like(base))
+        """(N, K) distances in angstrom -> (N, K, n_dist) sensitivities, as hippynn's
+        InverseSensitivityModule: ``exp(-(1/r - 1/mu)^2 sigma^2 / 2) * cos^2(pi r / 2 r_c)``, zero beyond r_c."""
+        # few passes over the (N, K, D) tensor: the cutoff factor and 1/r are computed per distance
+        inv_r = (1.0 / r).unsqueeze(2)
+        half_sigma2 = 0.5 * torch.square(self.sigma)
+        nondim = torch.square(inv_r - 1.0 / self.mu) * half_sigma2
         cut = torch.cos((math.pi / 2) * r / self.hard_cutoff) ** 2
-        cut = cut * (r <= self.hard_cutoff).to(cut.dtype)
-        return base * cut.unsqueeze(-1)
+        cut = torch.where(r <= self.hard_cutoff, cut, torch.zeros_like(cut))
+        # exp(-nondim) below exp(-80) (< 2e-35) is set to 0: exp of large negative arguments produces
+        # denormals, which are an order of magnitude slower on CPUs, and the values are negligible.
+        base = torch.exp(-torch.clamp(nondim, max=80.0))
+        return torch.where(nondim < 80.0, base, torch.zeros_like(base)) * cut.unsqueeze(2)
 
     def forward(self, features: Tensor, r: Tensor, comps: Tensor, nbr: Tensor) -> Tensor:
-        """features (N, nf_in); r (N, K) angstrom; comps (N, K, >= n_comp); nbr (N, K), empty slots = N."""
+        """features (N, nf_in); r (N, K) angstrom; comps (N, >= n_comp, K); nbr (N, K), empty slots = N."""
         n = features.shape[0]
         k_max = nbr.shape[1]
         sense = self.sensitivity(r)  # (N, K, D); zero in empty slots (r beyond the cutoff)
@@ -108,14 +111,18 @@ class _Interaction(torch.nn.Module):
         # (hippynn's envsum of the stacked sensitivities), as one batched matrix product per bead over
         # the neighbour table. Of the two ways to group the product, the one that materialises the
         # smaller per-slot tensor is taken (the first layer has only n_types input features).
-        f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, self.nf_in)], 0), nbr)  # (N, K, nf_in)
-        comp = comps[:, :, : self.n_comp]
-        if self.nf_in <= self.n_comp:
-            sf = (sense.unsqueeze(3) * f_pad.unsqueeze(2)).reshape(n, k_max, self.n_dist * self.nf_in)
-            env = torch.bmm(comp.transpose(1, 2), sf)  # (N, C, D*nf_in)
+        comp = comps[:, : self.n_comp, :]
+        if self.ones_input:  # one bead type, first layer: every neighbour's one-hot feature is 1
+            env = torch.bmm(comp, sense)  # (N, C, D)
         else:
-            stacked = (comp.unsqueeze(3) * sense.unsqueeze(2)).reshape(n, k_max, self.n_comp * self.n_dist)
-            env = torch.bmm(stacked.transpose(1, 2), f_pad)  # (N, C*D, nf_in)
+            f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, self.nf_in)], 0), nbr)  # (N, K, nf_in)
+            if self.nf_in <= self.n_comp:
+                sf = (sense.unsqueeze(3) * f_pad.unsqueeze(2)).reshape(n, k_max, self.n_dist * self.nf_in)
+                env = torch.bmm(comp, sf)  # (N, C, D*nf_in)
+            else:
+                stacked = (comp.unsqueeze(2) * sense.transpose(1, 2).unsqueeze(1)).reshape(
+                    n, self.n_comp * self.n_dist, k_max)
+                env = torch.bmm(stacked, f_pad)  # (N, C*D, nf_in)
         out = torch.matmul(env.reshape(n, self.n_comp, self.n_dist * self.nf_in), self.weights)  # (N, C, nf_out)
         total = out[:, 0, :] + self.selfint(features)
         if self.order >= 1:
@@ -215,8 +222,11 @@ class CGPotential(torch.nn.Module):
         self.table_capacity = 0
         self.cell_capacity = 0
         self.n_cells = 0
+        self.triclinic = True  # False: rectangular box, a shorter minimum image
         self.register_buffer("grid", torch.ones(3, dtype=torch.long))              # cells along a, b, c
         self.register_buffer("cell_neighbours", torch.zeros(0, 0, dtype=torch.long))  # (n_cells, n_offsets)
+        self.register_buffer("cell_shifts", torch.zeros(0, 0, 3))  # (n_cells, n_offsets, 3) box vectors
+        self.exact_images = False  # True: >= 3 cells per axis, images from the cell offsets
         self.register_buffer("types", torch.zeros(0, dtype=torch.long))
         self.register_buffer("_dtype_ref", torch.zeros((), dtype=dtype))
         self.volume_term = VolumeTerm(None, dtype)  # U_V(V, N): zero unless set at export (openmm_cgnn.volume)
@@ -260,12 +270,33 @@ class CGPotential(torch.nn.Module):
         frac = torch.matmul(pos, recip)
         return frac - torch.floor(frac)
 
-    def _minimum_image(self, d: Tensor, box: Tensor) -> Tensor:
-        """Displacements (..., 3) reduced to their nearest periodic image, for a box in OpenMM's reduced
-        (lower-triangular) form, exact for distances below half the smallest width (as in OpenMM)."""
-        d = d - torch.round(d[..., 2:3] / box[2, 2]) * box[2]
-        d = d - torch.round(d[..., 1:2] / box[1, 1]) * box[1]
-        return d - torch.round(d[..., 0:1] / box[0, 0]) * box[0]
+    def _minimum_image(self, dx: Tensor, dy: Tensor, dz: Tensor, box: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Displacement components (any shape, one tensor per axis: contiguous planes are several times
+        faster on CPUs than a trailing axis of 3) reduced to their nearest periodic image, for a box in
+        OpenMM's reduced (lower-triangular) form; exact below half the smallest width, as in OpenMM."""
+        nz = torch.round(dz / box[2, 2])
+        dz = dz - nz * box[2, 2]
+        if self.triclinic:
+            dy = dy - nz * box[2, 1]
+            dx = dx - nz * box[2, 0]
+        ny = torch.round(dy / box[1, 1])
+        dy = dy - ny * box[1, 1]
+        if self.triclinic:
+            dx = dx - ny * box[1, 0]
+        dx = dx - torch.round(dx / box[0, 0]) * box[0, 0]
+        return dx, dy, dz
+
+    def _displacements(self, pos: Tensor, box: Tensor, index: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Minimum-image components r_j - r_i, each shaped like ``index`` (N, M), of the beads
+        ``j = index[i, m]`` (N = the padding bead at the origin) from bead i."""
+        n = pos.shape[0]
+        flat = index.reshape(-1)
+        pad = pos.new_zeros(1)
+        # index_select, not x[index]: its backward is an atomic index_add (see _gather_rows)
+        dx = torch.index_select(torch.cat([pos[:, 0], pad]), 0, flat).reshape(index.shape) - pos[:, 0:1]
+        dy = torch.index_select(torch.cat([pos[:, 1], pad]), 0, flat).reshape(index.shape) - pos[:, 1:2]
+        dz = torch.index_select(torch.cat([pos[:, 2], pad]), 0, flat).reshape(index.shape) - pos[:, 2:3]
+        return self._minimum_image(dx, dy, dz, box)
 
     @torch.jit.export
     def neighbour_table(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
@@ -284,7 +315,8 @@ class CGPotential(torch.nn.Module):
         cap = self.cell_capacity
         n_cells = self.n_cells
         # bead -> cell of the fixed grid, in fractional coordinates (any triclinic box)
-        idx3 = torch.floor(self._fractional(pos, box) * self.grid.to(pos.dtype)).to(torch.long)
+        frac = self._fractional(pos, box)
+        idx3 = torch.floor(frac * self.grid.to(pos.dtype)).to(torch.long)
         idx3 = torch.minimum(torch.clamp(idx3, min=0), self.grid - 1)
         cell = (idx3[:, 0] * self.grid[1] + idx3[:, 1]) * self.grid[2] + idx3[:, 2]
         # cells as rows of `cap` slots: sort beads by cell, rank within their cell
@@ -300,35 +332,48 @@ class CGPotential(torch.nn.Module):
         # candidates: every bead of the neighbouring cells, then those inside the cutoff
         cells_around = torch.index_select(self.cell_neighbours, 0, cell)  # (N, n_offsets)
         cand = torch.index_select(table, 0, cells_around.reshape(-1)).reshape(n, -1)  # (N, M)
-        pos_pad = torch.cat([pos, pos.new_zeros(1, 3)], 0)
-        d = torch.index_select(pos_pad, 0, cand.reshape(-1)).reshape(n, -1, 3) - pos.unsqueeze(1)
-        d = self._minimum_image(d, box)
-        inside = (torch.square(d).sum(dim=2) < self.cutoff_nm * self.cutoff_nm) & (cand != n) \
-            & (cand != torch.arange(n, device=device).unsqueeze(1))
+        if self.exact_images:
+            # >= 3 cells along every axis: the image of a candidate is the one its cell offset says, so
+            # wrapped positions plus that shift give the displacement with no rounding. The padding
+            # bead sits far away and the bead itself is the one candidate at distance 0.
+            wrapped = torch.matmul(frac, box)
+            far = torch.full((1,), 1.0e4, dtype=pos.dtype, device=device)
+            shifts = torch.matmul(torch.index_select(self.cell_shifts, 0, cell), box)  # (N, n_offsets, 3)
+            n_off = self.cell_neighbours.shape[1]
+            flat = cand.reshape(-1)
+            d2 = torch.zeros(n, n_off, cap, dtype=pos.dtype, device=device)
+            for axis in range(3):
+                x = wrapped[:, axis]
+                d = torch.index_select(torch.cat([x, far]), 0, flat).reshape(n, n_off, cap) \
+                    - x.reshape(n, 1, 1) + shifts[:, :, axis : axis + 1]
+                d2 = d2 + d * d
+            d2 = d2.reshape(n, -1)
+            inside = (d2 < self.cutoff_nm * self.cutoff_nm) & (d2 > 0.0)
+        else:
+            dx, dy, dz = self._displacements(pos, box, cand)
+            inside = (dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm) & (cand != n) \
+                & (cand != torch.arange(n, device=device).unsqueeze(1))
         # compact each row into K slots; slot K collects what does not fit and is dropped
         k = self.table_capacity
-        position = torch.cumsum(inside.to(torch.int32), dim=1)
-        dest = torch.where(inside & (position <= k), position - 1, torch.full_like(position, k)).to(torch.long)
+        position = torch.cumsum(inside, dim=1)  # (N, M) int64: 1-based rank among the row's neighbours
+        count = position[:, -1].clone()  # position is reused in place below
+        dest = position.sub_(1).masked_fill_(torch.logical_not(inside), k).clamp_(max=k)
         nbr = torch.full((n, k + 1), n, dtype=torch.long, device=device).scatter_(1, dest, cand)[:, :k]
         too_narrow = (self._widths(box) / self.grid.to(pos.dtype) < self.cutoff_nm).any() \
             | (self._widths(box) <= 2.0 * self.cutoff_nm).any()
-        overflow = (position[:, -1] > k).any() | (counts > cap).any() | too_narrow
+        overflow = (count > k).any() | (counts > cap).any() | too_narrow
         return nbr, overflow
 
     def _slot_geometry(self, pos: Tensor, box: Tensor, nbr: Tensor) -> Tuple[Tensor, Tensor]:
-        """Differentiable (N, K, 3) vectors r_j - r_i and (N, K) distances (nm) of the table's slots;
-        empty slots get a distance of twice the cutoff, where every term of the model is zero."""
-        n = pos.shape[0]
-        pos_pad = torch.cat([pos, pos.new_zeros(1, 3)], 0)
-        # index_select, not pos[nbr]: its backward is an atomic index_add (see _gather_rows)
-        vec = torch.index_select(pos_pad, 0, nbr.reshape(-1)).reshape(n, -1, 3) - pos.unsqueeze(1)
-        vec = self._minimum_image(vec, box)
-        filled = (nbr != n).unsqueeze(2)
-        far = torch.zeros_like(vec)
-        far[:, :, 0] = 2.0 * self.cutoff_nm
-        vec = torch.where(filled, vec, far)
-        r = torch.sqrt(torch.square(vec).sum(dim=2))
-        return vec, r
+        """Differentiable components r_j - r_i, stacked as (3, N, K), and distances (N, K) in nm of the
+        table's slots; empty slots sit at twice the cutoff along x, where every term of the model is zero."""
+        dx, dy, dz = self._displacements(pos, box, nbr)
+        empty = nbr == pos.shape[0]
+        dx = torch.where(empty, torch.full_like(dx, 2.0 * self.cutoff_nm), dx)
+        dy = torch.where(empty, torch.zeros_like(dy), dy)
+        dz = torch.where(empty, torch.zeros_like(dz), dz)
+        r = torch.sqrt(dx * dx + dy * dy + dz * dz)
+        return torch.stack([dx, dy, dz]), r
 
     @torch.jit.export
     def configure(self, n: int, box: Tensor, neighbour_capacity: int = 0) -> None:
@@ -361,10 +406,10 @@ class CGPotential(torch.nn.Module):
         for d in range(3):
             grid.append(max(1, int(math.floor(float(widths[d]) * (1.0 - self.compression_margin) / self.cutoff_nm))))
         n_cells = grid[0] * grid[1] * grid[2]
-        # a cell holds its share of the beads at the densest local density the capacity allows
-        local_density = max(density, float(neighbour_capacity) / sphere)
-        cell_capacity = int(math.ceil(1.25 * local_density * volume / n_cells)) + 4
-        cell_capacity = min(cell_capacity, n)
+        # a cell holds its mean share of the beads plus four standard deviations of a random fluid's count
+        # (a liquid's fluctuates less); a fuller cell is reported as an overflow
+        mean = float(n) / n_cells
+        cell_capacity = min(int(math.ceil(mean + 4.0 * math.sqrt(mean))) + 2, n)
         # neighbouring cells (offsets -1, 0, 1 along each axis, without repeats when an axis has < 3 cells)
         axes: List[List[int]] = []
         for d in range(3):
@@ -374,23 +419,34 @@ class CGPotential(torch.nn.Module):
                 if wrapped not in offsets:
                     offsets.append(wrapped)
             axes.append(offsets)
+        exact = grid[0] >= 3 and grid[1] >= 3 and grid[2] >= 3
+        if exact:  # the offsets themselves, so that each neighbouring cell also says its periodic image
+            axes = [[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]]
         rows: List[List[int]] = []
+        shifts: List[List[List[float]]] = []
         for ia in range(grid[0]):
             for ib in range(grid[1]):
                 for ic in range(grid[2]):
                     row: List[int] = []
+                    shift: List[List[float]] = []
                     for oa in axes[0]:
                         for ob in axes[1]:
                             for oc in axes[2]:
                                 row.append((((ia + oa) % grid[0]) * grid[1] + (ib + ob) % grid[1]) * grid[2]
                                            + (ic + oc) % grid[2])
+                                shift.append([float((ia + oa) // grid[0]), float((ib + ob) // grid[1]),
+                                              float((ic + oc) // grid[2])])
                     rows.append(row)
+                    shifts.append(shift)
         device = self._dtype_ref.device
         self.grid = torch.tensor(grid, dtype=torch.long, device=device)
         self.cell_neighbours = torch.tensor(rows, dtype=torch.long, device=device)
+        self.cell_shifts = torch.tensor(shifts, dtype=self._dtype_ref.dtype, device=device)
+        self.exact_images = exact
         self.n_cells = n_cells
         self.cell_capacity = cell_capacity
         self.table_capacity = neighbour_capacity
+        self.triclinic = bool(box[1, 0] != 0) or bool(box[2, 0] != 0) or bool(box[2, 1] != 0)
         self.n_configured = n
 
     @torch.jit.export
@@ -408,8 +464,10 @@ class CGPotential(torch.nn.Module):
         """The largest number of neighbours within the cutoff of any bead (a host read, for sizing)."""
         pos = positions.to(self._dtype_ref.dtype)
         box = boxvectors.to(self._dtype_ref.dtype)
-        d = self._minimum_image(pos.unsqueeze(0) - pos.unsqueeze(1), box)
-        inside = torch.square(d).sum(dim=2) < self.cutoff_nm * self.cutoff_nm
+        self.triclinic = bool(box[1, 0] != 0) or bool(box[2, 0] != 0) or bool(box[2, 1] != 0)
+        everyone = torch.arange(pos.shape[0], device=pos.device).unsqueeze(0).expand(pos.shape[0], -1)
+        dx, dy, dz = self._displacements(pos, box, everyone.contiguous())
+        inside = dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm
         return int(inside.sum(dim=1).max()) - 1
 
     # -------------------------------------------------------------------------------------------
@@ -425,21 +483,22 @@ class CGPotential(torch.nn.Module):
 
     def network_energy(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor) -> Tensor:
         """Network energy (kcal/mol) from the neighbour table ``nbr`` (N, K) (empty slots = N), its
-        vectors ``vec`` (N, K, 3) = r_j - r_i and distances ``r`` (N, K) in angstrom; ``types`` (N,) 0-based."""
-        # Tensor components of each slot: 1, r-hat (l=1), traceless r-hat r-hat in 5 components (l=2)
-        comps = [torch.ones_like(r).unsqueeze(2)]
+        components ``vec`` (3, N, K) of r_j - r_i and distances ``r`` (N, K) in angstrom; ``types`` (N,) 0-based."""
+        # Tensor components of each slot, as (N, C, K): 1, r-hat (l=1), traceless r-hat r-hat in 5
+        # components (l=2)
+        comps = [torch.ones_like(r)]
         if self.max_order >= 1:
-            rhat = vec / r.unsqueeze(2)
-            comps.append(rhat)
+            inv_r = 1.0 / r
+            x = vec[0] * inv_r
+            y = vec[1] * inv_r
+            z = vec[2] * inv_r
+            comps += [x, y, z]
             if self.max_order >= 2:
-                x = rhat[:, :, 0]
-                y = rhat[:, :, 1]
-                z = rhat[:, :, 2]
                 xx = x * x
                 yy = y * y
                 tr = (xx + yy + z * z) / 3.0
-                comps.append(torch.stack([xx - tr, x * y, x * z, yy - tr, y * z], dim=2))
-        comp = torch.cat(comps, dim=2)
+                comps += [xx - tr, x * y, x * z, yy - tr, y * z]
+        comp = torch.stack(comps, dim=1)
         features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
         feats = [features]
         for block in self.blocks:
@@ -552,6 +611,7 @@ def potential_from_hippynn(network: torch.nn.Module, energy: torch.nn.Module, pr
                                            else torch.nn.Identity())
         else:
             int_res, int_adjust = torch.nn.Identity(), torch.nn.Identity()
+        inter.ones_input = len(blocks) == 0 and int(network.nf_in) == 1
         blocks.append(_Block(inter, atoms, resnet, int_res, int_adjust))
     heads = [_linear_from(h) for h in energy.layers]
     n_types = int(network.nf_in)
@@ -664,18 +724,49 @@ def load_exported(path: str | Path,
     """Load an exported CG potential: (ScriptModule, metadata dict of the file's ``metadata.json``)."""
     import vesin_torch  # noqa: F401  (files of format version 1 refer to vesin's TorchScript class)
 
+    from .errors import InputFileError, MissingInputError
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"exported model '{path}' does not exist")
+        raise MissingInputError(f"exported model '{path}' does not exist")
+    if path.is_dir():
+        raise InputFileError(f"exported model '{path}' is a folder; give the .pt file written by "
+                             f"'openmm-cgnn export {path} --out model.pt'")
     extra = {"metadata.json": ""}
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
         if "torch.classes.vesin" in str(exc):
             raise RuntimeError(
                 f"cannot load '{path}': it uses vesin's TorchScript neighbour list; run `import openmm_cgnn` "
                 "or `import vesin_torch` before torch.jit.load (and check that vesin-torch matches this torch)"
             ) from exc
-        raise
-    meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
+        raise InputFileError(_not_an_export(path)) from None
+    try:
+        meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
+    except ValueError:
+        meta = {}
+    if not isinstance(meta, dict) or "cutoff_nm" not in meta or "type_names" not in meta:
+        raise InputFileError(f"'{path}' is a TorchScript module but not an openmm-cgnn exported model (it has no "
+                             "metadata.json with the cutoff and bead types); make one with 'openmm-cgnn export'")
     return module, meta
+
+
+def _not_an_export(path: Path) -> str:
+    """Why ``path`` does not load as an exported model, naming the file to use instead where we can tell."""
+    from .training import MODEL_FORMAT
+
+    what = f"'{path}' is not an exported openmm-cgnn model (the TorchScript .pt written by 'openmm-cgnn export')"
+    head = path.read_bytes()[:512]
+    if not head:
+        return f"exported model '{path}' is empty; export the model again with 'openmm-cgnn export'"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        blob = None
+    if isinstance(blob, dict) and blob.get("format") == MODEL_FORMAT:
+        return (f"'{path}' is the hippynn weights file of the trained model directory '{path.parent}', not an "
+                f"exported model; run 'openmm-cgnn export {path.parent} --out model.pt' and give that file")
+    if head.startswith(b"PK"):
+        return f"{what}; it is truncated, damaged or another kind of torch file"
+    return what

@@ -112,6 +112,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from ._io import check_writable, make_output_dir
+from . import validation as V
+from .errors import ConfigError, InputFileError, MissingInputError
 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
@@ -149,7 +152,7 @@ _P_TOL_REL = 1e-3
 # ---------------------------------------------------------------------------------------------
 # state points
 # ---------------------------------------------------------------------------------------------
-class StatePointError(ValueError):
+class StatePointError(ConfigError):
     """A state point (or a list or file of them) cannot be read."""
 
 
@@ -166,15 +169,12 @@ class StatePoint:
     pressure: float | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise StatePointError(f"temperature must be a positive number of kelvin, got {self.temperature!r}")
+        V.temperature(self.temperature, error=StatePointError)
         if (self.density is None) == (self.pressure is None):
             raise StatePointError("a state point needs exactly one of density (NVT) or pressure (NPT)")
-        if self.density is not None and not (math.isfinite(self.density) and 0 < self.density < 3):
-            raise StatePointError(f"density {self.density} g/cm^3 is not a liquid density; give a value in (0, 3)")
-        if self.pressure is not None and not (math.isfinite(self.pressure) and self.pressure > 0):
-            raise StatePointError(f"pressure must be positive (bar), got {self.pressure}")
+        if self.density is not None:
+            V.density(self.density, error=StatePointError)
+        V.pressure(self.pressure, error=StatePointError)
 
     @property
     def ensemble(self) -> str:
@@ -355,28 +355,25 @@ class HarnessConfig:
         self.validate()
 
     def validate(self) -> None:
-        positive = ("aa_timestep", "aa_equilibration", "aa_production", "aa_frame_interval", "cg_timestep",
-                    "cg_friction", "cg_production", "cg_frame_interval", "rdf_bin_width")
-        for name in positive:
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{name} must be positive, got {v!r}")
-        if self.cg_equilibration < 0:
-            raise ValueError("cg_equilibration must be >= 0")
-        if self.aa_cutoff is not None and not self.aa_cutoff > 0:
-            raise ValueError("aa_cutoff must be positive (nm) or None (automatic)")
-        if self.n_molecules < 2:
-            raise ValueError("n_molecules must be at least 2")
-        if self.adf_bins < 3:
-            raise ValueError("adf_bins must be at least 3")
-        if self.adf_shell_cutoff is not None and not self.adf_shell_cutoff > 0:
-            raise ValueError("adf_shell_cutoff must be positive (nm) or None (first minimum of the reference g(r))")
-        if self.density_blocks < 2:
-            raise ValueError("density_blocks must be at least 2")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError("torch_threads must be >= 1 or None (torch's default)")
-        if self.aa_frame_interval > self.aa_production or self.cg_frame_interval > self.cg_production:
-            raise ValueError("the frame interval must not exceed the production length")
+        """Check every field (the rules of :mod:`openmm_cgnn.validation`, the same as those of the
+        reference and CG runs); ConfigError names the first bad one."""
+        V.positive(self.aa_equilibration, "aa_equilibration", "ps")
+        V.frame_schedule(self.aa_timestep, self.aa_equilibration, self.aa_production, self.aa_frame_interval, "aa_")
+        V.frame_schedule(self.cg_timestep, self.cg_equilibration, self.cg_production, self.cg_frame_interval, "cg_")
+        V.positive(self.cg_friction, "cg_friction", "1/ps")
+        V.positive(self.rdf_bin_width, "rdf_bin_width", "nm")
+        if self.aa_cutoff is not None:
+            V.cutoff(self.aa_cutoff, "aa_cutoff")
+        V.integer(self.n_molecules, "n_molecules", 2)
+        V.integer(self.adf_bins, "adf_bins", 3)
+        if self.adf_shell_cutoff is not None:
+            V.positive(self.adf_shell_cutoff, "adf_shell_cutoff", "nm")
+        V.integer(self.density_blocks, "density_blocks", 2)
+        if self.torch_threads is not None:
+            V.integer(self.torch_threads, "torch_threads", 1)
+        V.seed(self.seed)
+        if not isinstance(self.species, str):
+            raise ConfigError(f"species must be a name such as 'methanol', got {self.species!r}", "species")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
@@ -396,7 +393,7 @@ class HarnessConfig:
                       aa_frame_interval=0.05, cg_equilibration=0.1, cg_production=0.5, cg_frame_interval=0.025,
                       rdf_bin_width=0.01, adf_bins=36, density_blocks=4)
         else:
-            raise ValueError(f"unknown harness preset {name!r}; choose 'tiny', 'default' or 'full'")
+            raise ConfigError(f"unknown harness preset {name!r}; choose 'tiny', 'default' or 'full'", "preset")
         return replace(cfg, **overrides) if overrides else cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -404,16 +401,18 @@ class HarnessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HarnessConfig":
+        if not isinstance(data, dict):
+            raise InputFileError("a harness configuration must be a JSON object of settings")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown harness configuration keys: {unknown}")
+            raise ConfigError(f"unknown harness configuration keys: {unknown}")
         return cls(**data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HarnessConfig":
         """Read a ``config.json`` written by :func:`compare` (or written by hand)."""
-        return cls.from_dict(read_config_file(path, "harness configuration", ValueError, FileNotFoundError))
+        return cls.from_dict(read_config_file(path, "harness configuration", InputFileError, MissingInputError))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,15 +465,11 @@ def device_name(platform_name: str) -> str:
 
 def _dataset_metadata(path: Path) -> dict[str, Any]:
     """The metadata of a CG data set, without loading its arrays."""
+    from ._io import read_metadata_json, read_npz
     from .dataset import FORMAT, DatasetFormatError
 
-    if not path.exists():
-        raise FileNotFoundError(f"reference data set '{path}' does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["metadata_json"])) if "metadata_json" in z.files else {}
-    except (OSError, ValueError) as exc:
-        raise DatasetFormatError(f"cannot read '{path}' as a CG data set: {exc}") from None
+    z = read_npz(path, "reference data set", "a CG data set from 'openmm-cgnn map'", keys=("metadata_json",))
+    meta = read_metadata_json(z, path, "reference data set") if "metadata_json" in z else {}
     if meta.get("format") != FORMAT:
         raise DatasetFormatError(f"'{path}' is not a CG data set (format {meta.get('format')!r}); map an all-atom "
                                  "reference first with 'openmm-cgnn map'")
@@ -571,7 +566,7 @@ def _match_given(paths: Sequence[str | Path] | None, points: list[StatePoint],
             _log(progress, "note: " + msg)
         for i in hits:
             if i in given:
-                raise ValueError(f"two reference data sets match state point {points[i].label()}: "
+                raise ConfigError(f"two reference data sets match state point {points[i].label()}: "
                                  f"'{given[i]}' and '{p}'; give one")
             given[i] = p
     return given
@@ -599,12 +594,12 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
             where = f"{config.n_molecules} molecules at {rho:g} g/cm^3"
             n = config.n_molecules
             if config.aa_cutoff is not None and 2.0 * config.aa_cutoff > edge:
-                raise ValueError(
+                raise ConfigError(
                     f"state point {sp.label()}: {where} make a {edge:.3f} nm box, smaller than twice the all-atom "
                     f"cutoff ({config.aa_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
         if cutoff_nm and edge <= 2.0 * cutoff_nm:
             need = math.ceil(n * (2.0 * cutoff_nm / edge) ** 3 * 1.1)
-            raise ValueError(
+            raise ConfigError(
                 f"state point {sp.label()}: {where} make a {edge:.3f} nm box, too small for the model's cutoff "
                 f"({cutoff_nm:g} nm needs an edge above {2 * cutoff_nm:g} nm); use at least {need} molecules")
 
@@ -633,9 +628,10 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     config.validate()
     points = parse_state_points(state_points)
     out = Path(out_dir)
-    if (out / "report.json").exists() and not overwrite:
+    if (out / "report.json").exists() and not overwrite and not _has_failed_state_points(out):
         raise OutputExistsError(f"'{out}' already holds a comparison report; choose another folder or pass "
-                                "--overwrite (overwrite=True)")
+                                "--overwrite")
+    check_writable(out)
     model = Path(model)
     cg_model = CGModel(model)
     meta = cg_model.metadata
@@ -645,7 +641,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     _check_sizes(config, points, given, meta.get("cutoff_nm"))
     platform = choose_platform(config.platform).getName()
     device = device_name(platform)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     write_json_atomic(out / "config.json", config.to_dict())
     _log(progress, f"{len(points)} state point(s): {', '.join(p.label() for p in points)}; model {model.name}; "
                    f"platform {platform} ({device}); settings {config.name!r}; output {out}")
@@ -683,6 +679,16 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     for line in report["summary"]["lines"]:
         _log(progress, "  " + line)
     return report
+
+
+def _has_failed_state_points(out: Path) -> bool:
+    """Whether the report in ``out`` has a state point that could not be run: such a report may be redone
+    without --overwrite (the finished runs with the same model and settings are reused)."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+        return any(sp.get("status") == "failed" for sp in report.get("state_points", []))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -1026,7 +1032,7 @@ def load_report(folder: str | Path) -> dict[str, Any]:
     """The ``report.json`` of a report folder."""
     path = Path(folder) / "report.json"
     if not path.exists():
-        raise FileNotFoundError(f"no comparison report in '{folder}' (expected {path.name}); make one with "
+        raise MissingInputError(f"no comparison report in '{folder}' (expected {path.name}); make one with "
                                 "'openmm-cgnn compare'")
     return json.loads(path.read_text())
 

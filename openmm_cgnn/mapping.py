@@ -20,8 +20,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import openmm.app as app
 
+from .errors import CGNNError
 
-class MappingError(ValueError):
+
+class MappingError(CGNNError, ValueError):
     """The mapping does not fit the topology: an atom left out, used twice or not present."""
 
 
@@ -225,6 +227,17 @@ def create_mapping(topology: app.Topology,
             raise MappingError(
                 f"atoms {', '.join(missing)} of residue {residue.name} {residue.id} are in no bead; "
                 "add them to a bead of the map")
+    present = set(residue_names.values())
+    absent = sorted(set(spec) - present)
+    if absent and len(absent) == len(spec):
+        raise MappingError(
+            f"the mapping names residue{'s' if len(absent) > 1 else ''} {', '.join(absent)}, which the system "
+            f"lacks (it has {', '.join(sorted(present))}); name the residues of the all-atom topology")
+    if absent:
+        import warnings
+
+        warnings.warn(f"the mapping's residues {', '.join(absent)} are not in the system; their beads are unused",
+                      stacklevel=2)
     spec["_residue_names"] = residue_names
     return CGMapping(beads, topology.getNumAtoms(), masses, spec)
 
@@ -235,8 +248,10 @@ def load_mapping_spec(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     spec = read_config_file(path, "mapping file", MappingError)
-    if not isinstance(spec, dict):
+    if not isinstance(spec, dict) or not all(isinstance(v, list) for v in spec.values()):
         raise MappingError(f"mapping file '{path}' must hold an object of residue name -> list of beads")
+    if not spec:
+        raise MappingError(f"mapping file '{path}' names no residue")
     return spec
 
 
@@ -247,11 +262,17 @@ def map_reference(reference: str | Path, out: str | Path, beads_per_residue: Map
     ``skip`` drops that many leading frames. Returns the written :class:`~openmm_cgnn.dataset.CGDataset`.
     """
     from ._io import check_output_path, versions
-    from .dataset import CGDataset
+    from .dataset import CGDataset, DatasetFormatError
     from .reference import load_reference
 
+    from . import validation as V
+
+    skip = V.integer(skip, "skip", 0)
     out = check_output_path(out, overwrite)
     ref = load_reference(reference)
+    if skip >= len(ref.time):
+        raise V.ConfigError(f"skip = {skip} leaves no frame of the {len(ref.time)} in '{reference}'; "
+                            f"skip at most {len(ref.time) - 1}", "skip")
     mapping = create_mapping(ref.topology, beads_per_residue)
     frames = slice(skip, None)
     cg_pos = mapping.map_positions(ref.positions[frames].astype(np.float64), ref.boxes[frames])
@@ -265,8 +286,11 @@ def map_reference(reference: str | Path, out: str | Path, beads_per_residue: Map
         "time_ps": ref.time[frames].tolist(),
         "versions": versions(),
     }
-    ds = CGDataset(cg_pos, cg_forces, ref.boxes[frames], ref.potential_energy[frames], mapping.bead_types,
-                   mapping.type_names, mapping.bead_masses, mapping.bead_residues, meta,
-                   pressure=None if ref.pressure is None else ref.pressure[frames])
+    try:
+        ds = CGDataset(cg_pos, cg_forces, ref.boxes[frames], ref.potential_energy[frames], mapping.bead_types,
+                       mapping.type_names, mapping.bead_masses, mapping.bead_residues, meta,
+                       pressure=None if ref.pressure is None else ref.pressure[frames])
+    except DatasetFormatError as exc:
+        raise DatasetFormatError(f"reference file '{reference}' cannot be mapped: {exc}") from None
     ds.save(out)
     return ds

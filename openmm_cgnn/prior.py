@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .dataset import CGDataset
+from .errors import ConfigError, InputFileError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def prior_from_taper(taper: float, strength: float, dr: float = 0.015, perc: flo
                      cutoff_margin: float = 0.1) -> PriorParams:
     """Prior parameters from a taper distance (nm) and a force strength (kJ/mol/nm)."""
     if not (taper > dr > 0):
-        raise ValueError(f"taper ({taper} nm) must exceed dr ({dr} nm) > 0")
+        raise ConfigError(f"taper ({taper} nm) must exceed dr ({dr} nm) > 0", "prior_dr")
     a = np.log(1.0 / perc) / dr
     g = strength / a * np.exp(a * (taper - dr))
     return PriorParams(g=float(g), a=float(a), cutoff=float(taper + cutoff_margin), taper=float(taper),
@@ -93,7 +94,8 @@ def first_rdf_onset(datasets: list[CGDataset], threshold: float = 0.01, r_max: f
         g = np.where(ideal > 0, counts / ideal, 0.0)
     above = np.nonzero(g > threshold)[0]
     if len(above) == 0:
-        raise ValueError("the bead-bead RDF never exceeds the threshold; is the data set empty?")
+        raise InputFileError("the bead-bead RDF of the training data never exceeds the threshold; is the data set "
+                             "empty?")
     return float(edges[above[0]])
 
 

@@ -22,6 +22,7 @@ command again resumes from the last checkpoint with no frame lost or duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -35,7 +36,9 @@ import openmm.app as app
 import openmm.unit as u
 
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
-from ._io import check_output_path, save_npz_atomic, versions
+from . import validation as V
+from ._io import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
+from .errors import CGNNError
 from .species import Species, get_species
 from .pressure import attach_pressure_probe, current_pressure, find_barostat_index
 from .topology_io import topology_from_arrays, topology_to_arrays
@@ -47,8 +50,12 @@ REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "pot
                    "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
 
 
-class ReferenceError(ValueError):
+class ReferenceError(CGNNError, ValueError):
     """A reference run cannot be set up as asked (bad species, density, box, force field...)."""
+
+
+class ReferenceBlowUp(CGNNError, RuntimeError):
+    """The all-atom simulation stopped being finite; the message says when and what to try."""
 
 
 @dataclass
@@ -71,6 +78,24 @@ class ReferenceConfig(FrameSchedule):
     seed: int = 2024
     platform: str | None = None           # None: CUDA if available, else CPU
     checkpoint_every: int = 50            # frames between checkpoints
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (the rules of :mod:`openmm_cgnn.validation`); ConfigError names the first bad one.
+        The cutoff is checked against the box when the box is built."""
+        V.integer(self.n_molecules, "n_molecules", 1)
+        V.temperature(self.temperature)
+        if self.density is not None:
+            V.density(self.density)
+        V.pressure(self.pressure)
+        V.cutoff(self.cutoff)
+        V.positive(self.friction, "friction", "1/ps")
+        V.frame_schedule(self.timestep, self.equilibration, self.production, self.frame_interval)
+        V.integer(self.barostat_interval, "barostat_interval", 1)
+        V.seed(self.seed)
+        V.integer(self.checkpoint_every, "checkpoint_every", 1)
 
 
 # -- building the box ---------------------------------------------------------------------------
@@ -188,10 +213,13 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology) -> openmm.
     """The all-atom System: PME electrostatics, constraints on bonds to hydrogen, and a Monte
     Carlo barostat for NPT."""
     species = get_species(config.species)
+    files = species.forcefield_files(config.forcefield)
     try:
-        ff = app.ForceField(*species.forcefield_files(config.forcefield))
-    except ValueError as exc:
-        raise ReferenceError(str(exc)) from None
+        ff = app.ForceField(*files)
+    except Exception as exc:  # a user's XML file: missing, malformed or not an OpenMM force field
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ReferenceError(f"cannot read the force field {', '.join(repr(f) for f in files)} ({detail}); "
+                             "give a built-in force-field name or a valid OpenMM force-field XML file") from None
     edge = min(topology.getPeriodicBoxVectors()[i][i].value_in_unit(u.nanometer) for i in range(3))
     if edge < 2.0 * config.cutoff:
         raise ReferenceError(
@@ -248,6 +276,7 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
     ``on_frame(n)`` is called after each saved frame with the number of frames so far (used by
     tests to interrupt a run). Returns the output path.
     """
+    config.validate()
     out = check_output_path(out, overwrite)
     species = get_species(config.species)
     density = config.density if config.density is not None else species.default_density
@@ -257,7 +286,7 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         if not overwrite:
             raise ReferenceError(
                 f"'{partial.folder}' holds an interrupted run with different settings; rerun with the same "
-                "settings to resume it, or pass --overwrite to start afresh")
+                "settings to resume it, or delete that folder (or pass --overwrite) to start afresh")
         resume = False
 
     rng = np.random.default_rng(config.seed)
@@ -270,7 +299,37 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
          + f", force field {config.forcefield or species.default_forcefield}, platform {platform.getName()}")
 
     frames = _frame_store(topology.getNumAtoms())
-    barostat = system.getForce(find_barostat_index(system))
+    with _discard_partial_on_failure(partial, fresh=not resume):
+        elapsed, done = _record(simulation, config, partial, frames, positions, resume, progress, on_frame)
+    return _finish(out, config, species, density, platform, topology, frames, partial, elapsed, done, progress)
+
+
+@contextlib.contextmanager
+def _discard_partial_on_failure(partial: PartialRun, fresh: bool):
+    """Remove ``partial`` when the run fails in a way that a rerun would not mend: a blow-up (a rerun
+    with the same settings blows up again, a corrected one has other settings), or any error before a
+    fresh run has saved its first production frame. An interruption keeps it for the resume."""
+    try:
+        yield
+    except openmm.OpenMMException as exc:
+        partial.remove()
+        raise ReferenceBlowUp(f"the all-atom simulation stopped: {' '.join(str(exc).split())}; try a smaller "
+                              "--timestep or a longer equilibration") from None
+    except ReferenceBlowUp:
+        partial.remove()
+        raise
+    except Exception:
+        if fresh and partial.saved_frames == 0:
+            partial.remove()
+        raise
+
+
+def _record(simulation: app.Simulation, config: ReferenceConfig, partial: PartialRun, frames: FrameStore,
+            positions: np.ndarray, resume: bool, progress: bool,
+            on_frame: Callable[[int], None] | None) -> tuple[float, int]:
+    """Equilibrate (or restore the checkpoint) and record the production frames into ``frames``;
+    returns the wall time (s) of production and the number of frames recorded by this call."""
+    barostat = simulation.system.getForce(find_barostat_index(simulation.system))  # a real one or the NVT probe
     if resume:
         partial.restore(simulation, frames)
         _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial.folder}")
@@ -290,8 +349,8 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         state = simulation.context.getState(getPositions=True, getForces=True, getEnergy=True)
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         if not math.isfinite(energy):
-            raise RuntimeError(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
-                               "try a smaller --timestep or a longer equilibration")
+            raise ReferenceBlowUp(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
+                                  "try a smaller --timestep or a longer equilibration")
         # after getState: the estimator scales the box and positions and restores them
         pressure = current_pressure(simulation.context, barostat)
         _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep, pressure)
@@ -301,8 +360,13 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
         if on_frame is not None:
             on_frame(len(frames))
     bar.close()
-    elapsed = time.perf_counter() - started
-    done = len(frames) - first
+    return time.perf_counter() - started, len(frames) - first
+
+
+def _finish(out: Path, config: ReferenceConfig, species: Species, density: float, platform: openmm.Platform,
+            topology: app.Topology, frames: FrameStore, partial: PartialRun, elapsed: float, done: int,
+            progress: bool) -> Path:
+    """Write the reference file from the recorded frames and remove the ``.partial`` folder."""
     ns_per_day = (done * config.frame_interval * 1e-3) / (elapsed / 86400.0) if done and elapsed > 0 else None
 
     meta = {
@@ -363,14 +427,21 @@ class ReferenceTrajectory:
 def load_reference(path: str | Path) -> ReferenceTrajectory:
     """Load a reference file written by :func:`run_reference`."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"reference file '{path}' does not exist")
-    with np.load(path, allow_pickle=False) as z:
-        if "metadata_json" not in z or "top_atom_names" not in z:
-            raise ReferenceError(f"'{path}' is not an openmm-cgnn all-atom reference file")
-        meta = json.loads(str(z["metadata_json"]))
-        if meta.get("format") != REFERENCE_FORMAT:
-            raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+    expected = "an all-atom reference NPZ from 'openmm-cgnn reference'"
+    z = read_npz(path, "reference file", expected)
+    meta = read_metadata_json(z, path, "reference file") if "metadata_json" in z else {}
+    if meta.get("format") == "openmm-cgnn/cg-dataset":
+        raise ReferenceError(f"'{path}' is already a mapped CG data set; expected {expected}")
+    if "metadata_json" not in z or "top_atom_names" not in z:
+        raise ReferenceError(f"'{path}' is not an openmm-cgnn all-atom reference file; expected {expected}")
+    if meta.get("format") != REFERENCE_FORMAT:
+        raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+    missing = [k for k in ("positions", "forces", "boxes", "potential_energy", "time") if k not in z]
+    if missing:
+        raise ReferenceError(f"reference file '{path}' lacks {', '.join(missing)}")
+    try:
         top = topology_from_arrays(z)
-        return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta,
-                                   z["pressure"] if "pressure" in z.files else None)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ReferenceError(f"reference file '{path}' has a damaged topology ({exc})") from None
+    return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta,
+                               z["pressure"] if "pressure" in z else None)

@@ -24,26 +24,36 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openmm
 import openmm.app as app
 import openmm.unit as u
 
+from . import validation as V
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
-from ._io import atomic_write, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from ._io import (atomic_write, check_writable, make_output_dir, save_npz_atomic, versions, write_json_atomic,
+                  write_text_atomic)
 from .dataset import CGDataset
+from .errors import CGNNError, ConfigError
 from .pressure import attach_pressure_probe, current_pressure
 from .reference import choose_platform, platform_properties
 from .system import CGModel, cg_topology_from_dataset, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
 
 
-class CGSimulationBlowUp(RuntimeError):
+class CGSimulationBlowUp(CGNNError, RuntimeError):
     """The CG simulation became unphysical; the message says when, why, and what to try."""
+
+
+class CGSimulationError(CGNNError, ValueError):
+    """The CG simulation cannot start as asked (a start frame that does not exist, overlapping or
+    non-finite start positions ...)."""
 
 
 @dataclass
@@ -66,11 +76,46 @@ class CGSimulationConfig(FrameSchedule):
     n_beads: int | None = None        # ...or from a fresh lattice of n beads (one-type models)
     density: float | None = None      # g/cm^3 for the fresh lattice
     use_cuda_graphs: bool = False
+    neighbour_capacity: int = 0       # neighbours per bead in the model's table; 0: the model's own
     checkpoint_every: int = 50        # frames
     max_temperature_factor: float = 3.0
     overlap_margin: float = 0.05      # nm inside the prior's taper that counts as an overlap
     torch_threads: int | None = None  # torch intra-op threads on the CPU (None: torch's default); 1 is
                                       # often fastest for small systems on a busy machine
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field (the rules of :mod:`openmm_cgnn.validation`); ConfigError names the first bad one.
+        The start frame is checked against the data set when it is opened."""
+        if not isinstance(self.model, (str, Path)) or not str(self.model):
+            raise ConfigError(f"model must be the path of an exported model (.pt) or a pair force field (.json), "
+                              f"got {self.model!r}", "model")
+        V.temperature(self.temperature)
+        V.pressure(self.pressure)
+        V.positive(self.friction, "friction", "1/ps")
+        V.frame_schedule(self.timestep, self.equilibration, self.production, self.frame_interval)
+        V.integer(self.barostat_interval, "barostat_interval", 1)
+        V.seed(self.seed)
+        V.integer(self.start_frame, "start_frame")
+        V.integer(self.checkpoint_every, "checkpoint_every", 1)
+        V.integer(self.neighbour_capacity, "neighbour_capacity", 0)
+        V.in_range(self.max_temperature_factor, "max_temperature_factor", 1.0)
+        V.non_negative(self.overlap_margin, "overlap_margin", "nm")
+        if self.torch_threads is not None:
+            V.integer(self.torch_threads, "torch_threads", 1)
+        if self.n_beads is not None:
+            V.integer(self.n_beads, "n_beads", 1)
+        if self.density is not None:
+            V.density(self.density)
+        lattice = self.n_beads is not None or self.density is not None
+        if self.start_dataset and lattice:
+            raise ConfigError("give a starting data set (--start) or a fresh lattice (--beads and --density), "
+                              "not both", "start_dataset")
+        if not self.start_dataset and (self.n_beads is None or self.density is None):
+            raise ConfigError("give a starting data set (--start) or both --beads and --density for a fresh "
+                              "lattice", "start_dataset")
 
 
 def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
@@ -94,12 +139,17 @@ def initial_configuration(config: CGSimulationConfig,
     ``config`` asks for."""
     if config.start_dataset:
         ds = CGDataset.load(config.start_dataset)
+        if not -ds.n_frames <= config.start_frame < ds.n_frames:
+            raise ConfigError(f"start_frame {config.start_frame} does not exist: '{config.start_dataset}' has "
+                              f"{ds.n_frames} frames (0 to {ds.n_frames - 1}, or -1 for the last)", "start_frame")
         frame = config.start_frame % ds.n_frames
         return cg_topology_from_dataset(ds, frame), ds.positions[frame], ds.bead_masses
     if config.n_beads is None or config.density is None:
-        raise ValueError("give a starting data set (start_dataset / --start) or both n_beads and density")
+        raise ConfigError("give a starting data set (--start) or both --beads and --density for a fresh lattice",
+                          "start_dataset")
     if len(metadata["type_names"]) != 1:
-        raise ValueError("a fresh lattice start needs a one-bead-type model; start from a data set instead")
+        raise CGSimulationError("a fresh lattice start needs a one-bead-type model; start from a data set "
+                                "(--start) instead")
     name = metadata["type_names"][0]
     top, positions = _lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
                                     np.random.default_rng(config.seed))
@@ -117,13 +167,29 @@ def _degrees_of_freedom(system: openmm.System) -> int:
 class _Monitor:
     """Stops a run that has become unphysical."""
 
-    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float):
+    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float,
+                 module: Any = None):
         self.config = config
+        self.module = module  # the exported model, to tell a neighbour-table overflow from a blow-up
+        self.last_good: tuple[np.ndarray, np.ndarray] | None = None  # positions, box (nm) last seen sane
         self.dof = dof
         self.total_mass = total_mass
         prior = metadata.get("prior") or {}
         taper = prior.get("taper")
         self.min_distance = (taper - config.overlap_margin) if taper else None
+
+    def explain_non_finite(self, t: float) -> str:
+        """Why energies or positions stopped being finite at ``t`` (ps): a neighbour-table overflow of the
+        model (checked on the last sane configuration) or an unphysical run."""
+        if self.last_good is not None:
+            overflow = neighbour_overflow_message(self.module, *self.last_good)
+            if overflow:
+                return f"at t = {t:.3f} ps {overflow}"
+        hint = ""
+        if self.module is not None and hasattr(self.module, "table_capacity"):
+            hint = (f" (if the liquid became denser than the training data, the model's neighbour table of "
+                    f"{int(self.module.table_capacity)} slots may have overflowed: try a larger --neighbour-capacity)")
+        return f"the energy or positions stopped being finite at t = {t:.3f} ps{hint}"
 
     def observe(self, state: openmm.State, t: float) -> dict[str, float]:
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
@@ -133,7 +199,9 @@ class _Monitor:
         temperature = 2.0 * kinetic / (self.dof * BOLTZMANN_KJ_PER_MOL_K)
         volume = float(abs(np.linalg.det(box)))
         if not (math.isfinite(energy) and math.isfinite(kinetic) and np.isfinite(positions).all()):
-            raise CGSimulationBlowUp(f"the energy or positions stopped being finite at t = {t:.3f} ps")
+            if np.isfinite(positions).all():
+                self.last_good = (positions, box)
+            raise CGSimulationBlowUp(self.explain_non_finite(t))
         if temperature > self.config.max_temperature_factor * self.config.temperature:
             raise CGSimulationBlowUp(
                 f"the temperature ran away to {temperature:.0f} K (target {self.config.temperature} K) at "
@@ -141,11 +209,34 @@ class _Monitor:
         if self.min_distance is not None:
             closest = _closest_pair(positions, box, self.min_distance)
             if closest is not None:
+                overflow = neighbour_overflow_message(self.module, positions, box)
+                if overflow:
+                    raise CGSimulationBlowUp(f"at t = {t:.3f} ps {overflow}")
                 raise CGSimulationBlowUp(
                     f"beads came {closest:.3f} nm apart at t = {t:.3f} ps, far inside the repulsive prior "
                     f"(which starts at {self.min_distance + self.config.overlap_margin:.3f} nm)")
+        self.last_good = (positions, box)
         return {"potential_energy": energy, "temperature": temperature, "volume": volume,
                 "density": density_g_cm3(self.total_mass, volume)}
+
+
+def neighbour_overflow_message(module: Any, positions: np.ndarray, box: np.ndarray) -> str | None:
+    """Why the exported model's fixed neighbour table could not hold this configuration, with the fix;
+    None when it could (or the model has no fixed table). Positions (N, 3) and box (3, 3) in nm."""
+    import torch
+
+    if module is None or not hasattr(module, "overflowed"):
+        return None
+    pos, cell = torch.tensor(positions), torch.tensor(box)
+    if not module.overflowed(pos, cell):
+        return None
+    needed = int(module.max_neighbours(pos, cell))
+    if needed > int(module.table_capacity):
+        return (f"a bead has {needed} neighbours within the model's cutoff but the neighbour table holds "
+                f"{int(module.table_capacity)} (a denser state than the training data); rerun with "
+                f"--neighbour-capacity {int(math.ceil(1.25 * needed))}")
+    return ("the box changed so much since the run started that the model's cell grid no longer fits it "
+            "(the neighbour table overflowed); restart the run from its last frame")
 
 
 def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float | None:
@@ -168,23 +259,26 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
                       progress: bool = True) -> Path:
     """Run (or resume) the CG simulation ``config`` and write the output folder ``out``.
 
-    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up.
+    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up (one that
+    blows up before its first frame writes nothing). Every setting, the model file and the start positions
+    are checked before ``out`` is created; a folder that holds a blown-up run is replaced without ``overwrite``.
     """
     out = Path(out)
+    config.validate()
     if config.torch_threads is not None:
         import torch
 
         torch.set_num_threads(int(config.torch_threads))
-    if (out / "simulation.json").exists() and not overwrite:
+    if _holds_finished_run(out) and not overwrite:
         from ._io import OutputExistsError
 
         raise OutputExistsError(f"output '{out}' already holds a simulation; choose another folder or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     model = CGModel(config.model)
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
     system = model.create_system(topology, masses=masses, use_cuda_graphs=config.use_cuda_graphs,
-                                 temperature=config.temperature)
+                                 neighbour_capacity=config.neighbour_capacity, temperature=config.temperature)
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
@@ -198,7 +292,11 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     integrator.setRandomNumberSeed(config.seed)
     simulation = app.Simulation(topology, system, integrator, platform, platform_properties(platform))
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
-    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()))
+    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()),
+                       module=getattr(model, "module", None))
+    _check_start(positions, topology, monitor, config)
+    created = not out.exists()
+    make_output_dir(out)   # only now: the run has really started
     frames = _frame_store(topology.getNumAtoms())
     partial = PartialRun(out / ".partial", json.dumps(asdict(config), sort_keys=True))
     _log(progress, f"[simulate] {topology.getNumAtoms()} beads, {config.ensemble} at {config.temperature} K"
@@ -213,6 +311,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         else:
             partial.start()
             simulation.context.setPositions(positions * u.nanometer)
+            monitor.last_good = (np.asarray(positions), np.array(
+                [[x.value_in_unit(u.nanometer) for x in v] for v in topology.getPeriodicBoxVectors()]))
             simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
             _equilibrate(simulation, config, monitor, progress)
             partial.save(simulation, frames)
@@ -235,19 +335,70 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         bar.close()
         elapsed = time.perf_counter() - started
     except CGSimulationBlowUp as exc:
-        status, error, elapsed, first = "blew_up", str(exc), float("nan"), 0
+        status, error, elapsed, first = "blew_up", " ".join(str(exc).split()), float("nan"), 0
+    except openmm.OpenMMException as exc:  # OpenMM's own check: "Particle coordinate is NaN"
+        if "nan" not in str(exc).lower():
+            raise
+        t = len(frames) * config.frame_interval
+        status, error, elapsed, first = "blew_up", monitor.explain_non_finite(t), float("nan"), 0
+    except Exception:
+        if partial.saved_frames == 0 and not len(frames):   # failed before the first frame: leave nothing
+            _discard(out, partial, created)
+        raise
     done = len(frames) - first
     ns_per_day = done * config.frame_interval * 1e-3 / (elapsed / 86400.0) if done and elapsed > 0 else None
+    advice = ("Try a smaller --timestep, a start from a mapped all-atom frame, or a model trained nearer this "
+              "state point.")
+    if status == "blew_up" and not len(frames):
+        _discard(out, partial, created)
+        raise CGSimulationBlowUp(f"the CG simulation blew up before its first frame: {error}. Nothing was "
+                                 f"written. {advice}")
     _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error)
     if status == "blew_up":
         partial.remove()
         raise CGSimulationBlowUp(
-            f"the CG simulation blew up: {error}. {len(frames)} good frames are in '{out}'. Try a smaller "
-            "--timestep, a start from a mapped all-atom frame, or a model trained nearer this state point.")
+            f"the CG simulation blew up: {error}. {len(frames)} good frames are in '{out}' (a rerun into the same "
+            f"folder replaces them). {advice}")
     partial.remove()
     _log(progress, f"[simulate] wrote {len(frames)} frames to {out}"
          + (f" ({ns_per_day:.1f} ns/day)" if ns_per_day else ""))
     return out
+
+
+def _holds_finished_run(out: Path) -> bool:
+    """Whether ``out`` holds a simulation that completed (a blown-up one may be replaced without --overwrite)."""
+    info = out / "simulation.json"
+    if not info.exists():
+        return False
+    try:
+        return json.loads(info.read_text()).get("status") != "blew_up"
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _discard(out: Path, partial: PartialRun, created: bool) -> None:
+    """Remove what a run that wrote no frame left: its ``.partial`` and, if this run made it, ``out``."""
+    partial.remove()
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _check_start(positions: np.ndarray, topology: app.Topology, monitor: "_Monitor",
+                 config: CGSimulationConfig) -> None:
+    """CGSimulationError for start positions that are not finite or put beads far inside the prior."""
+    where = (f"frame {config.start_frame} of '{config.start_dataset}'" if config.start_dataset
+             else f"the fresh lattice at {config.density} g/cm^3")
+    if not np.isfinite(positions).all():
+        raise CGSimulationError(f"the start positions ({where}) hold NaN or infinite values")
+    if monitor.min_distance is None:
+        return
+    box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    closest = _closest_pair(np.asarray(positions, dtype=np.float64), box, monitor.min_distance)
+    if closest is not None:
+        fix = "lower --density" if not config.start_dataset else "start from another frame or data set"
+        raise CGSimulationError(
+            f"the start positions ({where}) put two beads {closest:.3f} nm apart, far inside the repulsive prior "
+            f"(which starts at {monitor.min_distance + config.overlap_margin:.3f} nm); {fix}")
 
 
 def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor: _Monitor, progress: bool) -> None:

@@ -11,6 +11,8 @@ from importlib import resources
 
 import numpy as np
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Species:
@@ -37,7 +39,7 @@ class Species:
         if name.endswith(".xml"):
             return [name]  # a user's own force-field file (or one shipped with OpenMM)
         if name not in self.forcefields:
-            raise ValueError(
+            raise ConfigError(
                 f"force field '{name}' is not available for {self.name}; choose one of "
                 f"{', '.join(sorted(self.forcefields))}, or give the path of a force-field XML file")
         files = []
@@ -119,5 +121,5 @@ def get_species(name: str) -> Species:
     """The built-in species called ``name`` (case-insensitive)."""
     key = name.lower()
     if key not in SPECIES:
-        raise ValueError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}")
+        raise ConfigError(f"unknown species '{name}'; built in: {', '.join(sorted(SPECIES))}")
     return SPECIES[key]

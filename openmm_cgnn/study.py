@@ -176,8 +176,10 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     from .system import CGModel
 
     config = config or StudyConfig()
+    from ._io import make_output_dir
+
     out = Path(out)
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    make_output_dir(out / "data")
     write_json_atomic(out / "study_config.json", asdict(config))
     started = time.perf_counter()
     refs = _training_references(config, out / "data", progress)

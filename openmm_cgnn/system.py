@@ -19,9 +19,10 @@ import openmm.app as app
 import openmm.unit as u
 
 from .dataset import CGDataset
+from .errors import CGNNError, InputFileError, MissingInputError
 
 
-class CGSystemError(ValueError):
+class CGSystemError(CGNNError, ValueError):
     """A CG System cannot be made for this topology and model (box too small, unknown bead type...)."""
 
 
@@ -160,7 +161,10 @@ class CGModel:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"model file '{self.path}' does not exist")
+            raise MissingInputError(f"model file '{self.path}' does not exist")
+        if self.path.is_dir():
+            raise InputFileError(f"model '{self.path}' is a folder; give the exported model file (.pt): "
+                                 f"make it with 'openmm-cgnn export {self.path} --out model.pt'")
         if self.path.suffix == ".json":
             from .baselines import PairForceField
 
@@ -176,7 +180,8 @@ class CGModel:
             self.module, self.metadata = load_exported(self.path)
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
-                      use_cuda_graphs: bool = False, temperature: float | None = None) -> openmm.System:
+                      use_cuda_graphs: bool = False, neighbour_capacity: int = 0,
+                      temperature: float | None = None) -> openmm.System:
         if self.kind == "pair":
             if masses is None:
                 by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
@@ -185,4 +190,4 @@ class CGModel:
                 masses = [by_type[a.name] for a in topology.atoms()]
             return self.pair.create_system(topology, bead_masses=masses, temperature=temperature)
         return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
-                             temperature=temperature)
+                             neighbour_capacity=neighbour_capacity, temperature=temperature)

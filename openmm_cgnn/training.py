@@ -47,8 +47,10 @@ os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn i
 import numpy as np
 import torch
 
+from . import validation as V
 from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
+from .errors import ConfigError, InputFileError, MissingInputError
 from .prior import PriorParams, fit_prior, prior_energy_forces
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
@@ -110,22 +112,40 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Check every field (the rules of :mod:`openmm_cgnn.validation`); ConfigError names the first bad one."""
         if self.tensor_order not in _NETWORK_CLASSES:
-            raise ValueError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}")
-        if self.pair_finder not in ("kdtree", "periodic"):
-            raise ValueError(f"pair_finder must be 'kdtree' or 'periodic', got {self.pair_finder!r}")
-        if self.sensitivity_type not in ("inverse", "linear"):
-            raise ValueError(f"sensitivity_type must be 'inverse' or 'linear', got {self.sensitivity_type!r}")
+            raise ConfigError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}", "tensor_order")
+        V.one_of(self.pair_finder, "pair_finder", ("kdtree", "periodic"))
+        V.one_of(self.sensitivity_type, "sensitivity_type", ("inverse", "linear"))
+        for name in ("n_features", "n_sensitivities", "n_interaction_layers", "n_atom_layers", "batch_size",
+                     "max_batch_size", "plateau_patience", "max_epochs", "termination_patience", "eval_batch_size"):
+            V.integer(getattr(self, name), name, 1)
+        V.seed(self.seed)
+        for name in ("dist_soft_min", "dist_soft_max", "dist_hard_max", "learning_rate", "prior_rdf_threshold",
+                     "prior_dr"):
+            V.positive(getattr(self, name), name)
+        V.non_negative(self.cusp_reg, "cusp_reg")
+        V.in_range(self.plateau_factor, "plateau_factor", 0.0, 1.0, high_open=True)
+        V.in_range(self.fraction_train_eval, "fraction_train_eval", 0.0, 1.0)
+        V.in_range(self.prior_perc, "prior_perc", 0.0, 1.0, high_open=True)
+        if not isinstance(self.device, str) or not self.device:
+            raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or another torch device, got {self.device!r}",
+                              "device")
         if not (0 < self.dist_soft_min < self.dist_soft_max <= self.dist_hard_max):
-            raise ValueError("need 0 < dist_soft_min < dist_soft_max <= dist_hard_max (angstrom)")
-        if not (0 < self.valid_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.valid_fraction + self.test_fraction < 1):
-            raise ValueError("need 0 < valid_fraction, 0 <= test_fraction and valid_fraction + test_fraction < 1 "
-                             "(early stopping needs validation frames)")
+            raise ConfigError("need 0 < dist_soft_min < dist_soft_max <= dist_hard_max (angstrom)", "dist_soft_max")
+        V.in_range(self.valid_fraction, "valid_fraction", 0.0, 1.0, high_open=True)
+        V.in_range(self.test_fraction, "test_fraction", 0.0, 1.0, low_open=False, high_open=True)
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError("need 0 < valid_fraction, 0 <= test_fraction and valid_fraction + test_fraction < 1 "
+                              "(early stopping needs validation frames)", "valid_fraction")
+        if self.max_batch_size < self.batch_size:
+            raise ConfigError("need 1 <= batch_size <= max_batch_size", "batch_size")
         if self.volume_source not in ("cg-nvt", "mapped"):
-            raise ValueError(f"volume_source must be 'cg-nvt' or 'mapped', got {self.volume_source!r}")
-        if self.batch_size < 1 or self.max_batch_size < self.batch_size:
-            raise ValueError("need 1 <= batch_size <= max_batch_size")
+            raise ConfigError(f"volume_source must be 'cg-nvt' or 'mapped', got {self.volume_source!r}",
+                              "volume_source")
+        V.positive(self.volume_nvt_ps, "volume_nvt_ps")
+        V.non_negative(self.volume_nvt_equilibration_ps, "volume_nvt_equilibration_ps")
+        V.positive(self.volume_max_frames, "volume_max_frames")
 
     @property
     def cutoff_nm(self) -> float:
@@ -145,7 +165,7 @@ class TrainConfig:
                        termination_patience=4, plateau_patience=2, batch_size=2, max_batch_size=8,
                        learning_rate=3e-3, eval_batch_size=8, fraction_train_eval=0.25,
                        volume_source="mapped", volume_nvt_ps=2.0, volume_nvt_equilibration_ps=0.5)
-        raise ValueError(f"unknown preset {name!r}; choose 'paper' or 'tiny'")
+        raise ConfigError(f"unknown preset {name!r}; choose 'paper' or 'tiny'", "preset")
 
     # -- TOML ----------------------------------------------------------------------------------
     def to_toml(self) -> str:
@@ -160,16 +180,28 @@ class TrainConfig:
     def from_toml(cls, text_or_path: str | Path) -> "TrainConfig":
         """Read a configuration written by :meth:`to_toml` (a path or the TOML text itself).
         Keys left out take their default; unknown keys are an error."""
+        where = "training configuration"
         if isinstance(text_or_path, Path) or ("\n" not in str(text_or_path) and Path(str(text_or_path)).is_file()):
-            text = Path(text_or_path).read_text()
+            where = f"training configuration '{text_or_path}'"
+            try:
+                text = Path(text_or_path).read_text()
+            except FileNotFoundError:
+                raise MissingInputError(f"{where} does not exist") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputFileError(f"{where} cannot be read as TOML text ({exc})") from None
         else:
             text = str(text_or_path)
-        data = tomllib.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InputFileError(f"{where} is not valid TOML: {exc}") from None
         data = data.get("train", data)
+        if not isinstance(data, dict):
+            raise InputFileError(f"{where}: [train] must be a table of settings")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"unknown training configuration keys: {unknown}")
+            raise ConfigError(f"unknown training configuration keys: {unknown}")
         defaults = cls()
         kwargs = {}
         for k, v in data.items():
@@ -288,12 +320,12 @@ def _quiet_hippynn(log: io.TextIOBase | None):
 def load_datasets(paths: Sequence[str | Path]) -> list[CGDataset]:
     """Load data sets and check that they can be trained together (same bead type names)."""
     if not paths:
-        raise ValueError("no data sets given")
+        raise ConfigError("no data sets given", "data")
     sets = [CGDataset.load(p) for p in paths]
     first = sets[0].type_names
     for p, ds in zip(paths, sets):
         if ds.type_names != first:
-            raise ValueError(
+            raise InputFileError(
                 f"data sets must share bead type names to be trained together: '{paths[0]}' has "
                 f"{first} but '{p}' has {ds.type_names}")
     return sets
@@ -311,7 +343,7 @@ def split_frames(n_frames: int, valid_fraction: float, test_fraction: float, see
     if valid_fraction > 0:
         n_valid = max(n_valid, 1)
     if n_frames - n_test - n_valid < 1:
-        raise ValueError(f"a data set of {n_frames} frames is too small to split "
+        raise ConfigError(f"a data set of {n_frames} frames is too small to split "
                          f"(valid {valid_fraction}, test {test_fraction})")
     return {"test": np.sort(perm[:n_test]), "valid": np.sort(perm[n_test:n_test + n_valid]),
             "train": np.sort(perm[n_test + n_valid:])}
@@ -329,7 +361,7 @@ def prior_frames(prior: PriorParams, positions: np.ndarray, boxes: np.ndarray) -
 def _check_box(boxes: np.ndarray, cutoff_nm: float, what: str) -> None:
     widths = perpendicular_widths(boxes)
     if np.any(widths <= 2 * cutoff_nm):
-        raise ValueError(
+        raise ConfigError(
             f"{what}: the box (smallest perpendicular width {widths.min():.4g} nm) must be wider than twice "
             f"the cutoff ({cutoff_nm:.4g} nm); use a smaller dist_hard_max or a larger system")
 
@@ -719,18 +751,34 @@ def load_trained(model_dir: str | Path, dtype: torch.dtype | str = torch.float64
 
     :param dtype: floating dtype of the rebuilt modules (float64 by default: the reference).
     """
+    from .errors import InputFileError, MissingInputError
+
     model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise MissingInputError(f"model directory '{model_dir}' does not exist")
     if not (model_dir / "model.pt").exists():
-        raise FileNotFoundError(f"'{model_dir}' is not a trained model directory (no model.pt); "
-                                "make one with openmm_cgnn.training.train")
+        hint = (" (it is a file: give the folder written by 'openmm-cgnn train')" if model_dir.is_file()
+                else "; make one with 'openmm-cgnn train'")
+        raise MissingInputError(f"'{model_dir}' is not a trained model directory (no model.pt){hint}")
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    blob = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    if blob.get("format") != MODEL_FORMAT:
-        raise ValueError(f"'{model_dir / 'model.pt'}' has format {blob.get('format')!r}, expected {MODEL_FORMAT!r}")
-    config = TrainConfig.from_toml((model_dir / "config.toml").read_text())
-    metadata = json.loads((model_dir / "metadata.json").read_text())
-    prior = read_prior(model_dir)
+    try:
+        blob = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:   # truncated, damaged or not a torch file
+        raise InputFileError(f"the hippynn weights file '{model_dir / 'model.pt'}' cannot be read "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); it is truncated or "
+                             "damaged: train the model again") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise InputFileError(f"'{model_dir / 'model.pt'}' has format {got!r}, expected {MODEL_FORMAT!r} "
+                             "(the weights written by 'openmm-cgnn train')")
+    try:
+        config = TrainConfig.from_toml((model_dir / "config.toml").read_text())
+        metadata = json.loads((model_dir / "metadata.json").read_text())
+        prior = read_prior(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(f"model directory '{model_dir}' is incomplete or damaged "
+                             f"({type(exc).__name__}: {exc}); train the model again") from None
     with _quiet_hippynn(None):
         g = _build_graph(blob["network_class"], blob["network_kwargs"], blob.get("pair_finder", "kdtree"))
         g.network.torch_module.load_state_dict(blob["network_state"])

@@ -299,7 +299,7 @@ def test_blow_up_is_recorded_not_raised(tiny_model, methanol_dataset, tmp_path, 
     from openmm_cgnn.cli import main
 
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(tiny_config(cg_timestep=0.1).to_dict()))      # 100 fs: beads overlap at once
+    cfg.write_text(json.dumps(tiny_config(cg_timestep=0.1, cg_frame_interval=0.1).to_dict()))   # 100 fs: overlap at once
     out = tmp_path / "report"
     rc = main(["compare", "--model", str(tiny_model), "--state-points", "300K:0.787g/cm3", "--out", str(out),
                "--config", str(cfg), "--reference-data", str(methanol_dataset), "--quiet"])

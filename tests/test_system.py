@@ -135,3 +135,11 @@ def test_pair_baseline_runs_through_the_same_simulation_path(methanol_dataset, t
     arrays, meta = load_cg_frames(run_cg_simulation(cfg, tmp_path / "pair-sim", progress=False))
     assert meta["status"] == "complete" and arrays["positions"].shape == (3, 64, 3)
     assert np.all((arrays["temperature"] > 100) & (arrays["temperature"] < 600))
+
+
+def test_neighbour_table_overflow_stops_the_run_and_names_the_fix(methanol_dataset, tiny_model_pt, tmp_path):
+    """A table too small for the liquid gives NaN in the step; simulate says so and how to fix it."""
+    cfg = CGSimulationConfig(model=str(tiny_model_pt), start_dataset=str(methanol_dataset), equilibration=0.0,
+                             production=0.2, frame_interval=0.1, platform="CPU", neighbour_capacity=4)
+    with pytest.raises(CGSimulationBlowUp, match="--neighbour-capacity"):
+        run_cg_simulation(cfg, tmp_path / "overflow", progress=False)
