@@ -7,7 +7,8 @@ Run from the repository root (minutes to an hour on 2 shared cores):
 
 Every stage reuses what WORKDIR already holds. ``--without`` also runs the model without its volume
 term at the first two state points; ``--extra-point=250K:1bar`` refits U_V with that all-atom
-reference as a second pressure-matching point (terms a and c) and reruns the 1-bar points. Writes pressure.json, pressure.md and density-1bar.png next to
+reference as a second pressure-matching point (terms a and c) and reruns the 1-bar points (or those of
+``--two-point-states=300K:1bar,330K:1bar``). Writes pressure.json, pressure.md and density-1bar.png next to
 this file.
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def main(work: Path, without: bool = False, extra: str | None = None) -> None:
+def main(work: Path, without: bool = False, extra: str | None = None, two_states: list[str] | None = None) -> None:
     from openmm_cgnn.export import export_model
     from openmm_cgnn.harness import HarnessConfig, compare, load_report
     from openmm_cgnn.mapping import map_reference
@@ -106,7 +107,8 @@ def main(work: Path, without: bool = False, extra: str | None = None) -> None:
         if (work / "report-2pt" / "report.json").exists():
             rep_2 = load_report(work / "report-2pt")
         else:
-            rep_2 = compare(two_pt, points[1:], work / "report-2pt", hc, reference_datasets=refs, overwrite=True)
+            rep_2 = compare(two_pt, two_states or points[1:], work / "report-2pt", hc, reference_datasets=refs,
+                            overwrite=True)
         shutil.copy(work / "report-2pt" / "density.png", HERE / "density-1bar-two-points.png")
 
     result = {
@@ -159,4 +161,5 @@ def markdown(result: dict) -> str:
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     extra = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--extra-point=")), None)
-    main(Path(args[0] if args else "pressure-work"), without="--without" in sys.argv, extra=extra)
+    states = next((a.split("=", 1)[1].split(",") for a in sys.argv[1:] if a.startswith("--two-point-states=")), None)
+    main(Path(args[0] if args else "pressure-work"), without="--without" in sys.argv, extra=extra, two_states=states)
