@@ -81,7 +81,7 @@ class Settings:
                        throughput_sizes=[64, 512], drift_timesteps_fs=[2.0, 4.0, 5.0], drift_min_beads=64,
                        drift_equilibration_ps=0.4, drift_nve_ps=0.2, drift_threshold=0.1, drift_samples=20,
                        overhead_sizes=[512], scaling_sizes=[256, 512, 1024, 2048], scaling_aa=True,
-                       precision_size=512, training_batches={"tiny": [2, 8], "paper": [1, 4]},
+                       precision_size=512, training_batches={"tiny": [2, 8], "fast": [1, 4], "paper": [1, 4]},
                        training_timed_batches=3, profile_size=512)
         if mode == "full":
             # sized for a 10-minute window on one H100/H200 (about 1.5 min per benchmark)
@@ -91,7 +91,8 @@ class Settings:
                        drift_equilibration_ps=2.0, drift_nve_ps=4.0, drift_threshold=0.1, drift_samples=50,
                        overhead_sizes=[512, 4096], scaling_sizes=[512, 1024, 2048, 4096, 8192, 16384, 32768],
                        scaling_aa=True, precision_size=4096,
-                       training_batches={"tiny": [2, 8], "paper": [1, 8, 64]}, training_timed_batches=10,
+                       training_batches={"tiny": [2, 8], "fast": [1, 8, 64], "paper": [1, 8, 64]},
+                       training_timed_batches=10,
                        profile_size=4096)
         if mode == "smoke":  # tiny sizes for the test suite: checks that every benchmark runs
             return cls(mode="smoke", archs=["tiny"], budget_s=60.0, warmup_steps=4, min_time_s=0.05,

@@ -11,7 +11,7 @@ Benchmarks (``--only`` names):
 * ``overhead``    OpenMM step with only the TorchForce vs the bare model forward+backward in PyTorch.
 * ``scaling``     CG (and all-atom) step time vs size; log-log exponent.
 * ``precision``   float32 vs float64 export; CUDA graphs on/off (CUDA only).
-* ``training``    training throughput (frames/s) of the tiny and paper presets.
+* ``training``    training throughput (frames/s) of the tiny, fast and paper presets.
 * ``profile``     where a CG force evaluation spends its time.
 
 The speed models are the "tiny" and "paper" presets trained for one epoch on synthetic lattice

@@ -1,15 +1,15 @@
 """5. Training throughput (frames/s) of the force-matching step for the "tiny" and "paper" presets.
 
-One training step is what hippynn runs per batch: the hippynn graph (pair finder of the preset,
-HIP-NN-TS, HEnergy, forces by autograd), the loss (force RMSE + MAE), backward, Adam. Batches are
-synthetic methanol-density lattices of the smallest cubic size whose box fits the preset's cutoff
-(64 beads for "tiny", 512 for "paper"). Data loading (hippynn's Database) is left out; the
-end-to-end ``train()`` rate of the 1-epoch benchmark models is listed under "models".
+One training step is what hippynn runs per batch (``openmm_cgnn.training.TrainingStep``): the
+hippynn graph (pairs from the per-frame cache that ``train()`` uses, or the preset's per-batch pair
+finder), HIP-NN-TS, HEnergy, forces by autograd, the loss (force RMSE + MAE), backward, Adam.
+Batches are synthetic methanol-density lattices of the smallest cubic size whose box fits the
+preset's cutoff (64 beads for "tiny", 512 for "paper"). Data loading (hippynn's Database) is left
+out; the end-to-end ``train()`` rate of the 1-epoch benchmark models is listed under "models".
 """
 
 from __future__ import annotations
 
-import io
 import math
 import statistics
 import time
@@ -20,53 +20,22 @@ from . import _common as C
 NAME = "training"
 
 
-def _step_fn(preset: str, n_frames: int, device: str):
-    """(step(), beads per frame) for ``preset`` on ``n_frames`` synthetic frames."""
-    import torch
-
-    from openmm_cgnn.training import TrainConfig, _NETWORK_CLASSES, _build_graph, _quiet_hippynn, network_kwargs
-
-    from hippynn.experiment.assembly import assemble_for_training
-    from hippynn.graphs.nodes import loss
+def _step_fn(preset: str, n_frames: int, device: str, cache_pairs: bool = True):
+    """(step(), beads per frame, config, seconds spent caching pairs) for ``preset`` on ``n_frames``
+    synthetic frames (one batch)."""
+    from openmm_cgnn.training import TrainConfig, TrainingStep
 
     cfg = TrainConfig.preset(preset)
+    cfg.cache_pairs = cache_pairs
     n = C.min_beads_for_cutoff(cfg.cutoff_nm)
     side = math.ceil(n ** (1.0 / 3.0) - 1e-9)
     n = side ** 3
     ds = C.synthetic_frames(n, n_frames, seed=2)
-    arrays = ds.to_hippynn_arrays()
-    with _quiet_hippynn(None):
-        g = _build_graph(_NETWORK_CLASSES[cfg.tensor_order], network_kwargs(cfg, 1), cfg.pair_finder)
-        rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
-        total = rmse + loss.MAELoss.of_node(g.force)
-        modules, db_info = assemble_for_training(total, {"TotalLoss": total})
-    model = modules.model.to(device)
-    lossfn = modules.loss.to(device)
-    model.train()
-
-    def tensor(name: str):
-        a = arrays[name]
-        t = torch.as_tensor(a if a.dtype.kind in "iu" else a.astype("float32"))
-        return t.to(device)
-
-    inputs = [tensor(k) for k in db_info["inputs"]]
-    targets = [tensor(k) for k in db_info["targets"]]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    sync = C.sync_fn(device)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        outputs = model(*inputs)
-        lossfn(*outputs, *targets)[0].mean().backward()
-        opt.step()
-        sync()
-
-    return step, n, cfg
+    step = TrainingStep(cfg, ds, device=device)
+    return step.step, n, cfg, step.pair_seconds
 
 
 def run(ctx: C.Context) -> dict[str, Any]:
-    from openmm_cgnn.training import _quiet_hippynn
-
     s = ctx.settings
     budget = ctx.budget()
     device = ctx.device
@@ -82,22 +51,21 @@ def run(ctx: C.Context) -> dict[str, Any]:
             ctx.log(f"[{NAME}] {preset} batch {b}")
             try:
                 t = time.perf_counter()
-                step, n, cfg = _step_fn(preset, b, device)
+                step, n, cfg, pair_s = _step_fn(preset, b, device)
                 setup = time.perf_counter() - t
-                with _quiet_hippynn(io.StringIO()):
-                    step()  # warm-up (allocations, first-call work)
-                    times = []
-                    for _ in range(s.training_timed_batches):
-                        t = time.perf_counter()
-                        step()
-                        times.append(time.perf_counter() - t)
-                        if budget.remaining() < 2 * times[-1]:
-                            break
+                step()  # warm-up (allocations, first-call work)
+                times = []
+                for _ in range(s.training_timed_batches):
+                    t = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - t)
+                    if budget.remaining() < 2 * times[-1]:
+                        break
                 med = statistics.median(times)
                 last = (b, med)
                 rows.append({**row, "status": "ok", "beads_per_frame": n, "batch_s": med, "batches_timed": len(times),
                              "frames_per_s": b / med, "bead_frames_per_s": b * n / med, "setup_s": setup,
-                             "pair_finder": cfg.pair_finder, "n_features": cfg.n_features,
+                             "pair_cache_s": pair_s, "cache_pairs": cfg.cache_pairs, "n_features": cfg.n_features,
                              "tensor_order": cfg.tensor_order, "device": device})
             except Exception as exc:  # noqa: BLE001
                 C.free_memory()

@@ -105,8 +105,9 @@ def _add_train(sub) -> None:
                        description="Train HIP-NN-TS by force matching on one or several CG data sets and write a "
                                    "model directory (weights, config.toml, prior.json, metrics.json, metadata.json).")
     p.add_argument("--data", nargs="+", required=True, help="CG data sets (NPZ) from 'openmm-cgnn map'")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"],
-                   help="hyperparameters: tiny (CPU demos, tests) or paper (Shinkle et al. 2024; use a GPU)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "fast", "paper"],
+                   help="hyperparameters: tiny (CPU demos, tests), fast (small student network, see distill) "
+                        "or paper (Shinkle et al. 2024; use a GPU)")
     p.add_argument("--config", default=None, help="TOML file of hyperparameters (overrides --preset)")
     p.add_argument("--tensor-order", type=int, choices=[0, 1, 2], default=None,
                    help="HIP-NN tensor order: 0 (HIP-NN), 1, 2 (HIP-NN-TS, default of the presets)")
@@ -117,9 +118,25 @@ def _add_train(sub) -> None:
     p.add_argument("--volume-from", choices=["cg-nvt", "mapped"], default=None,
                    help="CG pressure for pressure matching: a short CG NVT run (cg-nvt, default of the paper "
                         "preset) or the mapped frames (mapped, default of the tiny preset)")
+    _add_device_options(p)
     p.add_argument("--out", required=True, help="model directory to create")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_train)
+
+
+def _add_device_options(p) -> None:
+    p.add_argument("--device", default=None,
+                   help="training device: auto (a GPU when there is one; default), cpu, cuda, cuda:N")
+    p.add_argument("--devices", type=int, default=None,
+                   help="GPUs (or CPU processes) per node for data-parallel training via PyTorch Lightning "
+                        "(DDP; default 1: one process)")
+    p.add_argument("--num-nodes", type=int, default=None, help="nodes for data-parallel training (default 1)")
+
+
+def _apply_device_options(cfg, args) -> None:
+    for name in ("device", "devices", "num_nodes"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
 
 
 def _cmd_train(args) -> None:
@@ -134,12 +151,50 @@ def _cmd_train(args) -> None:
         cfg.fit_volume = False
     if args.volume_from is not None:
         cfg.volume_source = args.volume_from
+    _apply_device_options(cfg, args)
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)
+    if out is None:  # another process of a distributed run: rank 0 reports
+        return
     metrics = json.loads((Path(out) / "metrics.json").read_text())
     test = metrics.get("test", {}).get("all", {})
     print(f"[train] model in {out}; test force RMSE {test.get('rmse', float('nan')):.1f} kJ/mol/nm, "
           f"R2 {test.get('r2', float('nan')):.3f}")
+
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train a small student network on a trained teacher's forces",
+                       description="Relabel CG frames with a trained teacher's forces (network + prior) and train a "
+                                   "smaller HIP-NN-TS student on them; the student is a normal model directory.")
+    p.add_argument("--teacher", required=True, help="trained model directory of the teacher")
+    p.add_argument("--data", nargs="+", required=True, help="CG data sets (NPZ) whose frames are relabelled")
+    p.add_argument("--cg-runs", nargs="*", default=[],
+                   help="'openmm-cgnn simulate' folders of the teacher's system: their frames are added")
+    p.add_argument("--preset", default="fast", choices=["tiny", "fast", "paper"], help="student hyperparameters")
+    p.add_argument("--config", default=None, help="TOML file of student hyperparameters (overrides --preset)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+    _add_device_options(p)
+    p.add_argument("--out", required=True, help="student model directory to create")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(args) -> None:
+    from .distill import distill
+    from .training import TrainConfig
+
+    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
+    if args.epochs is not None:
+        cfg.max_epochs = args.epochs
+    _apply_device_options(cfg, args)
+    cfg.validate()
+    out = distill(args.teacher, args.data, cfg, args.out, cg_runs=args.cg_runs, overwrite=args.overwrite)
+    if out is None:
+        return
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    test = metrics.get("test", {}).get("all", {})
+    print(f"[distill] student in {out}; test force RMSE against the teacher {test.get('rmse', float('nan')):.1f} "
+          f"kJ/mol/nm, R2 {test.get('r2', float('nan')):.3f}")
 
 
 def _add_export(sub) -> None:
@@ -304,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
+_SUBCOMMANDS = [_add_reference, _add_map, _add_train, _add_distill, _add_export, _add_simulate, _add_compare, _add_demo, _add_study]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,8 @@ cell search over a fixed grid written in TorchScript: every shape depends only o
 layout chosen by :meth:`CGPotential.configure`, and nothing in a step reads a tensor value on the host,
 so openmm-torch can capture the step in a CUDA graph. The capacity K is recorded at export from the
 training data (the most neighbours any bead had, plus a margin); an overflow makes the energy NaN.
-The box must be wider than twice the cutoff along each perpendicular width. Sensitivity terms below
-exp(-80) are set to zero (their exp() would underflow into slow denormals; the values are < 2e-35).
+The box must be wider than twice the cutoff along each perpendicular width. Sensitivity exponents are
+clamped at -75 (exp() of larger negative arguments would underflow into slow denormals).
 The exported file carries a ``metadata.json`` extra file (cutoff, bead type names, dtype, units,
 neighbour capacity, prior parameters, training metadata).
 """
@@ -54,6 +54,9 @@ COMPRESSION_MARGIN = 0.1
 # times this factor, plus NEIGHBOUR_SLACK (denser states than the training data then still fit).
 NEIGHBOUR_MARGIN = 1.15
 NEIGHBOUR_SLACK = 8
+# On a CPU the neighbour table is reused from a list of neighbours within cutoff + this skin (nm),
+# searched again when a bead has moved half of it.
+VERLET_SKIN_NM = 0.1
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -93,14 +96,13 @@ class _Interaction(torch.nn.Module):
         InverseSensitivityModule: ``exp(-(1/r - 1/mu)^2 sigma^2 / 2) * cos^2(pi r / 2 r_c)``, zero beyond r_c."""
         # few passes over the (N, K, D) tensor: the cutoff factor and 1/r are computed per distance
         inv_r = (1.0 / r).unsqueeze(2)
-        half_sigma2 = 0.5 * torch.square(self.sigma)
-        nondim = torch.square(inv_r - 1.0 / self.mu) * half_sigma2
+        minus_half_sigma2 = -0.5 * torch.square(self.sigma)
+        exponent = torch.square(inv_r - 1.0 / self.mu) * minus_half_sigma2
         cut = torch.cos((math.pi / 2) * r / self.hard_cutoff) ** 2
         cut = torch.where(r <= self.hard_cutoff, cut, torch.zeros_like(cut))
-        # exp(-nondim) below exp(-80) (< 2e-35) is set to 0: exp of large negative arguments produces
-        # denormals, which are an order of magnitude slower on CPUs, and the values are negligible.
-        base = torch.exp(-torch.clamp(nondim, max=80.0))
-        return torch.where(nondim < 80.0, base, torch.zeros_like(base)) * cut.unsqueeze(2)
+        # the exponent is clamped at -75: exp of large negative arguments produces denormals, an order
+        # of magnitude slower on CPUs; the clamped terms (< 3e-33) are negligible and carry no gradient
+        return torch.exp(torch.clamp(exponent, min=-75.0)) * cut.unsqueeze(2)
 
     def forward(self, features: Tensor, r: Tensor, comps: Tensor, nbr: Tensor) -> Tensor:
         """features (N, nf_in); r (N, K) angstrom; comps (N, >= n_comp, K); nbr (N, K), empty slots = N."""
@@ -217,6 +219,7 @@ class CGPotential(torch.nn.Module):
         # neighbours per bead (full list) the table holds by default; 0: estimate from the density
         self.neighbour_capacity = int(neighbour_capacity)
         self.compression_margin = COMPRESSION_MARGIN
+        self.verlet_skin_nm = VERLET_SKIN_NM
         # the configured layout (set by configure): bead count, capacities, grid
         self.n_configured = -1
         self.table_capacity = 0
@@ -227,6 +230,15 @@ class CGPotential(torch.nn.Module):
         self.register_buffer("cell_neighbours", torch.zeros(0, 0, dtype=torch.long))  # (n_cells, n_offsets)
         self.register_buffer("cell_shifts", torch.zeros(0, 0, 3))  # (n_cells, n_offsets, 3) box vectors
         self.exact_images = False  # True: >= 3 cells per axis, images from the cell offsets
+        # the CPU's Verlet list (see configure): neighbours within cutoff + skin, the positions and box
+        # it was searched at, and whether that search overflowed
+        self.reuse_on_cpu = False
+        self.verlet_ready = False
+        self.verlet_capacity = 0
+        self.register_buffer("verlet_list", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("verlet_positions", torch.zeros(0, 3))
+        self.register_buffer("verlet_box", torch.zeros(3, 3))
+        self.register_buffer("verlet_overflow", torch.zeros((), dtype=torch.bool))
         self.register_buffer("types", torch.zeros(0, dtype=torch.long))
         self.register_buffer("_dtype_ref", torch.zeros((), dtype=dtype))
         self.volume_term = VolumeTerm(None, dtype)  # U_V(V, N): zero unless set at export (openmm_cgnn.volume)
@@ -300,13 +312,28 @@ class CGPotential(torch.nn.Module):
 
     @torch.jit.export
     def neighbour_table(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
-        """Fixed-capacity neighbour table of the configured layout.
+        """Fixed-capacity neighbour table of the configured layout, searched afresh (the GPU path).
 
         :param pos: (N, 3) positions in nm; :param box: (3, 3) box rows in nm.
         :return: ``nbr`` (N, K) long, the neighbours of each bead within the cutoff (empty slots hold N),
             and ``overflow``, a 0-d bool tensor: True when the table cannot be trusted (a bead with more
             than K neighbours, a full cell, or cells narrower than the cutoff).
         """
+        return self._search(pos, box, self.cutoff_nm, self.table_capacity)
+
+    def _compact(self, cand: Tensor, inside: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+        """Each row's candidates ``cand`` (N, M) where ``inside`` (N, M), packed into k slots (empty = N);
+        and (N,) the number each row had (more than k: an overflow)."""
+        n = cand.shape[0]
+        position = torch.cumsum(inside, dim=1)  # (N, M) int64: 1-based rank among the row's neighbours
+        count = position[:, -1].clone()  # position is reused in place below
+        # slot k collects what is not a neighbour or does not fit, and is dropped
+        dest = position.sub_(1).masked_fill_(torch.logical_not(inside), k).clamp_(max=k)
+        nbr = torch.full((n, k + 1), n, dtype=torch.long, device=cand.device).scatter_(1, dest, cand)[:, :k]
+        return nbr, count
+
+    def _search(self, pos: Tensor, box: Tensor, cutoff: float, k: int) -> Tuple[Tensor, Tensor]:
+        """Cell search over the configured grid: (N, k) neighbours within ``cutoff`` nm and the overflow flag."""
         # detached inputs rather than torch.no_grad(): inside openmm-torch the latter lost the position gradient
         pos = pos.detach()
         box = box.detach()
@@ -348,19 +375,14 @@ class CGPotential(torch.nn.Module):
                     - x.reshape(n, 1, 1) + shifts[:, :, axis : axis + 1]
                 d2 = d2 + d * d
             d2 = d2.reshape(n, -1)
-            inside = (d2 < self.cutoff_nm * self.cutoff_nm) & (d2 > 0.0)
+            inside = (d2 < cutoff * cutoff) & (d2 > 0.0)
         else:
             dx, dy, dz = self._displacements(pos, box, cand)
-            inside = (dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm) & (cand != n) \
+            inside = (dx * dx + dy * dy + dz * dz < cutoff * cutoff) & (cand != n) \
                 & (cand != torch.arange(n, device=device).unsqueeze(1))
-        # compact each row into K slots; slot K collects what does not fit and is dropped
-        k = self.table_capacity
-        position = torch.cumsum(inside, dim=1)  # (N, M) int64: 1-based rank among the row's neighbours
-        count = position[:, -1].clone()  # position is reused in place below
-        dest = position.sub_(1).masked_fill_(torch.logical_not(inside), k).clamp_(max=k)
-        nbr = torch.full((n, k + 1), n, dtype=torch.long, device=device).scatter_(1, dest, cand)[:, :k]
-        too_narrow = (self._widths(box) / self.grid.to(pos.dtype) < self.cutoff_nm).any() \
-            | (self._widths(box) <= 2.0 * self.cutoff_nm).any()
+        nbr, count = self._compact(cand, inside, k)
+        too_narrow = (self._widths(box) / self.grid.to(pos.dtype) < cutoff).any() \
+            | (self._widths(box) <= 2.0 * cutoff).any()
         overflow = (count > k).any() | (counts > cap).any() | too_narrow
         return nbr, overflow
 
@@ -402,9 +424,14 @@ class CGPotential(torch.nn.Module):
         if neighbour_capacity <= 0:
             neighbour_capacity = int(math.ceil(1.3 * density * sphere)) + 8
         neighbour_capacity = min(neighbour_capacity, max(n - 1, 1))
+        # On a CPU the table is reused between steps from a list of neighbours within cutoff + skin (a
+        # Verlet list), searched again once a bead has moved half the skin; that needs room in the box.
+        reach = self.cutoff_nm + self.verlet_skin_nm
+        reuse = bool((widths * (1.0 - self.compression_margin) > 2.0 * reach).all())
+        search_radius = reach if reuse else self.cutoff_nm
         grid: List[int] = []
         for d in range(3):
-            grid.append(max(1, int(math.floor(float(widths[d]) * (1.0 - self.compression_margin) / self.cutoff_nm))))
+            grid.append(max(1, int(math.floor(float(widths[d]) * (1.0 - self.compression_margin) / search_radius))))
         n_cells = grid[0] * grid[1] * grid[2]
         # a cell holds its mean share of the beads plus four standard deviations of a random fluid's count
         # (a liquid's fluctuates less); a fuller cell is reported as an overflow
@@ -446,6 +473,9 @@ class CGPotential(torch.nn.Module):
         self.n_cells = n_cells
         self.cell_capacity = cell_capacity
         self.table_capacity = neighbour_capacity
+        self.reuse_on_cpu = reuse
+        self.verlet_capacity = min(int(math.ceil(neighbour_capacity * (reach / self.cutoff_nm) ** 3)) + 8, max(n - 1, 1))
+        self.verlet_ready = False
         self.triclinic = bool(box[1, 0] != 0) or bool(box[2, 0] != 0) or bool(box[2, 1] != 0)
         self.n_configured = n
 
@@ -509,13 +539,45 @@ class CGPotential(torch.nn.Module):
             energy = energy + head(feats[k]).sum()
         return energy
 
+    def _reused_table(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
+        """The neighbour table from the Verlet list, searched again only when the box changed or a bead
+        moved more than half the skin since the last search (CPU only: it reads tensors on the host)."""
+        pos = pos.detach()
+        box = box.detach()
+        n = pos.shape[0]
+        search = not self.verlet_ready or self.verlet_list.shape[0] != n or bool((box != self.verlet_box).any())
+        if not search:
+            moved = pos - self.verlet_positions
+            mx, my, mz = self._minimum_image(moved[:, 0], moved[:, 1], moved[:, 2], box)
+            search = bool((mx * mx + my * my + mz * mz).max() > 0.25 * self.verlet_skin_nm * self.verlet_skin_nm)
+        if search:
+            self.verlet_list, self.verlet_overflow = self._search(pos, box, self.cutoff_nm + self.verlet_skin_nm,
+                                                                  self.verlet_capacity)
+            self.verlet_positions = pos.clone()
+            self.verlet_box = box.clone()
+            self.verlet_ready = True
+        dx, dy, dz = self._displacements(pos, box, self.verlet_list)
+        inside = (dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm) & (self.verlet_list != n)
+        nbr, count = self._compact(self.verlet_list, inside, self.table_capacity)
+        return nbr, (count > self.table_capacity).any() | self.verlet_overflow
+
     @torch.jit.export
     def energy_of_layout(self, pos: Tensor, box: Tensor) -> Tensor:
-        """The energy (kJ/mol) with the configured layout: the step's whole work, in static shapes and
-        with no host synchronisation. NaN when the neighbour table overflows."""
+        """The energy (kJ/mol) with the configured layout, NaN when the neighbour table overflows. On a
+        GPU every call searches afresh: static shapes, no host synchronisation (CUDA graphs). On a CPU
+        the table comes from a Verlet list reused between steps."""
+        if self.reuse_on_cpu and pos.device.type == "cpu":
+            nbr, overflow = self._reused_table(pos, box)
+        else:
+            nbr, overflow = self.neighbour_table(pos, box)
+        return self.energy_from_table(pos, box, nbr, overflow)
+
+    @torch.jit.export
+    def energy_from_table(self, pos: Tensor, box: Tensor, nbr: Tensor, overflow: Tensor) -> Tensor:
+        """The energy (kJ/mol) of positions (N, 3) nm in ``box`` (3, 3) nm given the neighbour table
+        ``nbr`` (N, K) and its 0-d overflow flag (True: the result is NaN)."""
         n = pos.shape[0]
         types = self._bead_types(n, pos.device)
-        nbr, overflow = self.neighbour_table(pos, box)
         vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
         energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
         if self.has_prior:
@@ -676,6 +738,14 @@ def _dtype(name: str) -> torch.dtype:
 # ----------------------------------------------------------------------------------------------
 # export / load
 # ----------------------------------------------------------------------------------------------
+def script_potential(pot: CGPotential) -> torch.jit.ScriptModule:
+    """``torch.jit.script`` of a potential whose weights are frozen: openmm-torch differentiates the
+    energy for the forces, and gradients of the weights would be wasted work in every step."""
+    for parameter in pot.parameters():
+        parameter.requires_grad_(False)
+    return torch.jit.script(pot)
+
+
 def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "float32", overwrite: bool = False,
                  bead_types: Sequence[int] | None = None) -> Path:
     """Script the trained model in ``model_dir`` and save it to ``out_path`` (TorchScript ``.pt``).
@@ -694,7 +764,7 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
         pot.set_types(torch.as_tensor(list(bead_types), dtype=torch.long))
     volume = _volume_params(model_dir)
     pot.volume_term = VolumeTerm(volume, torch_dtype)
-    scripted = torch.jit.script(pot)
+    scripted = script_potential(pot)
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION,
         "cutoff_nm": pot.cutoff_nm, "network_cutoff_nm": pot.network_cutoff_nm,

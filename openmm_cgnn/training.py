@@ -50,7 +50,7 @@ import torch
 from . import validation as V
 from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
-from .errors import ConfigError, InputFileError, MissingInputError
+from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
 from .prior import PriorParams, fit_prior, prior_energy_forces
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
@@ -82,7 +82,8 @@ class TrainConfig:
     n_atom_layers: int = 3
     resnet: bool = True
     cusp_reg: float = 1e-6             # HIP-NN-TS cusp regularisation (tensor_order >= 1)
-    pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box)
+    pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box), for prediction
+    cache_pairs: bool = True           # training: find each frame's pairs once (vesin), not in every batch
     # optimisation
     learning_rate: float = 1e-3
     batch_size: int = 1                # starting batch size, doubled on plateau ...
@@ -96,7 +97,9 @@ class TrainConfig:
     valid_fraction: float = 0.1        # per data set, by frames
     test_fraction: float = 0.1
     seed: int = 0
-    device: str = "auto"               # "auto" (hippynn's choice: CUDA if available), "cpu", "cuda", ...
+    device: str = "auto"               # "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
+    devices: int = 1                   # > 1 or num_nodes > 1: data-parallel training (DDP) via PyTorch Lightning
+    num_nodes: int = 1
     # repulsive prior (openmm_cgnn.prior.fit_prior)
     prior_rdf_threshold: float = 0.01
     prior_dr: float = 0.015            # nm
@@ -118,7 +121,8 @@ class TrainConfig:
         V.one_of(self.pair_finder, "pair_finder", ("kdtree", "periodic"))
         V.one_of(self.sensitivity_type, "sensitivity_type", ("inverse", "linear"))
         for name in ("n_features", "n_sensitivities", "n_interaction_layers", "n_atom_layers", "batch_size",
-                     "max_batch_size", "plateau_patience", "max_epochs", "termination_patience", "eval_batch_size"):
+                     "max_batch_size", "plateau_patience", "max_epochs", "termination_patience", "eval_batch_size",
+                     "devices", "num_nodes"):
             V.integer(getattr(self, name), name, 1)
         V.seed(self.seed)
         for name in ("dist_soft_min", "dist_soft_max", "dist_hard_max", "learning_rate", "prior_rdf_threshold",
@@ -155,17 +159,23 @@ class TrainConfig:
     @classmethod
     def preset(cls, name: str) -> "TrainConfig":
         """``"paper"``: the settings of Shinkle et al. 2024 (see SCIENCE.md);
+        ``"fast"``: a distillation student (HIP-NN-TS, l=2, with 32 features, 10 sensitivities, two
+        atom layers and a 9 angstrom cutoff: about 5x fewer pairs than the paper's 15 angstrom),
+        trained otherwise like the paper network;
         ``"tiny"``: a very small network for tests and smoke runs (cutoff 7 angstrom, which fits
         a 1.6 nm box of 64 methanol beads; trains in seconds on a laptop CPU)."""
         if name == "paper":
             return cls(name="paper")
+        if name == "fast":
+            return cls(name="fast", n_features=32, n_sensitivities=10, dist_soft_min=2.0, dist_soft_max=8.0,
+                       dist_hard_max=9.0, n_interaction_layers=1, n_atom_layers=2)
         if name == "tiny":
             return cls(name="tiny", n_features=12, n_sensitivities=6, dist_soft_min=2.5, dist_soft_max=6.0,
                        dist_hard_max=7.0, n_interaction_layers=1, n_atom_layers=1, max_epochs=4,
                        termination_patience=4, plateau_patience=2, batch_size=2, max_batch_size=8,
                        learning_rate=3e-3, eval_batch_size=8, fraction_train_eval=0.25,
                        volume_source="mapped", volume_nvt_ps=2.0, volume_nvt_equilibration_ps=0.5)
-        raise ConfigError(f"unknown preset {name!r}; choose 'paper' or 'tiny'", "preset")
+        raise ConfigError(f"unknown preset {name!r}; choose 'paper', 'fast' or 'tiny'", "preset")
 
     # -- TOML ----------------------------------------------------------------------------------
     def to_toml(self) -> str:
@@ -272,8 +282,12 @@ class _Graph:
     force: Any
 
 
-def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str) -> _Graph:
-    """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR."""
+def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str, cached_pairs: bool = False) -> _Graph:
+    """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR.
+
+    With ``cached_pairs`` the pairs come from the database arrays of :mod:`openmm_cgnn.pair_cache`
+    (training on fixed frames) instead of ``pair_finder`` (any positions).
+    """
     _import_hippynn()
     from hippynn.graphs.nodes import networks as net_nodes
     from hippynn.graphs.nodes.indexers import acquire_encoding_padding
@@ -287,7 +301,11 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     cells = CellNode(name="cell", db_name="cell")
     enc, pdx = acquire_encoding_padding([species], species_set=net_kwargs["possible_species"])
     cutoff = net_kwargs["dist_hard_max"]
-    if pair_finder == "kdtree":
+    if cached_pairs:
+        from .pair_cache import cached_pair_indexer
+
+        pairs = cached_pair_indexer("pairs", positions, cells, pdx, cutoff)
+    elif pair_finder == "kdtree":
         pairs = KDTreePairsMemory("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff, skin=0)
     else:
         pairs = PeriodicPairIndexer("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff)
@@ -298,6 +316,27 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     force = grad.children[0]
     force.db_name = "forces"
     return _Graph(species, positions, cells, network, henergy, force)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for training: ``"auto"`` is the first CUDA GPU when one is available, else the CPU.
+
+    Any other name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) is taken as given, after checking that
+    a requested CUDA device exists.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise CGNNError(f"unknown training device {name!r}; use 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CGNNError(f"training device {name!r} requested but CUDA is not available here; "
+                            "use device 'auto' or 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CGNNError(f"training device {name!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return device
 
 
 @contextlib.contextmanager
@@ -411,7 +450,7 @@ def _hippynn_arrays(sets: list[CGDataset], residual_forces: list[np.ndarray],
 # training
 # ----------------------------------------------------------------------------------------------
 def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Path, overwrite: bool = False,
-          verbose: bool = True) -> Path:
+          verbose: bool = True, extra_metadata: dict[str, Any] | None = None) -> Path | None:
     """Train a HIP-NN(-TS) CG force field on one or several CG data sets; write a model directory.
 
     :param datasets: paths of CG data sets (NPZ, :class:`CGDataset`) that share bead type names;
@@ -420,10 +459,16 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     :param out_dir: the model directory to create (see the module docstring for its files).
     :param overwrite: replace an existing ``out_dir``; otherwise an existing one is refused.
     :param verbose: print one progress line per epoch (hippynn's own output goes to ``train.log``).
-    :return: the model directory.
+    :param extra_metadata: more JSON-serialisable entries for ``metadata.json`` (e.g. ``distilled``).
+    :return: the model directory; ``None`` in the processes other than rank 0 of a distributed run
+        (``config.devices > 1`` or ``config.num_nodes > 1``, see :mod:`openmm_cgnn.ddp`), which write nothing.
+
+    Training runs on ``config.device`` ("auto": the GPU when there is one). Each frame's neighbour
+    pairs are found once before training when ``config.cache_pairs`` (:mod:`openmm_cgnn.pair_cache`).
     """
     out_dir = check_output_path(out_dir, overwrite)
     config.validate()
+    resolve_device(config.device)  # a device that is not there fails now, not after the data are prepared
     t_start = time.perf_counter()
     paths = [Path(p) for p in datasets]
     sets = load_datasets(paths)
@@ -448,6 +493,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             config, network_class, net_kw, _hippynn_arrays(sets, residuals, splits, np.float32),
             out if verbose else None)
     train_seconds = time.perf_counter() - t_start
+    if model_state is None:  # a process other than rank 0 of a distributed run: rank 0 writes the model
+        return None
 
     # Assemble the model directory in a staging folder, then move it into place.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -488,6 +535,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
                          for p, ds, sp in zip(paths, sets, splits)],
             "versions": versions(), "train_seconds": train_seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra_metadata or {}),
         }
         write_json_atomic(stage / "metadata.json", metadata)
         write_text_atomic(stage / "train.log", log.getvalue())
@@ -586,16 +634,13 @@ def fit_model_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] 
     return volume
 
 
-def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any], arrays: dict[str, np.ndarray],
-                 out) -> tuple[list[dict], dict, dict]:
-    hippynn = _import_hippynn()
-    from hippynn.databases import Database
-    from hippynn.experiment import SetupParams, setup_training, train_model
+def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any]):
+    """hippynn graph, training modules (model, loss, evaluator) and database info for ``config``:
+    loss = force RMSE + force MAE, as in every training run."""
     from hippynn.experiment.assembly import assemble_for_training
-    from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
     from hippynn.graphs.nodes import loss
 
-    g = _build_graph(network_class, net_kw, config.pair_finder)
+    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs)
     force_rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
     force_mae = loss.MAELoss.of_node(g.force)
     force_rsq = loss.Rsq.of_node(g.force)
@@ -603,7 +648,85 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
     validation_losses = {"ForceRMSE": force_rmse, "ForceMAE": force_mae, "ForceRsq": force_rsq,
                          "TotalLoss": total_loss}
     training_modules, db_info = assemble_for_training(total_loss, validation_losses)
-    database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=False, quiet=True, **db_info)
+    return g, training_modules, db_info
+
+
+def _with_pair_arrays(config: TrainConfig, net_kw: dict[str, Any], arrays: dict[str, np.ndarray]):
+    if not config.cache_pairs:
+        return arrays
+    from .pair_cache import add_pair_arrays
+
+    return add_pair_arrays(arrays, net_kw["dist_hard_max"])
+
+
+class TrainingStep:
+    """One optimiser step of force-matching training, as :func:`train` runs it per batch, on a fixed batch.
+
+    The same hippynn graph (pairs as ``config.cache_pairs`` / ``config.pair_finder`` say, HIP-NN-TS,
+    HEnergy, forces by autograd), loss (force RMSE + MAE, hippynn's units) and Adam optimiser as
+    :func:`train`; the batch is every frame of ``dataset`` (the mapped forces are the labels, no prior).
+    For benchmarks and tests: ``step()`` returns the loss before the update.
+
+    :param dataset: the frames of the batch. :param device: "auto", "cpu", "cuda", ...
+    """
+
+    def __init__(self, config: TrainConfig, dataset: CGDataset, device: str = "auto", dtype: torch.dtype = torch.float32):
+        _import_hippynn()
+        self.config = config
+        self.device = resolve_device(device)
+        net_kw = network_kwargs(config, len(dataset.type_names))
+        with _quiet_hippynn(io.StringIO()):
+            self.graph, modules, db_info = _assemble(config, _NETWORK_CLASSES[config.tensor_order], net_kw)
+        self.model = modules.model.to(self.device, dtype)
+        self.loss = modules.loss.to(self.device, dtype)
+        t0 = time.perf_counter()
+        arrays = _with_pair_arrays(config, net_kw, dataset.to_hippynn_arrays())
+        self.pair_seconds = time.perf_counter() - t0  # cost of caching the pairs (0 without a cache)
+
+        def tensor(name: str) -> torch.Tensor:
+            a = np.asarray(arrays[name])
+            t = torch.as_tensor(a) if a.dtype.kind in "iub" else torch.as_tensor(a, dtype=dtype)
+            return t.to(self.device)
+
+        self.inputs = [tensor(k) for k in db_info["inputs"]]
+        self.targets = [tensor(k) for k in db_info["targets"]]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.n_frames = dataset.n_frames
+
+    def step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        with _quiet_hippynn(None):
+            outputs = self.model(*self.inputs)
+            loss = self.loss(*outputs, *self.targets)[0]
+        loss.backward()
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return float(loss.detach())
+
+    def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
+        """Loss and parameter gradients at the current weights (no update): (loss, {name: grad})."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with _quiet_hippynn(None):
+            outputs = self.model(*self.inputs)
+            loss = self.loss(*outputs, *self.targets)[0]
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        return float(loss.detach()), grads
+
+
+def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any], arrays: dict[str, np.ndarray],
+                 out) -> tuple[list[dict], dict, dict]:
+    hippynn = _import_hippynn()
+    from hippynn.databases import Database
+    from hippynn.experiment import SetupParams, setup_training, train_model
+    from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
+
+    g, training_modules, db_info = _assemble(config, network_class, net_kw)
+    arrays = _with_pair_arrays(config, net_kw, arrays)
+    device = resolve_device(config.device)
+    database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=device.type == "cuda", quiet=True,
+                        **db_info)
 
     optimizer = torch.optim.Adam(training_modules.model.parameters(), lr=config.learning_rate)
     scheduler = RaiseBatchSizeOnPlateau(optimizer=optimizer, max_batch_size=config.max_batch_size,
@@ -616,9 +739,9 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
                                     termination_patience=config.termination_patience,
                                     fraction_train_eval=fraction_train_eval, stopping_key="TotalLoss",
                                     quiet=True)
-    device = None if config.device == "auto" else torch.device(config.device)
+    distributed = config.devices > 1 or config.num_nodes > 1
     training_modules, controller, metric_tracker = setup_training(
-        training_modules, SetupParams(controller=controller, device=device))
+        training_modules, SetupParams(controller=controller, device=torch.device("cpu") if distributed else device))
     metric_tracker.plot_over_time = _no_plots  # the curve goes to metrics.json instead of PDF plots
 
     curve: list[dict] = []
@@ -644,9 +767,20 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
 
     with tempfile.TemporaryDirectory(prefix="openmm-cgnn-hippynn-") as workdir, \
             hippynn.tools.active_directory(workdir):
-        train_model(training_modules, database, controller, metric_tracker, callbacks=[on_epoch],
-                    batch_callbacks=None, store_all_better=False, store_best=False,
-                    store_structure_file=False, store_metrics=False, quiet=True)
+        if distributed:
+            from hippynn.experiment.routines import test_model
+
+            from .ddp import fit_ddp
+
+            rank = fit_ddp(config, training_modules, database, controller, metric_tracker, on_epoch, device, workdir)
+            if rank != 0:
+                return curve, {}, None
+            test_model(database, training_modules.evaluator, config.eval_batch_size, "FinalTraining",
+                       metric_tracker=metric_tracker)
+        else:
+            train_model(training_modules, database, controller, metric_tracker, callbacks=[on_epoch],
+                        batch_callbacks=None, store_all_better=False, store_best=False,
+                        store_structure_file=False, store_metrics=False, quiet=True)
     final = metric_tracker.other_metric_values.get("FinalTraining", {})
     hippynn_test = {split: {"force_rmse": v["ForceRMSE"] * _FORCE_TO_KJ_NM,
                             "force_mae": v["ForceMAE"] * _FORCE_TO_KJ_NM,

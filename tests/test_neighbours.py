@@ -46,33 +46,64 @@ def test_table_holds_exactly_the_neighbours_within_the_cutoff(box, cutoff):
     i, j = NeighborList(cutoff=cutoff, full_list=True).compute(points=pos, box=box, periodic=True, quantities="ij")
     assert _table_pairs(nbr) == set(zip(i.tolist(), j.tolist()))
     if cutoff < 0.5:
-        assert module.grid.tolist() == [4, 4, 4] if box is CUBIC else min(module.grid.tolist()) >= 3
+        assert min(module.grid.tolist()) >= 3 and module.exact_images  # the path with images from the cells
+
+
+def _ops(graph) -> set[str]:
+    """Kinds of every node of a TorchScript graph, nested blocks included."""
+    kinds = set()
+    for node in graph.nodes():
+        kinds.add(node.kind())
+        for block in node.blocks():
+            kinds |= _ops(block)
+    return kinds
 
 
 def test_step_has_no_host_synchronisation(tiny_model_pt):
-    """forward and the step it runs contain no op that reads a tensor value on the host; only the
-    one-off layout (configure) may."""
+    """The GPU step (fresh search + energy) contains no op that reads a tensor value on the host; only the
+    one-off layout (configure) and the CPU-only reuse of the table may."""
     from openmm_cgnn.export import load_exported
 
     module, _ = load_exported(tiny_model_pt)
-    step_ops = {node.kind() for node in module.energy_of_layout.inlined_graph.nodes()}
-    for block_owner in list(module.energy_of_layout.inlined_graph.nodes()):
-        for block in block_owner.blocks():
-            step_ops |= {node.kind() for node in block.nodes()}
-    assert not step_ops & SYNC_OPS, step_ops & SYNC_OPS
-    forward_ops = set()
-    calls = set()
-    for node in module.forward.graph.findAllNodes("prim::CallMethod"):
-        calls.add(node.s("name"))
-    for node in module.forward.graph.nodes():
-        forward_ops.add(node.kind())
-        for block in node.blocks():
-            forward_ops |= {n.kind() for n in block.nodes()}
-    assert not forward_ops & SYNC_OPS
-    assert calls == {"configure", "energy_of_layout"}
+    for method in (module.neighbour_table, module.energy_from_table):
+        assert not _ops(method.inlined_graph) & SYNC_OPS, (method.name, _ops(method.inlined_graph) & SYNC_OPS)
+    for method, allowed_calls in ((module.forward, {"configure", "energy_of_layout"}),
+                                  (module.energy_of_layout, {"_reused_table", "neighbour_table", "energy_from_table"})):
+        assert not _ops(method.graph) & SYNC_OPS
+        assert {n.s("name") for n in method.graph.findAllNodes("prim::CallMethod")} == allowed_calls
+    # the CPU-only reuse sits in a branch taken only for tensors on the CPU
+    top_level_calls = {n.s("name") for n in module.energy_of_layout.graph.nodes() if n.kind() == "prim::CallMethod"}
+    assert "_reused_table" not in top_level_calls and "neighbour_table" not in top_level_calls
+    assert "prim::device" in _ops(module.energy_of_layout.graph)
     # the one-off layout does read the box on the host, which is why it is kept out of the step
-    configure_ops = {node.kind() for node in module.configure.graph.nodes()}
-    assert configure_ops & SYNC_OPS
+    assert _ops(module.configure.graph) & SYNC_OPS
+
+
+def test_reused_table_gives_the_same_forces_as_a_fresh_search(tiny_model_pt, methanol_dataset):
+    """The CPU's Verlet-list reuse equals searching afresh, also after moves that force a new search."""
+    from openmm_cgnn.dataset import CGDataset
+    from openmm_cgnn.export import load_exported
+
+    ds = CGDataset.load(methanol_dataset)
+    module, meta = load_exported(tiny_model_pt)
+    # a 2x2x2 replica of a frame: room for neighbours within cutoff + skin
+    images = [np.array([a, b, c]) @ ds.boxes[0] for a in range(2) for b in range(2) for c in range(2)]
+    pos = np.concatenate([ds.positions[0] + s for s in images])
+    box = torch.tensor(2 * ds.boxes[0])
+    module.configure(len(pos), box, 0)
+    assert module.reuse_on_cpu
+    rng = np.random.default_rng(3)
+    for step in range(6):
+        pos = pos + rng.normal(0.0, 0.012, pos.shape)  # after a few moves some bead passes half the skin
+        x = torch.tensor(pos, requires_grad=True)
+        e_reused = module.energy_of_layout(x, box)
+        (f_reused,) = torch.autograd.grad(e_reused, x)
+        nbr, overflow = module.neighbour_table(x, box)
+        y = torch.tensor(pos, requires_grad=True)
+        e_fresh = module.energy_from_table(y, box, nbr, overflow)
+        (f_fresh,) = torch.autograd.grad(e_fresh, y)
+        assert float(e_reused) == pytest.approx(float(e_fresh), rel=1e-12)
+        assert torch.allclose(f_reused, f_fresh, rtol=1e-10, atol=1e-10)
 
 
 def _op_shapes(module, pos: np.ndarray, box: np.ndarray) -> list:
@@ -93,6 +124,7 @@ def test_every_intermediate_keeps_its_shape_from_call_to_call(tiny_model_pt, met
     ds = CGDataset.load(methanol_dataset)
     module, _ = load_exported(tiny_model_pt)
     module(torch.tensor(ds.positions[0]), torch.tensor(ds.boxes[0]))  # lays out the table
+    module.reuse_on_cpu = False  # the GPU path: a fresh search every call
     first = _op_shapes(module, ds.positions[1], ds.boxes[1])
     for frame in (5, ds.n_frames - 1):
         box = ds.boxes[frame] * 1.02  # a barostat move as well
