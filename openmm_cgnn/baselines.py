@@ -40,6 +40,8 @@ onset                 (P,) nm; the learned force is zero 1-2 bin widths below it
 pair_counts           (P, K) number of pair distances per bin in the training data
 table_points_per_bin  energy table refinement used for the OpenMM spline
 prior                 ``PriorParams`` fields (g kJ/mol, a 1/nm, cutoff nm, taper nm, strength kJ/mol/nm)
+volume_term           optional: the volume term U_V(V, N, T) of ``openmm_cgnn.volume`` (pressure matching),
+                      run as a box-only TorchForce next to the pair force; absent or null: none
 provenance            state points, frame counts, fit settings, training errors, package versions
 ====================  ==========================================================================
 """
@@ -147,6 +149,7 @@ class PairForceField:
     pair_counts: np.ndarray | None = None
     table_points_per_bin: int = 4
     provenance: dict[str, Any] = field(default_factory=dict)
+    volume: Any = None     # openmm_cgnn.volume.VolumeTermParams or None (same treatment as the GNN)
     _splines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -301,7 +304,7 @@ class PairForceField:
 
     # -- OpenMM ----------------------------------------------------------------------------------
     def create_system(self, cg_topology, bead_masses: Sequence[float] | None = None,
-                      bead_types: Sequence[int] | None = None):
+                      bead_types: Sequence[int] | None = None, temperature: float | None = None):
         """An ``openmm.System`` for the beads of ``cg_topology`` with this pair force field.
 
         One ``CustomNonbondedForce`` (CutoffPeriodic at ``cutoff``, no switching, no long-range
@@ -309,7 +312,8 @@ class PairForceField:
         energy (natural-spline ``Continuous1DFunction`` per pair type) plus the analytic prior.
         Masses (amu) come from ``bead_masses`` or else from the atoms' elements (CG topologies have
         none); bead types from ``bead_types`` or else from the atom names matched to ``type_names``.
-        The periodic box comes from ``cg_topology.getPeriodicBoxVectors()``.
+        The periodic box comes from ``cg_topology.getPeriodicBoxVectors()``. A fitted volume term
+        (``self.volume``) is added as a box-only TorchForce; ``temperature`` (K) sets its run temperature.
         """
         import openmm
         from openmm import unit
@@ -386,6 +390,10 @@ class PairForceField:
         force.setUseSwitchingFunction(False)
         force.setUseLongRangeCorrection(False)
         system.addForce(force)
+        if self.volume is not None and not self.volume.is_zero:
+            from .volume import volume_torch_force
+
+            system.addForce(volume_torch_force(self.volume, temperature))
         return system
 
     # -- files -----------------------------------------------------------------------------------
@@ -399,6 +407,7 @@ class PairForceField:
             "pair_counts": None if self.pair_counts is None else self.pair_counts.tolist(),
             "table_points_per_bin": self.table_points_per_bin,
             "prior": self.prior.to_dict(), "provenance": self.provenance,
+            "volume_term": None if self.volume is None else self.volume.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -419,7 +428,7 @@ class PairForceField:
             ff = cls(r=d["r"], force=d["force"], energy=d["energy"], prior=PriorParams(**d["prior"]),
                      type_names=d["type_names"], cutoff=d["cutoff"], onset=d["onset"],
                      pair_counts=d.get("pair_counts"), table_points_per_bin=d.get("table_points_per_bin", 4),
-                     provenance=d.get("provenance", {}))
+                     provenance=d.get("provenance", {}), volume=_volume_from(d.get("volume_term")))
         except (KeyError, TypeError) as exc:
             raise PairForceFieldFormatError(f"{source} is missing or has a malformed entry: {exc}") from exc
         expect = np.array([_integrate_inward(f, ff.bin_width) for f in ff.force])
@@ -443,6 +452,14 @@ class PairForceField:
 
 
 # -- fitting -----------------------------------------------------------------------------------
+
+def _volume_from(d: dict[str, Any] | None):
+    if not d:
+        return None
+    from .volume import VolumeTermParams
+
+    return VolumeTermParams.from_dict(d)
+
 
 def _check_types(type_names: list[str], ds: CGDataset) -> None:
     if list(ds.type_names) != list(type_names):
@@ -475,13 +492,17 @@ def _solve_normal(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, bin_width: float = 0.01,
                             regularization: float = 1e-3, prior: PriorParams | None = None,
                             zero_force_at_cutoff: bool = True,
-                            table_points_per_bin: int = 4) -> PairForceField:
+                            table_points_per_bin: int = 4, fit_volume: bool = True, volume_source: str = "mapped",
+                            volume_nvt_ps: float = 2.0, volume_nvt_equilibration_ps: float = 0.5) -> PairForceField:
     """Fit a tabulated pair force field to mapped forces by linear least squares (MS-CG).
 
     ``regularization`` weighs a second-difference (smoothness) penalty on the force table relative
     to the mean diagonal of the normal matrix (dimensionless; 0 gives plain least squares, with a
     1e-12 relative ridge only to keep the system solvable). ``prior``: the repulsive prior, fitted
-    with ``fit_prior(datasets)`` if not given. Units: nm, kJ/mol/nm.
+    with ``fit_prior(datasets)`` if not given. Units: nm, kJ/mol/nm. ``fit_volume``: when every data
+    set carries all-atom pressures, also fit the volume term U_V by pressure matching (as ``train``
+    does for the GNN; ``openmm_cgnn.volume``), with the CG pressure from the mapped frames
+    (``volume_source="mapped"``) or a short CG NVT run of the pair model (``"cg-nvt"``, ``volume_nvt_*`` ps).
     """
     datasets = list(datasets)
     if not datasets:
@@ -602,6 +623,22 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
         "train_force_rms_labels": math.sqrt(ff / n_comp),
         "versions": versions(),
     }
-    return PairForceField(r=np.arange(n_nodes) * h, force=force, energy=energy, prior=prior,
-                          type_names=type_names, cutoff=cutoff, onset=onset, pair_counts=counts,
-                          table_points_per_bin=table_points_per_bin, provenance=provenance)
+    ff = PairForceField(r=np.arange(n_nodes) * h, force=force, energy=energy, prior=prior,
+                        type_names=type_names, cutoff=cutoff, onset=onset, pair_counts=counts,
+                        table_points_per_bin=table_points_per_bin, provenance=provenance)
+    if fit_volume and all(ds.pressure is not None for ds in datasets):
+        from .volume import cg_nvt_pressures, fit_from_datasets, fit_volume_term, pressure_point_from_run
+
+        if volume_source == "cg-nvt":
+            ff.volume = fit_volume_term([pressure_point_from_run(
+                cg_nvt_pressures(ff, ds, ds.temperature, volume_nvt_ps, volume_nvt_equilibration_ps, seed=k), ds,
+                label=f"data set {k}") for k, ds in enumerate(datasets)])
+            ff.volume.fit["cg_pressure_from"] = (f"CG NVT run of the pair model at each reference volume "
+                                                 f"({volume_nvt_equilibration_ps:g} + {volume_nvt_ps:g} ps)")
+        else:
+            def energy_for(ds: CGDataset):
+                return lambda pos, box: ff.energy_forces(pos, box, ds.bead_types)[0]
+
+            ff.volume = fit_from_datasets(datasets, energy_for)
+            ff.volume.fit["cg_pressure_from"] = "virial of the model on the mapped all-atom frames"
+    return ff

@@ -172,6 +172,12 @@ def _add_train(sub) -> None:
     p.add_argument("--tensor-order", type=int, choices=[0, 1, 2], default=None,
                    help="HIP-NN tensor order: 0 (HIP-NN), 1, 2 (HIP-NN-TS, default of the presets)")
     p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+    p.add_argument("--no-volume-term", action="store_true",
+                   help="do not fit the volume term U_V by pressure matching (fitted by default when the data "
+                        "carry all-atom pressures)")
+    p.add_argument("--volume-from", choices=["cg-nvt", "mapped"], default=None,
+                   help="CG pressure for pressure matching: a short CG NVT run (cg-nvt, default of the paper "
+                        "preset) or the mapped frames (mapped, default of the tiny preset)")
     _add_device_options(p)
     p.add_argument("--out", required=True, help="model directory to create")
     p.add_argument("--overwrite", action="store_true")
@@ -201,6 +207,10 @@ def _cmd_train(args) -> None:
         cfg.tensor_order = args.tensor_order
     if args.epochs is not None:
         cfg.max_epochs = args.epochs
+    if args.no_volume_term:
+        cfg.fit_volume = False
+    if args.volume_from is not None:
+        cfg.volume_source = args.volume_from
     _apply_device_options(cfg, args)
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)

@@ -13,6 +13,8 @@ bead_types         (N,) i8         bead type index into ``type_names`` (0-based)
 type_names         (T,) str        bead type names
 bead_masses        (N,) f8         bead masses, amu (Dalton)
 bead_residues      (N,) i8         index of the molecule each bead belongs to
+pressure           (F,) f8         optional: all-atom pressure of each frame, bar (molecular virial,
+                                   OpenMM's computeCurrentPressure); absent in older files
 metadata_json      () str          JSON: state point, mapping, provenance, units
 =================  ==============  ==========================================================
 
@@ -67,8 +69,11 @@ class CGDataset:
     bead_masses: np.ndarray
     bead_residues: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    pressure: np.ndarray | None = None     # (F,) bar, all-atom pressure per frame; None if not recorded
 
     def __post_init__(self) -> None:
+        if self.pressure is not None:
+            self.pressure = np.asarray(self.pressure, dtype=np.float64)
         self.positions = np.asarray(self.positions, dtype=np.float64)
         self.forces = np.asarray(self.forces, dtype=np.float64)
         self.boxes = np.asarray(self.boxes, dtype=np.float64)
@@ -113,6 +118,8 @@ class CGDataset:
             "positions": (f, n, 3), "forces": (f, n, 3), "boxes": (f, 3, 3),
             "potential_energy": (f,), "bead_types": (n,), "bead_masses": (n,), "bead_residues": (n,),
         }
+        if self.pressure is not None:
+            expect["pressure"] = (f,)
         for name, shape in expect.items():
             got = getattr(self, name).shape
             if got != shape:
@@ -131,7 +138,8 @@ class CGDataset:
         """A data set with only the chosen frames (same beads and metadata)."""
         return CGDataset(self.positions[frames], self.forces[frames], self.boxes[frames],
                          self.potential_energy[frames], self.bead_types, self.type_names,
-                         self.bead_masses, self.bead_residues, dict(self.metadata))
+                         self.bead_masses, self.bead_residues, dict(self.metadata),
+                         None if self.pressure is None else self.pressure[frames])
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -140,12 +148,13 @@ class CGDataset:
         meta.setdefault("format", FORMAT)
         meta.setdefault("version", FORMAT_VERSION)
         meta["units"] = UNITS
+        extra = {} if self.pressure is None else {"pressure": self.pressure}
         return save_npz_atomic(
             path,
             positions=self.positions, forces=self.forces, boxes=self.boxes,
             potential_energy=self.potential_energy, bead_types=self.bead_types,
             type_names=np.array(self.type_names, dtype=str), bead_masses=self.bead_masses,
-            bead_residues=self.bead_residues, metadata_json=np.array(json.dumps(meta, default=str)),
+            bead_residues=self.bead_residues, metadata_json=np.array(json.dumps(meta, default=str)), **extra,
         )
 
     @classmethod
@@ -164,6 +173,7 @@ class CGDataset:
         if missing:
             raise DatasetFormatError(f"data set '{path}' lacks {', '.join(missing)}")
         arrays = {k: z[k] for k in _ARRAYS}
+        arrays["pressure"] = z["pressure"] if "pressure" in z else None
         if arrays["positions"].ndim != 3 or arrays["positions"].shape[0] == 0:
             raise DatasetFormatError(f"data set '{path}' holds no frames (positions {arrays['positions'].shape})")
         arrays["type_names"] = [str(t) for t in arrays["type_names"]]

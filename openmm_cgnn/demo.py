@@ -28,6 +28,8 @@ class DemoConfig:
     aa_cutoff: float = 0.9                 # nm
     train_preset: str = "tiny"
     max_epochs: int | None = 8
+    volume_source: str = "cg-nvt"          # the volume term's CG pressure: a short CG NVT run ...
+    volume_nvt_ps: float = 6.0             # ... of this length (ps, after 1 ps of equilibration)
     state_points: list[str] = field(default_factory=lambda: ["300K:0.787g/cm3", "400K:0.787g/cm3", "300K:1bar"])
     harness_preset: str = "default"
     adf_shell_cutoff: float | None = 0.6   # nm: methanol's whole first shell (its RDF minimum after the
@@ -40,7 +42,7 @@ class DemoConfig:
             return cls()
         if name == "full":
             return cls(preset="full", n_molecules=512, equilibration=100.0, production=1000.0, frame_interval=1.0,
-                       aa_cutoff=1.0, train_preset="paper", max_epochs=None, harness_preset="full")
+                       aa_cutoff=1.0, train_preset="paper", max_epochs=None, harness_preset="full", volume_nvt_ps=50.0)
         raise ValueError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'")
 
 
@@ -75,6 +77,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
         tc = TrainConfig.preset(config.train_preset)
         if config.max_epochs is not None:
             tc.max_epochs = config.max_epochs
+        tc.volume_source, tc.volume_nvt_ps, tc.volume_nvt_equilibration_ps = config.volume_source, config.volume_nvt_ps, 1.0
         train([cg], tc, model_dir, overwrite=True)
     if not model_pt.exists():
         export_model(model_dir, model_pt, dtype="float32")

@@ -42,6 +42,7 @@ from torch import Tensor
 from ._io import atomic_write, check_output_path
 from .prior import PriorParams
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
+from .volume import VolumeTerm, VolumeTermParams  # volume term U_V(V, N): see openmm_cgnn.volume
 
 EXPORT_FORMAT = "openmm-cgnn/torchscript-cg-potential"
 EXPORT_FORMAT_VERSION = 2  # 2: fixed-capacity neighbour table (1 used vesin-torch)
@@ -240,6 +241,7 @@ class CGPotential(torch.nn.Module):
         self.register_buffer("verlet_overflow", torch.zeros((), dtype=torch.bool))
         self.register_buffer("types", torch.zeros(0, dtype=torch.long))
         self.register_buffer("_dtype_ref", torch.zeros((), dtype=dtype))
+        self.volume_term = VolumeTerm(None, dtype)  # U_V(V, N): zero unless set at export (openmm_cgnn.volume)
         self.to(dtype)
 
     @torch.jit.export
@@ -583,6 +585,7 @@ class CGPotential(torch.nn.Module):
         if len(self.blocks) > 0 or len(self.heads) > 0:
             e_net = self.network_energy(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
             energy = energy + self.kj_per_kcal * e_net
+        energy = energy + self.volume_term(box, n)  # box only: no bead forces; seen by the MC barostat
         # an overflowing table makes energy and forces NaN rather than silently wrong
         invalid = torch.where(overflow, torch.full_like(energy, float("nan")), torch.ones_like(energy))
         return energy * invalid
@@ -759,6 +762,8 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
     pot, loaded = potential_from_model_dir(model_dir, torch_dtype)
     if bead_types is not None:
         pot.set_types(torch.as_tensor(list(bead_types), dtype=torch.long))
+    volume = _volume_params(model_dir)
+    pot.volume_term = VolumeTerm(volume, torch_dtype)
     scripted = script_potential(pot)
     meta = {
         "format": EXPORT_FORMAT, "version": EXPORT_FORMAT_VERSION,
@@ -771,10 +776,17 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
         "prior": loaded.prior.to_dict(),
         "network_class": loaded.blob["network_class"], "tensor_order": loaded.tensor_order,
         "training": loaded.metadata,
+        "volume_term": volume.to_dict() if volume is not None else None,
     }
     extra = {"metadata.json": json.dumps(meta, default=str)}
     atomic_write(out_path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
     return out_path
+
+
+def _volume_params(model_dir: str | Path) -> VolumeTermParams | None:
+    """The fitted volume term of a model directory (``volume.json``), or None."""
+    path = Path(model_dir) / "volume.json"
+    return VolumeTermParams.load(path) if path.exists() else None
 
 
 def load_exported(path: str | Path,

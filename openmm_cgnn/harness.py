@@ -86,13 +86,16 @@ g/cm^3 (block averages for NPT), ``n_blocks`` and the keys of ``analysis.density
 ``by_type`` (``composition``: bead type -> number of beads of the reference; with several bead
 types also ``rdf``: "A-B" -> the ``analysis.rdf_metrics`` of the partial RDF of that type pair, and
 ``adf``: "A" -> ``l1`` of the ADF of angles centred on a bead of type A, in the same shell),
-``timing_s`` (``reference``, ``cg``, ``analysis``). A metric that could not be computed (the CG run
+``pressure`` (``PRESSURE_KEYS``: block-averaged mean and standard error, in bar, of the instantaneous
+pressure recorded with the all-atom frames (``ref_*``) and the CG frames (``cg_*``), both from
+OpenMM's finite-difference estimator, and ``difference`` = CG - all-atom with its error; None where a
+run recorded none), ``timing_s`` (``reference``, ``cg``, ``analysis``). A metric that could not be computed (the CG run
 blew up, ...) is None; every key is always present.
 
 ``curves.npz``: ``labels`` (S,) str (the state-point labels, in order), ``slugs`` (S,) str and,
 for state point i, ``sp{i}_r`` (nm), ``sp{i}_g_ref``, ``sp{i}_g_cg``, ``sp{i}_theta`` (degrees),
 ``sp{i}_p_ref``, ``sp{i}_p_cg`` (1/degree), ``sp{i}_density_ref``, ``sp{i}_density_cg``
-(per-frame densities, g/cm^3). Curves that do not exist (no reference, CG blew up) are absent;
+(per-frame densities, g/cm^3), ``sp{i}_pressure_ref``, ``sp{i}_pressure_cg`` (per-frame pressures, bar). Curves that do not exist (no reference, CG blew up) are absent;
 :func:`load_curves` returns them by label with None for the missing ones.
 """
 
@@ -121,7 +124,7 @@ __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
     "HarnessConfig", "compare", "summary_lines", "metrics_table_markdown", "load_report", "load_curves",
     "device_name", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
-    "ADF_KEYS", "DENSITY_KEYS", "REPORT_FORMAT",
+    "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT",
 ]
 
 REPORT_FORMAT = "openmm-cgnn/comparison-report"
@@ -129,7 +132,7 @@ REPORT_VERSION = 1
 REPORT_KEYS = ("format", "version", "created", "config", "platform", "device", "versions", "model",
                "state_points", "summary", "files", "notes", "units", "timing_s")
 STATE_POINT_KEYS = ("label", "slug", "title", "state", "status", "message", "in_training", "reference", "cg",
-                    "rdf", "adf", "density", "by_type", "timing_s")
+                    "rdf", "adf", "density", "by_type", "pressure", "timing_s")
 MODEL_KEYS = ("file", "sha256", "kind", "label", "format", "type_names", "cutoff_nm", "network_class", "tensor_order",
               "dtype", "prior", "training_state_points", "training_datasets", "trained")
 REFERENCE_KEYS = ("source", "dataset", "sha256", "n_frames", "n_beads", "species", "forcefield", "platform",
@@ -140,6 +143,7 @@ RDF_KEYS = ("mad", "max_abs_dev", "rmsd", "peak_r_ref", "peak_r_cg", "peak_g_ref
 ADF_KEYS = ("shell_cutoff_nm", "n_bins", "l1")
 DENSITY_KEYS = ("ensemble", "fixed", "ref_mean", "ref_se", "cg_mean", "cg_se", "n_blocks", "abs_error",
                 "abs_error_se", "relative_error", "relative_error_se", "z")
+PRESSURE_KEYS = ("ref_mean", "ref_se", "cg_mean", "cg_se", "difference", "difference_se", "n_blocks")
 UNITS = {"temperature": "K", "density": "g/cm^3", "pressure": "bar", "distance": "nm", "angle": "degree",
          "adf": "1/degree", "time": "ps", "timing": "s"}
 
@@ -672,6 +676,7 @@ def _empty_result(sp: StatePoint, in_training: bool) -> dict[str, Any]:
         "rdf": {k: None for k in RDF_KEYS}, "adf": {k: None for k in ADF_KEYS},
         "density": {**{k: None for k in DENSITY_KEYS}, "ensemble": sp.ensemble, "fixed": sp.ensemble == "NVT"},
         "by_type": {"composition": None, "rdf": {}, "adf": {}},
+        "pressure": {k: None for k in PRESSURE_KEYS},
         "timing_s": {"reference": None, "cg": None, "analysis": None},
     }
 
@@ -1090,6 +1095,11 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     if cg is not None and len(ds.type_names) > 1:
         _analyse_by_type(ds, cg, r_max, bw, shell, config.adf_bins, res["by_type"], curves)
     dens = res["density"]
+    pres = res["pressure"]
+    if ds.pressure is not None:
+        m, se, nb = _series_mean_se(ds.pressure, config.density_blocks)
+        pres.update(ref_mean=m, ref_se=se, n_blocks=nb)
+        curves["pressure_ref"] = ds.pressure
     if sp.ensemble == "NVT":
         dens.update(ref_mean=float(np.mean(ref_rho)), ref_se=0.0)
     else:
@@ -1103,6 +1113,14 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
         raise RuntimeError("the reference and CG RDF grids differ")
     cg_rho = np.asarray(cg["density"], dtype=np.float64)
     curves.update(g_cg=g_cg, density_cg=cg_rho)
+    if "pressure" in cg:
+        m, se, nb = _series_mean_se(cg["pressure"], config.density_blocks)
+        pres.update(cg_mean=m, cg_se=se)
+        curves["pressure_cg"] = np.asarray(cg["pressure"], dtype=np.float64)
+        if pres["ref_mean"] is not None:
+            pres["difference"] = m - pres["ref_mean"]
+            if se is not None and pres["ref_se"] is not None:
+                pres["difference_se"] = math.hypot(se, pres["ref_se"])
     res["rdf"].update(A.rdf_metrics(r, g_ref, g_cg))
     if shell is not None:
         _, p_cg = A.adf(cg["positions"], cg["boxes"], shell, n_bins=config.adf_bins)
@@ -1163,7 +1181,8 @@ def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float
 # ---------------------------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------------------------
-_CURVE_NAMES = ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_ref", "density_cg")
+_CURVE_NAMES = ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_ref", "density_cg", "pressure_ref",
+                "pressure_cg")
 
 
 def _write_curves(out: Path, points: list[StatePoint], curves: list[dict[str, np.ndarray]]) -> dict[str, str]:
@@ -1299,14 +1318,22 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         line3 = "Density: no NPT CG run completed, nothing to compare."
     else:
         line3 = "Density: no NPT state point (NVT densities are imposed, not predicted)."
+    nvt_p = [s for s in done if s["state"]["ensemble"] == "NVT" and (s.get("pressure") or {}).get("difference")
+             is not None]
+    if nvt_p:
+        line3 += " Pressure (NVT, CG - all-atom): " + "; ".join(
+            f"{s['label']} {s['pressure']['difference']:+.0f}"
+            + (f" \u00b1 {s['pressure']['difference_se']:.0f}" if s["pressure"]["difference_se"] is not None else "")
+            + " bar" for s in nvt_p) + "."
     return [line1, line2, line3]
 
 
 def metrics_table_markdown(report: dict[str, Any]) -> str:
     """The metrics of every state point as a Markdown table."""
     head = ("| state point | ensemble | trained here | status | RDF MAD | RDF max \\|\u0394g\\| | peak \u0394r (nm) "
-            "| peak \u0394g | ADF L1 | \u03c1 AA (g/cm\u00b3) | \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) |")
-    rows = [head, "|" + "---|" * 12]
+            "| peak \u0394g | ADF L1 | \u03c1 AA (g/cm\u00b3) | \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) "
+            "| P AA (bar) | P CG (bar) |")
+    rows = [head, "|" + "---|" * 14]
     for s in report["state_points"]:
         r, a, d = s["rdf"], s["adf"], s["density"]
         if d["fixed"]:
@@ -1322,7 +1349,8 @@ def metrics_table_markdown(report: dict[str, Any]) -> str:
         rows.append("| " + " | ".join([
             s["label"], s["state"]["ensemble"], "yes" if s["in_training"] else "no", s["status"].replace("_", " "),
             _fmt(r["mad"], ".4f"), _fmt(r["max_abs_dev"], ".3f"), _fmt(r["peak_position_error"], "+.4f"),
-            _fmt(r["peak_height_error"], "+.3f"), _fmt(a["l1"], ".3f"), rho_aa, rho_cg, err]) + " |")
+            _fmt(r["peak_height_error"], "+.3f"), _fmt(a["l1"], ".3f"), rho_aa, rho_cg, err,
+            _pressure_cell(s, "ref"), _pressure_cell(s, "cg")]) + " |")
     return "\n".join(rows) + "\n"
 
 
@@ -1341,6 +1369,12 @@ def _by_type_markdown(report: dict[str, Any]) -> list[str]:
         return []
     return ["## By bead type", "", "| state point | composition (beads) | partial RDF MAD | ADF L1 by centre type |",
             "| --- | --- | --- | --- |", *rows, ""]
+
+
+def _pressure_cell(s: dict[str, Any], side: str) -> str:
+    p = s.get("pressure") or {}
+    mean, se = p.get(f"{side}_mean"), p.get(f"{side}_se")
+    return _fmt(mean, ".0f") + (f" \u00b1 {se:.0f}" if se is not None and mean is not None else "")
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -1363,7 +1397,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "RDF MAD: mean |g_CG(r) - g_AA(r)| over the r grid (0 = identical); max |\u0394g|: the largest deviation; "
         "peak \u0394r / \u0394g: CG minus all-atom position (nm) and height of the first RDF peak. ADF L1: "
         "distance between the first-shell angle distributions (0 = identical, 2 = disjoint). Density: "
-        "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed.", "",
+        "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed. P: instantaneous "
+        "pressure (OpenMM's finite-difference estimator, molecular for all-atom), block-averaged mean \u00b1 "
+        "standard error.", "",
     ]
     lines += _by_type_markdown(report)
     problems = [s for s in report["state_points"] if s["status"] != "complete"]

@@ -288,7 +288,8 @@ def map_reference(reference: str | Path, out: str | Path, beads_per_residue: Map
     }
     try:
         ds = CGDataset(cg_pos, cg_forces, ref.boxes[frames], ref.potential_energy[frames], mapping.bead_types,
-                       mapping.type_names, mapping.bead_masses, mapping.bead_residues, meta)
+                       mapping.type_names, mapping.bead_masses, mapping.bead_residues, meta,
+                       pressure=None if ref.pressure is None else ref.pressure[frames])
     except DatasetFormatError as exc:
         raise DatasetFormatError(f"reference file '{reference}' cannot be mapped: {exc}") from None
     ds.save(out)

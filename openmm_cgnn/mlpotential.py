@@ -34,8 +34,9 @@ class CGNNPotentialImpl(MLPotentialImpl):
         for atom in topology.atoms():
             if system.getParticleMass(atom.index).value_in_unit(u.dalton) == 0:
                 system.setParticleMass(atom.index, by_type.get(atom.name, 0.0))
+        # createSystem(topology, temperature=T) sets the run temperature of the model's volume term
         force = make_torch_force(module, metadata, topology, use_cuda_graphs=use_cuda_graphs,
-                                 neighbour_capacity=neighbour_capacity)
+                                 neighbour_capacity=neighbour_capacity, temperature=args.get("temperature"))
         force.setForceGroup(forceGroup)
         system.addForce(force)
         for bonded in add_model_bonded_forces(system, topology, metadata):

@@ -10,6 +10,8 @@ forces             (F, n, 3) f4    atomic forces from the force field, kJ/mol/nm
 boxes              (F, 3, 3) f8    periodic box vectors as rows, nm
 potential_energy   (F,) f8         potential energy, kJ/mol
 time               (F,) f8         simulation time of each frame, ps (from the production start)
+pressure           (F,) f8         instantaneous pressure of each frame, bar (OpenMM's molecular
+                                   finite-difference estimator; absent in files from older versions)
 top_*              arrays          the all-atom topology (see ``topology_io``)
 metadata_json      () str          JSON: config, state point, platform, versions, units
 =================  ==============  ==========================================================
@@ -38,11 +40,13 @@ from . import validation as V
 from ._io import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
 from .errors import CGNNError
 from .species import Species, get_species
+from .pressure import attach_pressure_probe, current_pressure, find_barostat_index
 from .topology_io import topology_from_arrays, topology_to_arrays
 from .units import volume_for_density_nm3
 
 REFERENCE_FORMAT = "openmm-cgnn/aa-reference"
 REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "potential_energy": "kJ/mol",
+                   "pressure_series": "bar",
                    "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
 
 
@@ -238,12 +242,15 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology, barostat: 
 
 
 def add_barostat(config: ReferenceConfig, system: openmm.System) -> None:
-    """A seeded Monte Carlo barostat at ``config.pressure`` (nothing for NVT)."""
+    """A seeded Monte Carlo barostat at ``config.pressure``; for NVT a disabled one, which lets OpenMM
+    estimate the pressure (``openmm_cgnn.pressure``)."""
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
+    else:
+        attach_pressure_probe(system, config.temperature)  # a disabled barostat: pressure estimates in NVT
 
 
 def create_simulation(config: ReferenceConfig, topology: app.Topology, system: openmm.System,
@@ -259,14 +266,15 @@ def create_simulation(config: ReferenceConfig, topology: app.Topology, system: o
 def _frame_store(n_atoms: int) -> FrameStore:
     return FrameStore({"positions": ((n_atoms, 3), np.float32), "forces": ((n_atoms, 3), np.float32),
                        "boxes": ((3, 3), np.float64), "potential_energy": ((), np.float64),
-                       "time": ((), np.float64)})
+                       "time": ((), np.float64), "pressure": ((), np.float64)})
 
 
-def _add_frame(frames: FrameStore, state: openmm.State, t: float) -> None:
+def _add_frame(frames: FrameStore, state: openmm.State, t: float, pressure: float) -> None:
     frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
                forces=state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer),
                boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer),
-               potential_energy=state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), time=t)
+               potential_energy=state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), time=t,
+               pressure=pressure)
 
 
 def _config_json(config: ReferenceConfig) -> str:
@@ -338,6 +346,7 @@ def _record(simulation: app.Simulation, config: ReferenceConfig, partial: Partia
             on_frame: Callable[[int], None] | None) -> tuple[float, int]:
     """Equilibrate (or restore the checkpoint) and record the production frames into ``frames``;
     returns the wall time (s) of production and the number of frames recorded by this call."""
+    barostat = simulation.system.getForce(find_barostat_index(simulation.system))  # a real one or the NVT probe
     if resume:
         partial.restore(simulation, frames)
         _log(progress, f"[reference] resuming from {len(frames)} saved frames in {partial.folder}")
@@ -359,7 +368,9 @@ def _record(simulation: app.Simulation, config: ReferenceConfig, partial: Partia
         if not math.isfinite(energy):
             raise ReferenceBlowUp(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
                                   "try a smaller --timestep or a longer equilibration")
-        _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep)
+        # after getState: the estimator scales the box and positions and restores them
+        pressure = current_pressure(simulation.context, barostat)
+        _add_frame(frames, state, (len(frames) + 1) * config.steps_per_frame * config.timestep, pressure)
         bar.update(1)
         if len(frames) % config.checkpoint_every == 0 or len(frames) == config.n_frames:
             partial.save(simulation, frames)
@@ -427,6 +438,7 @@ class ReferenceTrajectory:
     potential_energy: np.ndarray
     time: np.ndarray
     metadata: dict
+    pressure: np.ndarray | None = None     # (F,) bar; None in files written before it was recorded
 
 
 def load_reference(path: str | Path) -> ReferenceTrajectory:
@@ -448,4 +460,5 @@ def load_reference(path: str | Path) -> ReferenceTrajectory:
         top = topology_from_arrays(z)
     except (KeyError, ValueError, IndexError) as exc:
         raise ReferenceError(f"reference file '{path}' has a damaged topology ({exc})") from None
-    return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta)
+    return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta,
+                               z["pressure"] if "pressure" in z else None)

@@ -8,8 +8,10 @@ file              content
 trajectory.dcd    bead positions (read with ``mdtraj.load("trajectory.dcd", top="topology.pdb")``)
 topology.pdb      the CG topology and the first frame (beads as atoms named by bead type)
 frames.npz        positions (F,N,3) nm, boxes (F,3,3) nm, potential_energy (F,) kJ/mol,
-                  temperature (F,) K, density (F,) g/cm^3, time (F,) ps, plus metadata_json
-log.csv           time_ps, potential_kJ_mol, temperature_K, volume_nm3, density_g_cm3 per frame
+                  temperature (F,) K, density (F,) g/cm^3, time (F,) ps, pressure (F,) bar
+                  (instantaneous, OpenMM's finite-difference estimator; absent in older files),
+                  plus metadata_json
+log.csv           time_ps, potential_kJ_mol, temperature_K, volume_nm3, density_g_cm3, pressure_bar per frame
 simulation.json   the config, platform, speed (ns/day), status, units, versions
 ================  ============================================================================
 
@@ -39,6 +41,7 @@ from ._io import (atomic_write, check_writable, make_output_dir, save_npz_atomic
                   write_text_atomic)
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError
+from .pressure import attach_pressure_probe, current_pressure
 from .reference import choose_platform, platform_properties
 from .system import CGModel, cg_topology_from_dataset, resolve_cuda_graphs, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
@@ -280,7 +283,7 @@ def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float
 def _frame_store(n: int) -> FrameStore:
     return FrameStore({"positions": ((n, 3), np.float32), "boxes": ((3, 3), np.float64),
                        "potential_energy": ((), np.float64), "temperature": ((), np.float64),
-                       "density": ((), np.float64), "time": ((), np.float64)})
+                       "density": ((), np.float64), "time": ((), np.float64), "pressure": ((), np.float64)})
 
 
 def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bool = False,
@@ -308,12 +311,12 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     topology, positions, masses = initial_configuration(config, metadata)
     platform = choose_platform(config.platform)
     graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.kind != "pair"
-    simulation, system = _build_simulation(config, model, topology, masses, platform, graphs)
+    simulation, system, barostat = _build_simulation(config, model, topology, masses, platform, graphs)
     if graphs and config.use_cuda_graphs is None and not _capture_works(simulation, positions, config):
         _log(progress, "[simulate] CUDA graph capture failed for this model; running without CUDA graphs "
                        "(--no-cuda-graphs skips the try)")
         graphs = False
-        simulation, system = _build_simulation(config, model, topology, masses, platform, graphs)
+        simulation, system, barostat = _build_simulation(config, model, topology, masses, platform, graphs)
     run_info = {"cuda_graphs": {"requested": config.use_cuda_graphs, "used": graphs},
                 "integrator": _integrator_info(config)}
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
@@ -355,7 +358,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
             state = simulation.context.getState(getPositions=True, getEnergy=True)
             obs = monitor.observe(state, t)
             frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t, **obs)
+                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t,
+                       pressure=current_pressure(simulation.context, barostat), **obs)
             bar.update(1)
             if len(frames) % config.checkpoint_every == 0:
                 partial.save(simulation, frames)
@@ -393,11 +397,12 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
 
 
 def _build_simulation(config: CGSimulationConfig, model: CGModel, topology: app.Topology, masses, platform,
-                      graphs: bool) -> tuple[app.Simulation, openmm.System]:
+                      graphs: bool) -> tuple[app.Simulation, openmm.System, openmm.MonteCarloBarostat]:
     """The Simulation of ``config``: the model's System (split into fast and slow force groups for
-    MTS), the barostat for NPT, and a LangevinMiddle or MTSLangevin integrator."""
+    MTS), the barostat for NPT (for NVT a disabled one, for pressure estimates), and a LangevinMiddle or
+    MTSLangevin integrator; with the barostat."""
     options = {"use_cuda_graphs": graphs, "cuda_graph_warmup_steps": config.cuda_graph_warmup_steps,
-               "neighbour_capacity": config.neighbour_capacity}
+               "neighbour_capacity": config.neighbour_capacity, "temperature": config.temperature}
     if config.mts > 1:
         options["mts_fast"] = config.mts_fast
     system = model.create_system(topology, masses=masses, **options)
@@ -406,6 +411,8 @@ def _build_simulation(config: CGSimulationConfig, model: CGModel, topology: app.
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
+    else:
+        barostat = attach_pressure_probe(system, config.temperature)  # disabled: pressure estimates in NVT
     if config.mts > 1:
         from .mts import langevin_integrator
 
@@ -415,7 +422,7 @@ def _build_simulation(config: CGSimulationConfig, model: CGModel, topology: app.
         integrator = openmm.LangevinMiddleIntegrator(config.temperature * u.kelvin, config.friction / u.picosecond,
                                                      config.timestep * u.picoseconds)
         integrator.setRandomNumberSeed(config.seed)
-    return app.Simulation(topology, system, integrator, platform, platform_properties(platform)), system
+    return app.Simulation(topology, system, integrator, platform, platform_properties(platform)), system, barostat
 
 
 def _capture_works(simulation: app.Simulation, positions: np.ndarray, config: CGSimulationConfig) -> bool:
@@ -509,16 +516,16 @@ def _write_outputs(out: Path, config: CGSimulationConfig, topology: app.Topology
         "model": {"file": Path(config.model).name, "type_names": metadata.get("type_names"),
                   "cutoff_nm": metadata.get("cutoff_nm")},
         "units": {"positions": "nm", "boxes": "nm", "potential_energy": "kJ/mol", "temperature": "K",
-                  "density": "g/cm^3", "time": "ps"},
+                  "density": "g/cm^3", "time": "ps", "pressure": "bar"},
         "versions": versions(),
         **(run_info or {}),
     }
     save_npz_atomic(out / "frames.npz", metadata_json=np.array(json.dumps(info)), **arrays)
-    rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3"]
+    rows = ["time_ps,potential_kJ_mol,temperature_K,volume_nm3,density_g_cm3,pressure_bar"]
     vols = np.abs(np.linalg.det(arrays["boxes"])) if len(frames) else []
-    for t, e, temp, v, d in zip(arrays["time"], arrays["potential_energy"], arrays["temperature"], vols,
-                                arrays["density"]):
-        rows.append(f"{t:.4f},{e:.4f},{temp:.3f},{v:.5f},{d:.5f}")
+    for t, e, temp, v, d, p in zip(arrays["time"], arrays["potential_energy"], arrays["temperature"], vols,
+                                   arrays["density"], arrays["pressure"]):
+        rows.append(f"{t:.4f},{e:.4f},{temp:.3f},{v:.5f},{d:.5f},{p:.2f}")
     write_text_atomic(out / "log.csv", "\n".join(rows) + "\n")
     if len(frames):
         traj = md.Trajectory(arrays["positions"], md.Topology.from_openmm(topology))

@@ -160,7 +160,12 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
     bin_width = 0.01
     cutoff = config.pair_cutoff or min(gnn_cutoff_nm, half_box)
     cutoff = np.floor(cutoff / bin_width - 1e-9) * bin_width
-    ff = fit_pair_force_matching(sets, cutoff=float(cutoff), bin_width=bin_width)
+    from .training import TrainConfig
+
+    tc = TrainConfig.preset(config.train_preset)   # the same volume-term treatment as the GNN models
+    ff = fit_pair_force_matching(sets, cutoff=float(cutoff), bin_width=bin_width, fit_volume=tc.fit_volume,
+                                 volume_source=tc.volume_source, volume_nvt_ps=tc.volume_nvt_ps,
+                                 volume_nvt_equilibration_ps=tc.volume_nvt_equilibration_ps)
     folder.mkdir(parents=True, exist_ok=True)
     return ff.save(path)
 

@@ -101,14 +101,15 @@ def resolve_cuda_graphs(requested: bool | None, platform_name: str | None = None
 
 def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms: Iterable[int] | None = None,
                      use_cuda_graphs: bool | None = False, cuda_graph_warmup_steps: int | None = None,
-                     neighbour_capacity: int = 0):
+                     neighbour_capacity: int = 0, temperature: float | None = None):
     """The openmm-torch TorchForce for ``module`` with the bead types of ``topology`` fixed and its
     neighbour table laid out for this bead count and box (``neighbour_capacity`` neighbours per bead;
     0: the capacity recorded in the model).
 
     ``use_cuda_graphs``: set the TorchForce property ``useCUDAGraphs`` (None: see
     :func:`resolve_cuda_graphs`); ``cuda_graph_warmup_steps``: its ``CUDAGraphWarmupSteps`` (model
-    calls before capture; openmm-torch's default when None).
+    calls before capture; openmm-torch's default when None). ``temperature`` (K): the run temperature
+    of the model's volume term (``openmm_cgnn.volume``).
     """
     import openmmtorch
     import torch
@@ -117,6 +118,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
     types = bead_type_indices(topology, metadata["type_names"], atoms)
     if len(metadata["type_names"]) > 1:
         module.set_types(torch.tensor(types, dtype=torch.int64))
+    if temperature is not None and hasattr(module, "volume_term"):
+        module.volume_term.set_temperature(float(temperature))
     if hasattr(module, "configure"):  # files of export format 1 have no fixed layout
         module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
@@ -133,7 +136,7 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
 def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float] | None = None,
                   remove_cm_motion: bool = False, use_cuda_graphs: bool | None = None,
                   cuda_graph_warmup_steps: int | None = None, mts_fast: Any = None,
-                  neighbour_capacity: int = 0) -> openmm.System:
+                  neighbour_capacity: int = 0, temperature: float | None = None) -> openmm.System:
     """An OpenMM System for ``cg_topology`` driven by the CG model.
 
     Parameters
@@ -152,6 +155,8 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
         capacity recorded in the model at export (from the training data, with a margin). Raise it
         when a run stops with a neighbour-table overflow (a denser state than the training data).
+    temperature: K, the run temperature seen by the model's volume term when it has a temperature
+        trend (default: the temperature it was fitted at).
     """
     module, metadata = _load_model(model)
     system = openmm.System()
@@ -166,7 +171,7 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         system.addParticle(float(m))
     model_force = system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
                                                    cuda_graph_warmup_steps=cuda_graph_warmup_steps,
-                                                   neighbour_capacity=neighbour_capacity))
+                                                   neighbour_capacity=neighbour_capacity, temperature=temperature))
     if mts_fast is not None:
         from .mts import add_fast_split
 
@@ -228,7 +233,8 @@ class CGModel:
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
                       use_cuda_graphs: bool | None = None, cuda_graph_warmup_steps: int | None = None,
-                      mts_fast: Any = None, neighbour_capacity: int = 0) -> openmm.System:
+                      mts_fast: Any = None, neighbour_capacity: int = 0,
+                      temperature: float | None = None) -> openmm.System:
         """The System for ``topology``; the options are those of :func:`create_system` (a pair
         force field is cheap already: it takes no CUDA graph, MTS or neighbour-table options)."""
         if self.kind == "pair":
@@ -242,7 +248,7 @@ class CGModel:
                 if by_type is None:
                     raise CGSystemError("a pair force field records no masses; start from a CG data set")
                 masses = [by_type[a.name] for a in topology.atoms()]
-            return self.pair.create_system(topology, bead_masses=masses)
+            return self.pair.create_system(topology, bead_masses=masses, temperature=temperature)
         return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
                              cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast,
-                             neighbour_capacity=neighbour_capacity)
+                             neighbour_capacity=neighbour_capacity, temperature=temperature)

@@ -20,6 +20,8 @@ Model directory written by :func:`train` (every file written atomically)::
     metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
                     their frame splits, package versions, timings
     train.log       hippynn's own console output
+    volume.json     the volume term U_V fitted by pressure matching (``openmm_cgnn.volume``), when
+                    every data set carries all-atom pressures and ``fit_volume`` is on
 """
 
 from __future__ import annotations
@@ -102,6 +104,12 @@ class TrainConfig:
     prior_rdf_threshold: float = 0.01
     prior_dr: float = 0.015            # nm
     prior_perc: float = 0.05
+    # volume term U_V(V, N, T) by pressure matching (openmm_cgnn.volume), when the data carry pressures
+    fit_volume: bool = True
+    volume_source: str = "cg-nvt"      # CG pressure from "cg-nvt" (a short CG NVT run) or "mapped" (mapped frames)
+    volume_nvt_ps: float = 10.0        # production of that CG NVT run, ps (after volume_nvt_equilibration_ps)
+    volume_nvt_equilibration_ps: float = 2.0
+    volume_max_frames: int = 100       # "mapped": frames per data set used for the CG virial pressure
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +144,12 @@ class TrainConfig:
                               "(early stopping needs validation frames)", "valid_fraction")
         if self.max_batch_size < self.batch_size:
             raise ConfigError("need 1 <= batch_size <= max_batch_size", "batch_size")
+        if self.volume_source not in ("cg-nvt", "mapped"):
+            raise ConfigError(f"volume_source must be 'cg-nvt' or 'mapped', got {self.volume_source!r}",
+                              "volume_source")
+        V.positive(self.volume_nvt_ps, "volume_nvt_ps")
+        V.non_negative(self.volume_nvt_equilibration_ps, "volume_nvt_equilibration_ps")
+        V.positive(self.volume_max_frames, "volume_max_frames")
 
     @property
     def cutoff_nm(self) -> float:
@@ -159,7 +173,8 @@ class TrainConfig:
             return cls(name="tiny", n_features=12, n_sensitivities=6, dist_soft_min=2.5, dist_soft_max=6.0,
                        dist_hard_max=7.0, n_interaction_layers=1, n_atom_layers=1, max_epochs=4,
                        termination_patience=4, plateau_patience=2, batch_size=2, max_batch_size=8,
-                       learning_rate=3e-3, eval_batch_size=8, fraction_train_eval=0.25)
+                       learning_rate=3e-3, eval_batch_size=8, fraction_train_eval=0.25,
+                       volume_source="mapped", volume_nvt_ps=2.0, volume_nvt_equilibration_ps=0.5)
         raise ConfigError(f"unknown preset {name!r}; choose 'paper', 'fast' or 'tiny'", "preset")
 
     # -- TOML ----------------------------------------------------------------------------------
@@ -540,6 +555,9 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         metrics = {"units": "kJ/mol/nm", "test": _test_metrics(loaded, sets, splits, paths),
                    "hippynn_final": hippynn_test, "curve": curve, "train_seconds": train_seconds}
         write_json_atomic(stage / "metrics.json", metrics)
+        volume = _fit_volume(loaded, sets, paths, config) if config.fit_volume else None
+        if volume is not None:
+            volume.save(stage / "volume.json")
         if out_dir.exists():
             if not overwrite:  # appeared while we trained
                 check_output_path(out_dir, overwrite)
@@ -548,11 +566,83 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+    if verbose and volume is not None:
+        from .volume import describe
+
+        print(f"volume term (pressure matching): {describe(volume)}", file=out, flush=True)
+    elif verbose and config.fit_volume:
+        print("volume term: not fitted (the data sets carry no all-atom pressures)", file=out, flush=True)
     if verbose:
         t = metrics["test"]["all"]
         print(f"trained in {train_seconds:.1f} s; test force RMSE {t['rmse']:.4g}, MAE {t['mae']:.4g} "
               f"kJ/mol/nm, R^2 {t['r2']:.3f} -> {out_dir}", file=out, flush=True)
     return out_dir
+
+
+def _fit_volume(loaded: "TrainedModel", sets: list[CGDataset], paths: list[Path], config: TrainConfig):
+    """Pressure-match the trained model (network + prior) at the data sets' state points; None when
+    a data set has no all-atom pressures. ``config.volume_source``: "cg-nvt" measures the model's
+    pressure in a short CG NVT run at each reference volume, "mapped" on the mapped frames."""
+    from .export import potential_from_hippynn
+    from .volume import (cg_nvt_pressures, fit_from_datasets, fit_volume_term, pressure_point_from_run,
+                         torch_energy_function)
+
+    if any(ds.pressure is None for ds in sets):
+        return None
+    if config.volume_source == "cg-nvt":
+        module = torch.jit.script(potential_from_hippynn(loaded.network, loaded.energy, loaded.prior,
+                                                         dtype=torch.float32))
+        points = []
+        for k, (p, ds) in enumerate(zip(paths, sets)):
+            series = cg_nvt_pressures(module, ds, ds.temperature, config.volume_nvt_ps,
+                                      config.volume_nvt_equilibration_ps, seed=config.seed + k)
+            points.append(pressure_point_from_run(series, ds, label=p.name))
+        volume = fit_volume_term(points)
+        volume.fit["cg_pressure_from"] = (f"CG NVT run of the model at each reference volume "
+                                          f"({config.volume_nvt_equilibration_ps:g} + {config.volume_nvt_ps:g} ps)")
+        return volume
+
+    pot = potential_from_hippynn(loaded.network, loaded.energy, loaded.prior, dtype=torch.float64)
+
+    def energy_for(ds: CGDataset):
+        if len(loaded.type_names) > 1:
+            pot.set_types(torch.as_tensor(ds.bead_types, dtype=torch.long))
+        return torch_energy_function(pot)
+
+    volume = fit_from_datasets(sets, energy_for, max_frames=config.volume_max_frames, labels=[p.name for p in paths])
+    if volume is not None:
+        volume.fit["cg_pressure_from"] = "virial of the model on the mapped all-atom frames"
+    return volume
+
+
+def fit_model_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] | None = None,
+                          config: TrainConfig | None = None, verbose: bool = True):
+    """(Re)fit the volume term of a trained model directory and write its ``volume.json``.
+
+    :param datasets: CG data sets with all-atom pressures (default: the model's training data sets).
+    :param config: settings of the fit (``volume_source``, ``volume_nvt_ps``, ...); default: the
+        model's ``config.toml``.
+    :return: the fitted :class:`~openmm_cgnn.volume.VolumeTermParams`; an error when a data set
+        carries no pressures.
+    """
+    model_dir = Path(model_dir)
+    loaded = load_trained(model_dir)
+    config = config or loaded.config
+    paths = [Path(p) for p in (datasets or [d["path"] for d in loaded.metadata["datasets"]])]
+    sets = load_datasets(paths)
+    missing = [str(p) for p, ds in zip(paths, sets) if ds.pressure is None]
+    if missing:
+        from .errors import CGNNError
+
+        raise CGNNError(f"data set(s) {', '.join(missing)} carry no all-atom pressures (made before pressures were "
+                        "recorded); rerun 'openmm-cgnn reference' and 'openmm-cgnn map' to fit a volume term")
+    volume = _fit_volume(loaded, sets, paths, config)
+    volume.save(model_dir / "volume.json")
+    if verbose:
+        from .volume import describe
+
+        print(f"volume term (pressure matching): {describe(volume)} -> {model_dir / 'volume.json'}", flush=True)
+    return volume
 
 
 def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any]):

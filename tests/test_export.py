@@ -15,6 +15,7 @@ from openmm_cgnn._io import OutputExistsError
 from openmm_cgnn.dataset import CGDataset
 from openmm_cgnn.export import export_model, load_exported, potential_from_model_dir
 from openmm_cgnn.training import load_trained, predict_hippynn
+from openmm_cgnn.volume import VolumeTermParams
 
 from ._synthetic import dataset_path_for_tests, tiny_model
 
@@ -74,10 +75,13 @@ def test_exported_module_equals_hippynn(tensor_order, dataset_path, dataset, tmp
             e, forces = _energy_forces(module, dataset.positions[f], dataset.boxes[f])
             assert abs(e - e_ref[k]) <= tol * abs(e_ref[k]), (dtype, f, e, e_ref[k])
             assert _rel(forces, f_ref[k]) <= tol, (dtype, f, _rel(forces, f_ref[k]))
-    if tensor_order == 2:  # the saved files give the same numbers
+    if tensor_order == 2:  # the saved files give the same numbers, plus the fitted volume term U_V (no forces)
         for dtype, tol in (("float64", 1e-6), ("float32", 1e-4)):
             module, meta = load_exported(exported[dtype])
             e, forces = _energy_forces(module, dataset.positions[frames[0]], dataset.boxes[frames[0]])
+            if meta.get("volume_term"):
+                volume = VolumeTermParams.from_dict(meta["volume_term"])
+                e -= volume.energy(abs(np.linalg.det(dataset.boxes[frames[0]])), dataset.n_beads)
             assert abs(e - e_ref[0]) <= tol * abs(e_ref[0])
             assert _rel(forces, f_ref[0]) <= tol
 

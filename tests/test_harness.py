@@ -228,6 +228,12 @@ def test_report_has_every_documented_key(tiny_report, methanol_dataset):
     d = npt["density"]
     assert not d["fixed"] and d["relative_error_se"] > 0 and d["n_blocks"] == 4
     assert d["relative_error"] == pytest.approx(d["cg_mean"] / d["ref_mean"] - 1)
+    # pressures of both sides (bar) at every state point, from the recorded time series
+    for sp in (nvt, npt):
+        p = sp["pressure"]
+        assert set(H.PRESSURE_KEYS) <= set(p)
+        assert np.isfinite([p["ref_mean"], p["ref_se"], p["cg_mean"], p["cg_se"]]).all()
+        assert p["difference"] == pytest.approx(p["cg_mean"] - p["ref_mean"])
     # no absolute path of this machine in the report (folders are relative, models by file name)
     assert str(out.parent) not in (out / "report.json").read_text()
     assert str(Path(methanol_dataset).parent) not in (out / "report.json").read_text()

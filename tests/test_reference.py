@@ -25,6 +25,20 @@ def test_reference_file_has_documented_shapes_units_and_finite_forces(methanol_r
     # a liquid, not an explosion: typical atomic forces are hundreds of kJ/mol/nm
     assert 50 < np.sqrt(np.mean(ref.forces.astype(float) ** 2)) < 5000
     assert ref.topology.getNumAtoms() == n_atoms and ref.topology.getNumBonds() == 64 * 5
+    # the pressure of every frame (bar): a liquid's instantaneous pressure fluctuates by ~1000 bar
+    assert ref.pressure.shape == (40,) and np.isfinite(ref.pressure).all()
+    assert 100 < np.std(ref.pressure) < 20000 and abs(np.mean(ref.pressure)) < 5000
+
+
+def test_files_without_pressures_still_load(methanol_dataset, tmp_path):
+    ds = CGDataset.load(methanol_dataset)
+    assert ds.pressure is not None and ds.pressure.shape == (ds.n_frames,)
+    assert ds.subset(slice(0, 5)).pressure.shape == (5,)
+    ds.pressure = None
+    old = ds.save(tmp_path / "old.npz")
+    with np.load(old) as z:
+        assert "pressure" not in z.files
+    assert CGDataset.load(old).pressure is None
 
 
 def test_mapped_dataset_reloads_with_documented_contents(methanol_reference, methanol_dataset):
