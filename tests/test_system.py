@@ -117,8 +117,9 @@ def test_simulate_writes_trajectory_log_and_metadata(methanol_dataset, tiny_mode
 
 
 def test_blow_up_stops_with_a_message(methanol_dataset, tiny_model_pt, tmp_path):
+    # a frame every (much too long) step: the first frames are still sane, the run blows up later
     cfg = CGSimulationConfig(model=str(tiny_model_pt), start_dataset=str(methanol_dataset), equilibration=0.0,
-                             production=2.0, frame_interval=0.1, timestep=0.05, platform="CPU")
+                             production=2.0, frame_interval=0.05, timestep=0.05, platform="CPU")
     with pytest.raises(CGSimulationBlowUp, match="blew up"):
         run_cg_simulation(cfg, tmp_path / "boom", progress=False)
     arrays, meta = load_cg_frames(tmp_path / "boom")
