@@ -381,8 +381,8 @@ class CGPotential(torch.nn.Module):
             inside = (dx * dx + dy * dy + dz * dz < cutoff * cutoff) & (cand != n) \
                 & (cand != torch.arange(n, device=device).unsqueeze(1))
         nbr, count = self._compact(cand, inside, k)
-        too_narrow = (self._widths(box) / self.grid.to(pos.dtype) < cutoff).any() \
-            | (self._widths(box) <= 2.0 * cutoff).any()
+        widths = self._widths(box)
+        too_narrow = (widths / self.grid.to(pos.dtype) < cutoff).any() | (widths <= 2.0 * cutoff).any()
         overflow = (count > k).any() | (counts > cap).any() | too_narrow
         return nbr, overflow
 

@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import openmm
@@ -241,16 +241,17 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology, barostat: 
     return system
 
 
-def add_barostat(config: ReferenceConfig, system: openmm.System) -> None:
+def add_barostat(config: Any, system: openmm.System) -> openmm.MonteCarloBarostat:
     """A seeded Monte Carlo barostat at ``config.pressure``; for NVT a disabled one, which lets OpenMM
-    estimate the pressure (``openmm_cgnn.pressure``)."""
+    estimate the pressure (``openmm_cgnn.pressure``). ``config``: any run configuration with pressure,
+    temperature, barostat_interval and seed (reference or CG). Returns the barostat."""
     if config.pressure is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
                                              config.barostat_interval)
         barostat.setRandomNumberSeed(config.seed)
         system.addForce(barostat)
-    else:
-        attach_pressure_probe(system, config.temperature)  # a disabled barostat: pressure estimates in NVT
+        return barostat
+    return attach_pressure_probe(system, config.temperature)  # a disabled barostat: pressure estimates in NVT
 
 
 def create_simulation(config: ReferenceConfig, topology: app.Topology, system: openmm.System,

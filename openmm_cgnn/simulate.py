@@ -41,8 +41,8 @@ from ._io import (atomic_write, check_writable, make_output_dir, save_npz_atomic
                   write_text_atomic)
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError
-from .pressure import attach_pressure_probe, current_pressure
-from .reference import choose_platform, platform_properties
+from .pressure import current_pressure
+from .reference import add_barostat, choose_platform, platform_properties
 from .system import CGModel, cg_topology_from_dataset, resolve_cuda_graphs, type_masses
 from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
 
@@ -406,13 +406,7 @@ def _build_simulation(config: CGSimulationConfig, model: CGModel, topology: app.
     if config.mts > 1:
         options["mts_fast"] = config.mts_fast
     system = model.create_system(topology, masses=masses, **options)
-    if config.pressure is not None:
-        barostat = openmm.MonteCarloBarostat(config.pressure * u.bar, config.temperature * u.kelvin,
-                                             config.barostat_interval)
-        barostat.setRandomNumberSeed(config.seed)
-        system.addForce(barostat)
-    else:
-        barostat = attach_pressure_probe(system, config.temperature)  # disabled: pressure estimates in NVT
+    barostat = add_barostat(config, system)  # for NVT a disabled one: pressure estimates
     if config.mts > 1:
         from .mts import langevin_integrator
 
