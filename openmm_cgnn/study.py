@@ -96,7 +96,7 @@ def _harness_config(config: StudyConfig):
 
 def _training_references(config: StudyConfig, data: Path, progress: bool) -> dict[str, Path]:
     """All-atom runs and CG data sets at every training state point (reused when present)."""
-    from .harness import parse_state_point
+    from .statepoints import parse_state_point
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
 
@@ -172,7 +172,8 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
 
 def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the study into ``out``; return the content of ``study.json``. Finished parts are reused."""
-    from .harness import compare, parse_state_points
+    from .harness import compare
+    from .statepoints import parse_state_points
     from .system import CGModel
 
     config = config or StudyConfig()
