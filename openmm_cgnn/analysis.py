@@ -46,7 +46,7 @@ from .units import AVOGADRO
 
 __all__ = [
     "minimum_image_radius", "rdf", "coordination_number", "first_peak", "first_minimum",
-    "adf", "density", "block_average", "statistical_inefficiency",
+    "adf", "density", "block_average", "statistical_inefficiency", "series_mean_se", "block_drift",
     "rdf_metrics", "adf_l1", "density_error",
     "plot_rdfs", "plot_adfs", "plot_density_vs_temperature",
 ]
@@ -508,6 +508,44 @@ def statistical_inefficiency(x: np.ndarray, mintime: int = 3) -> float:
             break
         g += 2.0 * c[t] * (1.0 - t / n)
     return max(1.0, float(g))
+
+
+def series_mean_se(x: np.ndarray, n_blocks: int) -> tuple[float, float | None, int | None]:
+    """Block-averaged mean and standard error of a scalar time series, with the blocks actually used.
+
+    :param x: (n_samples,) series in any unit (e.g. per-frame densities in g/cm^3 or pressures in bar).
+    :param n_blocks: the wanted number of blocks; at most ``len(x) // 2`` are used (two samples a block).
+    :return: (mean, standard error, blocks) in the unit of ``x``; (plain mean, None, None) when fewer than
+        two blocks fit. The error is that of :func:`block_average`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    blocks = min(n_blocks, len(x) // 2)
+    if blocks < 2:
+        return float(np.mean(x)), None, None
+    mean, se = block_average(x, blocks)
+    return float(mean), float(se), blocks
+
+
+def block_drift(x: np.ndarray, n_blocks: int, tolerance: float = 0.01) -> tuple[float, float] | None:
+    """Whether a scalar time series still drifts: its block means change monotonically over the run.
+
+    :param x: (n_samples,) series (any unit), cut into ``min(n_blocks, len(x) // 2)`` contiguous blocks
+        (leftover samples dropped from the start, as in :func:`block_average`).
+    :param tolerance: the smallest relative change |last - first| / |mean| that counts as a drift.
+    :return: (first, last) block mean, in the unit of ``x``, when the block means rise or fall at every
+        block and change by more than ``tolerance``; None otherwise or with fewer than 3 blocks. A
+        stationary series has monotonic block means with probability 2 / n_blocks! (2 % for 5 blocks).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = min(n_blocks, len(x) // 2)
+    if n < 3:
+        return None
+    length = len(x) // n
+    means = x[len(x) - n * length:].reshape(n, length).mean(axis=1)
+    steps = np.diff(means)
+    if (np.all(steps > 0) or np.all(steps < 0)) and abs(means[-1] - means[0]) > tolerance * abs(means.mean()):
+        return float(means[0]), float(means[-1])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -850,33 +850,6 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
     return info
 
 
-def _series_mean_se(x: np.ndarray, n_blocks: int) -> tuple[float, float | None, int | None]:
-    from .analysis import block_average
-
-    x = np.asarray(x, dtype=np.float64)
-    blocks = min(n_blocks, len(x) // 2)
-    if blocks < 2:
-        return float(np.mean(x)), None, None
-    mean, se = block_average(x, blocks)
-    return float(mean), float(se), blocks
-
-
-def _drift(x: np.ndarray, n_blocks: int, tolerance: float = 0.01) -> tuple[float, float] | None:
-    """(first, last) block mean when the block means change monotonically by more than ``tolerance``
-    (relative) over the run, else None. A stationary series has monotonic block means with
-    probability 2 / n_blocks! (2 % for 5 blocks)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = min(n_blocks, len(x) // 2)
-    if n < 3:
-        return None
-    length = len(x) // n
-    means = x[len(x) - n * length:].reshape(n, length).mean(axis=1)
-    steps = np.diff(means)
-    if (np.all(steps > 0) or np.all(steps < 0)) and abs(means[-1] - means[0]) > tolerance * abs(means.mean()):
-        return float(means[0]), float(means[-1])
-    return None
-
-
 def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None, res: dict[str, Any],
              curves: dict[str, np.ndarray]) -> list[str]:
     """Fill ``res``'s rdf/adf/density entries and ``curves``; returns notes (e.g. why there is no ADF)."""
@@ -928,13 +901,13 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     dens = res["density"]
     pres = res["pressure"]
     if ds.pressure is not None:
-        m, se, nb = _series_mean_se(ds.pressure, config.density_blocks)
+        m, se, nb = A.series_mean_se(ds.pressure, config.density_blocks)
         pres.update(ref_mean=m, ref_se=se, n_blocks=nb)
         curves["pressure_ref"] = ds.pressure
     if sp.ensemble == "NVT":
         dens.update(ref_mean=float(np.mean(ref_rho)), ref_se=0.0)
     else:
-        m, se, nb = _series_mean_se(ref_rho, config.density_blocks)
+        m, se, nb = A.series_mean_se(ref_rho, config.density_blocks)
         dens.update(ref_mean=m, ref_se=se, n_blocks=nb)
     if cg is None:
         return notes
@@ -945,7 +918,7 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     cg_rho = np.asarray(cg["density"], dtype=np.float64)
     curves.update(g_cg=g_cg, density_cg=cg_rho)
     if "pressure" in cg:
-        m, se, nb = _series_mean_se(cg["pressure"], config.density_blocks)
+        m, se, nb = A.series_mean_se(cg["pressure"], config.density_blocks)
         pres.update(cg_mean=m, cg_se=se)
         curves["pressure_cg"] = np.asarray(cg["pressure"], dtype=np.float64)
         if pres["ref_mean"] is not None:
@@ -963,10 +936,10 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     if sp.ensemble == "NVT":
         dens.update(cg_mean=float(np.mean(cg_rho)), cg_se=0.0)
         return notes
-    m, se, nb = _series_mean_se(cg_rho, config.density_blocks)
+    m, se, nb = A.series_mean_se(cg_rho, config.density_blocks)
     dens.update(cg_mean=m, cg_se=se, n_blocks=min(nb, dens["n_blocks"]) if nb and dens["n_blocks"] else None)
     for side, series in (("all-atom", ref_rho), ("CG", cg_rho)):
-        drift = _drift(series, config.density_blocks)
+        drift = A.block_drift(series, config.density_blocks)
         if drift is not None:
             notes.append(f"{sp.label()}: the {side} density is still drifting (block means {drift[0]:.3f} -> "
                          f"{drift[1]:.3f} g/cm^3, steadily); its mean and error bar are not converged: run longer")
