@@ -118,8 +118,9 @@ from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic
 from ._io import check_writable, make_output_dir
 from . import validation as V
 from .errors import ConfigError, InputFileError, MissingInputError
-from .statepoints import (BAR_PER_ATM, StatePoint, StatePointError, _T_TOL, _num, load_state_points,  # noqa: F401
-                          parse_state_point, parse_state_points)
+from .statepoints import (StatePoint, StatePointError, load_state_points, parse_state_point,  # noqa: F401
+                          parse_state_points)
+from .reporting import harness_markdown, metrics_table_markdown, summary_lines, write_harness_plots  # noqa: F401
 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
@@ -624,7 +625,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     files = _write_curves(out, points, curves)
     trained_temperatures = [s["temperature_K"] for s in model_info["training_state_points"] or []
                             if s.get("temperature_K") is not None]
-    files.update(_write_plots(out, results, curves, trained_temperatures, model_info["label"]))
+    files.update(write_harness_plots(out, results, curves, trained_temperatures, model_info["label"]))
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.to_dict(), "platform": platform, "device": device, "versions": versions(),
@@ -639,7 +640,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     report["files"] = files
     report["timing_s"] = {"total": time.perf_counter() - started}
     report = _clean(report)
-    write_text_atomic(out / "report.md", _markdown(report))
+    write_text_atomic(out / "report.md", harness_markdown(report))
     write_json_atomic(out / "report.json", report)
     _log(progress, f"done in {report['timing_s']['total']:.0f} s: {counts['complete']} complete, "
                    f"{counts['blew_up']} blew up, {counts['failed']} failed; report in {out / 'report.md'}")
@@ -1015,207 +1016,3 @@ def load_report(folder: str | Path) -> dict[str, Any]:
         raise MissingInputError(f"no comparison report in '{folder}' (expected {path.name}); make one with "
                                 "'openmm-cgnn compare'")
     return json.loads(path.read_text())
-
-
-def _panel_title(res: dict[str, Any], extra: str | None = None) -> str:
-    title = res["title"]
-    if res.get("in_training"):
-        title += " [training]"
-    if extra:
-        title += "\n" + extra
-    if res["status"] == "blew_up":
-        title += "\nCG blew up"
-    elif res["status"] == "failed":
-        title += "\nfailed"
-    return title
-
-
-def _message_png(path: Path, text: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ._io import atomic_write
-
-    fig = Figure(figsize=(5.2, 2.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-
-
-def _write_plots(out: Path, results: list[dict[str, Any]], curves: list[dict[str, np.ndarray]],
-                 trained_temperatures: Sequence[float] = (), cg_label: str = "CG (GNN)") -> dict[str, str]:
-    from . import analysis as A
-
-    files = {"rdf_plot": "rdf.png", "adf_plot": "adf.png", "density_plot": "density.png"}
-    rdfs = {_panel_title(res): (c["r"], c["g_ref"], c.get("g_cg")) for res, c in zip(results, curves) if "r" in c}
-    if rdfs:
-        A.plot_rdfs(rdfs, out / "rdf.png", title="Bead-bead radial distribution function", cg_label=cg_label)
-    else:
-        _message_png(out / "rdf.png", "no RDF: no state point has a reference")
-    adfs = {_panel_title(res, f"shell < {res['adf']['shell_cutoff_nm']:.3f} nm"):
-            (c["theta"], c["p_ref"], c.get("p_cg")) for res, c in zip(results, curves) if "theta" in c}
-    if adfs:
-        A.plot_adfs(adfs, out / "adf.png", title="First-shell angle distribution", cg_label=cg_label)
-    else:
-        _message_png(out / "adf.png", "no ADF: no state point has a reference with a first RDF minimum")
-    groups: dict[float, list[dict[str, Any]]] = {}
-    for res in results:
-        if res["state"]["ensemble"] == "NPT" and res["density"]["ref_mean"] is not None:
-            d = res["density"]
-            groups.setdefault(res["state"]["pressure_bar"], []).append(
-                {"temperature_K": res["state"]["temperature_K"], "ref_mean": d["ref_mean"], "ref_se": d["ref_se"],
-                 "cg_mean": d["cg_mean"], "cg_se": d["cg_se"],
-                 "training": any(abs(res["state"]["temperature_K"] - t) <= _T_TOL for t in trained_temperatures)})
-    if not groups:
-        _message_png(out / "density.png", "No NPT state point: every density was imposed (NVT).\n"
-                                          "Add e.g. 300K:1bar to compare densities.")
-    for k, (pressure, rows) in enumerate(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
-        name = "density.png" if k == 0 else f"density-{_num(pressure)}bar.png"
-        A.plot_density_vs_temperature(rows, out / name, title=f"Density at {_num(pressure)} bar (NPT)",
-                                      ref_label="all-atom (mapped)", cg_label=cg_label)
-        if k:
-            files[f"density_plot_{_num(pressure)}bar"] = name
-    return files
-
-
-# ---------------------------------------------------------------------------------------------
-# summaries
-# ---------------------------------------------------------------------------------------------
-def _fmt(v: Any, spec: str, missing: str = "\u2014") -> str:
-    return missing if v is None else format(v, spec)
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Three lines with the key errors: RDF, ADF, density (used by the demo and report.md)."""
-    sps = report["state_points"]
-    done = [s for s in sps if s["status"] == "complete" and s["rdf"]["mad"] is not None]
-    bad = [s for s in sps if s["status"] != "complete"]
-    head = ""
-    if bad:
-        head = (f"{len(sps) - len(bad)}/{len(sps)} state points complete ("
-                + ", ".join(f"{s['label']} {s['status'].replace('_', ' ')}" for s in bad) + "). ")
-    if done:
-        worst = max(done, key=lambda s: s["rdf"]["mad"])
-        mean_mad = float(np.mean([s["rdf"]["mad"] for s in done]))
-        dr = max(abs(s["rdf"]["peak_position_error"]) for s in done)
-        dg = max(abs(s["rdf"]["peak_height_error"]) for s in done)
-        line1 = (f"{head}RDF: mean |g_CG - g_AA| {mean_mad:.3f} (worst {worst['rdf']['mad']:.3f} at "
-                 f"{worst['label']}); first peak off by up to {dr:.3f} nm and {dg:.2f} in height.")
-    else:
-        line1 = f"{head}RDF: no CG run completed, nothing to compare."
-    with_adf = [s for s in done if s["adf"]["l1"] is not None]
-    if with_adf:
-        worst = max(with_adf, key=lambda s: s["adf"]["l1"])
-        line2 = (f"ADF: L1 distance {np.mean([s['adf']['l1'] for s in with_adf]):.3f} on average (worst "
-                 f"{worst['adf']['l1']:.3f} at {worst['label']}; 0 = identical, 2 = disjoint).")
-    else:
-        line2 = "ADF: no comparison (no completed CG run with a first-shell cutoff)."
-    npt = [s for s in done if s["state"]["ensemble"] == "NPT" and s["density"]["relative_error"] is not None]
-    if npt:
-        parts = [f"{s['label']} {100 * s['density']['relative_error']:+.1f}"
-                 + (f" \u00b1 {100 * s['density']['relative_error_se']:.1f}"
-                    if s["density"]["relative_error_se"] is not None else "") + " %" for s in npt]
-        line3 = "Density (NPT, CG vs all-atom): " + "; ".join(parts) + "."
-    elif any(s["state"]["ensemble"] == "NPT" for s in sps):
-        line3 = "Density: no NPT CG run completed, nothing to compare."
-    else:
-        line3 = "Density: no NPT state point (NVT densities are imposed, not predicted)."
-    nvt_p = [s for s in done if s["state"]["ensemble"] == "NVT" and (s.get("pressure") or {}).get("difference")
-             is not None]
-    if nvt_p:
-        line3 += " Pressure (NVT, CG - all-atom): " + "; ".join(
-            f"{s['label']} {s['pressure']['difference']:+.0f}"
-            + (f" \u00b1 {s['pressure']['difference_se']:.0f}" if s["pressure"]["difference_se"] is not None else "")
-            + " bar" for s in nvt_p) + "."
-    return [line1, line2, line3]
-
-
-def metrics_table_markdown(report: dict[str, Any]) -> str:
-    """The metrics of every state point as a Markdown table."""
-    head = ("| state point | ensemble | trained here | status | RDF MAD | RDF max \\|\u0394g\\| | peak \u0394r (nm) "
-            "| peak \u0394g | ADF L1 | \u03c1 AA (g/cm\u00b3) | \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) "
-            "| P AA (bar) | P CG (bar) |")
-    rows = [head, "|" + "---|" * 14]
-    for s in report["state_points"]:
-        r, a, d = s["rdf"], s["adf"], s["density"]
-        if d["fixed"]:
-            rho_aa = f"{_fmt(d['ref_mean'], '.3f')} (fixed)"
-            rho_cg = "(fixed)"
-            err = "\u2014"
-        else:
-            rho_aa = _fmt(d["ref_mean"], ".3f") + (f" \u00b1 {d['ref_se']:.3f}" if d["ref_se"] is not None else "")
-            rho_cg = _fmt(d["cg_mean"], ".3f") + (f" \u00b1 {d['cg_se']:.3f}" if d["cg_se"] is not None else "")
-            err = _fmt(None if d["relative_error"] is None else 100 * d["relative_error"], "+.2f")
-            if d["relative_error_se"] is not None:
-                err += f" \u00b1 {100 * d['relative_error_se']:.2f}"
-        rows.append("| " + " | ".join([
-            s["label"], s["state"]["ensemble"], "yes" if s["in_training"] else "no", s["status"].replace("_", " "),
-            _fmt(r["mad"], ".4f"), _fmt(r["max_abs_dev"], ".3f"), _fmt(r["peak_position_error"], "+.4f"),
-            _fmt(r["peak_height_error"], "+.3f"), _fmt(a["l1"], ".3f"), rho_aa, rho_cg, err,
-            _pressure_cell(s, "ref"), _pressure_cell(s, "cg")]) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def _by_type_markdown(report: dict[str, Any]) -> list[str]:
-    """Composition, partial RDFs and per-centre ADFs, for models with several bead types."""
-    rows = []
-    for sp in report["state_points"]:
-        bt = sp.get("by_type") or {}
-        if not bt.get("rdf") and not bt.get("adf"):
-            continue
-        comp = ", ".join(f"{k} {v}" for k, v in (bt.get("composition") or {}).items())
-        rdfs = ", ".join(f"{k} {_fmt(v.get('mad'), '.3f')}" for k, v in bt["rdf"].items())
-        adfs = ", ".join(f"{k} {_fmt(v.get('l1'), '.3f')}" for k, v in bt.get("adf", {}).items())
-        rows.append(f"| {sp['label']} | {comp} | {rdfs} | {adfs or _fmt(None, '')} |")
-    if not rows:
-        return []
-    return ["## By bead type", "", "| state point | composition (beads) | partial RDF MAD | ADF L1 by centre type |",
-            "| --- | --- | --- | --- |", *rows, ""]
-
-
-def _pressure_cell(s: dict[str, Any], side: str) -> str:
-    p = s.get("pressure") or {}
-    mean, se = p.get(f"{side}_mean"), p.get(f"{side}_se")
-    return _fmt(mean, ".0f") + (f" \u00b1 {se:.0f}" if se is not None and mean is not None else "")
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    m = report["model"]
-    trained = ", ".join(StatePoint(s["temperature_K"], s.get("density_g_cm3") if s.get("pressure_bar") is None
-                                   else None, s.get("pressure_bar")).label()
-                        for s in m.get("training_state_points") or [] if s.get("temperature_K"))
-    cfg = report["config"]
-    kind = (f"{m.get('network_class')}, tensor order {m.get('tensor_order')}" if m.get("kind") != "pair"
-            else "pair force field, MS-CG")
-    lines = [
-        "# CG model vs all-atom reference", "",
-        f"Model `{m['file']}` ({kind}, cutoff {m.get('cutoff_nm')} nm, bead types "
-        f"{', '.join(m.get('type_names') or [])}), trained at "
-        f"{trained or 'unknown state points'}. Platform {report['platform']} ({report['device']}), settings "
-        f"`{cfg['name']}`: all-atom {cfg['aa_production']:g} ps, CG {cfg['cg_production']:g} ps per state point. "
-        f"Created {report['created']}.", "",
-        "## Summary", "", *[f"- {line}" for line in report["summary"]["lines"]], "",
-        "## Metrics", "", metrics_table_markdown(report),
-        "RDF MAD: mean |g_CG(r) - g_AA(r)| over the r grid (0 = identical); max |\u0394g|: the largest deviation; "
-        "peak \u0394r / \u0394g: CG minus all-atom position (nm) and height of the first RDF peak. ADF L1: "
-        "distance between the first-shell angle distributions (0 = identical, 2 = disjoint). Density: "
-        "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed. P: instantaneous "
-        "pressure (OpenMM's finite-difference estimator, molecular for all-atom), block-averaged mean \u00b1 "
-        "standard error.", "",
-    ]
-    lines += _by_type_markdown(report)
-    problems = [s for s in report["state_points"] if s["status"] != "complete"]
-    if problems:
-        lines += ["## Problems", ""] + [f"- **{s['label']}** ({s['status'].replace('_', ' ')}): {s['message']}"
-                                        for s in problems] + [""]
-    if report.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    lines += ["## Radial distribution functions", "", "![RDF](rdf.png)", "",
-              "## Angular distribution functions", "", "![ADF](adf.png)", "",
-              "## Density", "", "![density](density.png)", ""]
-    for k, v in report["files"].items():
-        if k.startswith("density_plot_"):
-            lines += [f"![density]({v})", ""]
-    return "\n".join(lines)
