@@ -1,20 +1,13 @@
 """Comparison harness: a CG model against all-atom references at several state points.
 
-For every state point the harness
-
-1. gets the all-atom reference: it runs ``reference.run_reference`` and ``mapping.map_reference``
-   (or reuses a CG data set given by the user whose ``metadata.state`` matches, or one that an
-   earlier harness run with the same settings left in the output folder);
-2. runs the CG model there with ``simulate.run_cg_simulation``, on the same OpenMM platform,
-   starting from the last mapped reference frame;
-3. compares the two with ``analysis``: the bead-bead RDF on one r grid up to the minimum-image
-   radius (half the box edge), the first-shell ADF with the shell cutoff at the first minimum of
-   the *reference* RDF (or at ``HarnessConfig.adf_shell_cutoff``), and (NPT) the block-averaged
-   density on both sides.
-
-A CG run that blows up (or stops with an OpenMM error) is recorded with ``status = "blew_up"``
-and its message; a state point the harness could not run at all (e.g. the all-atom run failed) is
-recorded as ``"failed"``. Neither stops the other state points.
+For every state point the harness gets the all-atom reference (runs it and maps it onto beads, or
+reuses a given or earlier one), runs the CG model there from the last mapped frame, and compares the
+two (RDF, first-shell ADF, density, pressure). A CG run that blows up is recorded as ``"blew_up"``, a
+state point that could not be run as ``"failed"``; neither stops the others. This module only
+orchestrates: state points are in :mod:`~openmm_cgnn.statepoints`, statistics in
+:mod:`~openmm_cgnn.analysis`, plots and Markdown in :mod:`~openmm_cgnn.reporting`. Each piece of a
+state point (:func:`reference_piece`, :func:`cg_piece`, :func:`analysis_piece`) is a module-level
+function of paths and plain settings, and :class:`RunCache` decides which finished pieces are reused.
 
 Use::
 
@@ -24,79 +17,14 @@ Use::
     print("\n".join(summary_lines(report)))
 
 or ``openmm-cgnn compare --model model.pt --state-points ... --out report/``. The model may also be
-a pair force field (``.json`` from ``openmm_cgnn.baselines``). ``notebooks/analysis.ipynb`` reads
-a report folder back (``load_report``, ``load_curves``).
+a pair force field (``.json`` from ``openmm_cgnn.baselines``).
 
-State points
-------------
-``"300K:0.787g/cm3"`` is NVT at 300 K and 0.787 g/cm^3 (``g/cm^3`` and ``g/cc`` are accepted
-too); ``"300K:1bar"`` is NPT at 300 K and 1 bar (``atm`` is accepted and converted to bar). A list
-is comma-separated: ``"300K:0.787g/cm3,400K:0.787g/cm3,300K:1bar"``. A TOML file holds either or
-both of::
-
-    state_points = ["300K:0.787g/cm3", "300K:1bar"]
-
-    [[state_point]]
-    temperature = 350.0   # K
-    density = 0.76        # g/cm^3 -> NVT
-
-    [[state_point]]
-    temperature = 350.0
-    pressure = 1.0        # bar -> NPT
-
-Outputs (in ``out_dir``; every file is written atomically)
-----------------------------------------------------------
-================  ============================================================================
-file              content
-================  ============================================================================
-config.json       the :class:`HarnessConfig` used (load it with ``HarnessConfig.from_json``)
-report.json       every metric, state point, provenance (keys below)
-report.md         the summary, a Markdown table of the metrics, and the three plots
-rdf.png           g(r) of reference and CG, one panel per state point
-adf.png           first-shell angle distribution P(theta), one panel per state point
-density.png       density against temperature, all-atom and CG, for the NPT state points
-                  (one more ``density-<P>bar.png`` per further pressure; a note if none is NPT)
-curves.npz        the curves, for replotting (keys below)
-state_points/     one folder per state point (``StatePoint.slug()``): reference-aa.npz (all-atom
-                  reference), reference-cg.npz (mapped), cg/ (the CG simulation folder, see
-                  ``simulate``; trajectory.dcd + topology.pdb for mdtraj; harness-run.json, the
-                  model and start-frame hashes that let a resumed comparison reuse it), error.txt
-                  (the traceback) when the state point failed
-================  ============================================================================
-
-``report.json`` keys (``REPORT_KEYS``): ``format``, ``version``, ``created``, ``config`` (the
-HarnessConfig), ``platform`` (OpenMM platform name of every run), ``device`` (CUDA device name
-or CPU model), ``versions``, ``model`` (provenance from the exported metadata: ``MODEL_KEYS``),
-``state_points`` (one entry per state point, below), ``summary`` (``n_state_points``,
-``n_complete``, ``n_blew_up``, ``n_failed``, ``lines``: the three lines of :func:`summary_lines`),
-``files`` (output file names), ``notes`` (warnings: an unused reference data set, a density
-still drifting, no ADF shell found),
-``units``, ``timing_s`` (``total``).
-
-Each ``state_points`` entry (``STATE_POINT_KEYS``): ``label`` (e.g. "300K:1bar"), ``slug``,
-``title``, ``state`` (``temperature_K``, ``density_g_cm3``, ``pressure_bar``, ``ensemble``),
-``status`` ("complete", "blew_up" or "failed"), ``message`` (None when complete),
-``in_training`` (the model was trained at this state point), ``reference`` (data provenance:
-``REFERENCE_KEYS``), ``cg`` (``CG_KEYS``), ``rdf`` (``RDF_KEYS``: the keys of
-``analysis.rdf_metrics`` plus ``r_max_nm`` and ``bin_width_nm``), ``adf`` (``ADF_KEYS``:
-``shell_cutoff_nm``, ``n_bins``, ``l1``), ``density`` (``DENSITY_KEYS``: ``ensemble``, ``fixed``
-(True for NVT: the density is imposed), ``ref_mean``, ``ref_se``, ``cg_mean``, ``cg_se`` in
-g/cm^3 (block averages for NPT), ``n_blocks`` and the keys of ``analysis.density_error``:
-``abs_error``, ``abs_error_se``, ``relative_error``, ``relative_error_se``, ``z``; None for NVT),
-``by_type`` (``composition``: bead type -> number of beads of the reference; with several bead
-types also ``rdf``: "A-B" -> the ``analysis.rdf_metrics`` of the partial RDF of that type pair, and
-``adf``: "A" -> ``l1`` of the ADF of angles centred on a bead of type A, in the same shell),
-``pressure`` (``PRESSURE_KEYS``: block-averaged mean and standard error, in bar, of the instantaneous
-pressure recorded with the all-atom frames (``ref_*``) and the CG frames (``cg_*``), both from
-OpenMM's finite-difference estimator, and ``difference`` = CG - all-atom with its error; None where a
-run recorded none), ``timing_s`` (``reference``, ``cg``, ``analysis``). A metric that could not be computed (the CG run
-blew up, ...) is None; every key is always present.
-
-``curves.npz``: ``labels`` (S,) str (the state-point labels, in order), ``slugs`` (S,) str and,
-for state point i, ``sp{i}_r`` (nm), ``sp{i}_g_ref``, ``sp{i}_g_cg``, ``sp{i}_theta`` (degrees),
-``sp{i}_p_ref``, ``sp{i}_p_cg`` (1/degree), ``sp{i}_density_ref``, ``sp{i}_density_cg``
-(per-frame densities, g/cm^3), ``sp{i}_pressure_ref``, ``sp{i}_pressure_cg`` (per-frame pressures, bar). Curves that do not exist (no reference, CG blew up) are absent;
-:func:`load_curves` returns them by label with None for the missing ones.
+The output folder holds ``config.json``, ``report.json``, ``report.md``, ``rdf.png``, ``adf.png``,
+``density.png``, ``curves.npz`` and ``state_points/``; ``report.json`` has the keys ``format``,
+``version``, ``created``, ``config``, ``platform``, ``device``, ``versions``, ``model``,
+``state_points``, ``summary``, ``files``, ``notes``, ``units``, ``timing_s``. Every file, key and
+unit is described in ``docs/formats.md``; :func:`load_report` and :func:`load_curves` read a report
+folder back.
 """
 
 from __future__ import annotations
@@ -571,7 +499,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
 
     :param model: exported model (``.pt`` from ``openmm-cgnn export``).
     :param state_points: StatePoints, strings ("300K:0.787g/cm3"), a comma-separated string or a TOML path.
-    :param out_dir: output folder (files in the module docstring).
+    :param out_dir: output folder (its files are described in ``docs/formats.md``).
     :param config: the settings (default ``HarnessConfig.preset("default")``).
     :param reference_datasets: CG data sets (from ``openmm-cgnn map``) to use as the reference where
         their ``metadata.state`` matches a state point, instead of running the all-atom simulation.

@@ -1,27 +1,9 @@
 """Transferability study: HIP-NN(-TS) variants against a pairwise force-matched CG force field.
 
 Every model is trained at the same state point(s) and evaluated with the comparison harness at
-other temperatures and pressures. The study writes, in its output folder:
-
-==================  ==========================================================================
-file                content
-==================  ==========================================================================
-study_config.json   the :class:`StudyConfig`
-data/               the all-atom training references and their CG data sets
-models/<name>/      one model per variant (model directory, exported ``model.pt`` or
-                    ``pair.json``) and its harness report in ``report/``
-study.json          one row per (model, state point): RDF MAD, first-peak height error, ADF L1,
-                    density relative error, the same relative to the model's own error at its
-                    training state point, status; plus the conclusion numbers
-study.md            the table, the plots and a short written conclusion
-rdf_mad_vs_T.png    RDF mean absolute deviation against temperature, one line per model (NVT)
-adf_l1_vs_T.png     ADF L1 distance against temperature (NVT)
-relative_error.png  RDF MAD divided by the model's own MAD at its training state point
-==================  ==========================================================================
-
-"How to read it": a model transfers well when its error away from the training state point grows
-little beyond its error at the training point (relative error near 1), and it is accurate when the
-absolute error is small. The paper's claim is that HIP-NN-TS does both better than a pair potential.
+other temperatures and pressures. The output folder (``study_config.json``, ``data/``,
+``models/<name>/``, ``study.json``, ``study.md`` and three plots) and how to read it are described
+in ``docs/formats.md``; the plots and ``study.md`` are written by :mod:`~openmm_cgnn.reporting`.
 """
 
 from __future__ import annotations
