@@ -53,7 +53,8 @@ from .reporting import harness_markdown, metrics_table_markdown, summary_lines, 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
     "HarnessConfig", "compare", "summary_lines", "metrics_table_markdown", "load_report", "load_curves",
-    "device_name", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
+    "device_name", "RunCache", "reference_piece", "cg_piece", "analysis_piece",
+    "state_point_dir", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
     "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT",
 ]
 
@@ -609,7 +610,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     in_training = any(sp.matches(s) for s in model_info.get("training_state_points") or [])
     res = _empty_result(sp, in_training)
     curves: dict[str, np.ndarray] = {}
-    sp_dir = out / "state_points" / sp.slug()
+    sp_dir = state_point_dir(out, sp)
     sp_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{i + 1}/{n} {sp.label()}"
 
@@ -622,7 +623,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     # 1. all-atom reference
     t0 = time.perf_counter()
     try:
-        ds_path, res["reference"] = _reference(sp, config, platform, out, sp_dir, given, tag, progress)
+        ds_path, res["reference"] = reference_piece(sp, config, platform, out, given, progress, tag)
     except Exception as exc:          # recorded, so that the other state points still run
         fail("the all-atom reference", exc)
         return res, curves
@@ -636,7 +637,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     try:
         # a freshly computed reference invalidates any interrupted CG run that started from the old one
         fresh = overwrite or res["reference"]["source"] == "computed"
-        res["cg"] = _cg_run(sp, model, model_info, config, platform, ds_path, sim_dir, out, fresh, tag, progress)
+        res["cg"] = cg_piece(sp, model, model_info["sha256"], config, platform, ds_path, out, fresh, progress, tag)
         if res["cg"]["status"] != "complete":
             res["status"] = "blew_up"
             res["message"] = res["cg"]["error"]
@@ -650,7 +651,9 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     t0 = time.perf_counter()
     _log(progress, f"{tag}: analysis (RDF, ADF, density)")
     try:
-        for note in _analyse(sp, config, ds_path, sim_dir if res["status"] == "complete" else None, res, curves):
+        _, _, found = analysis_piece(sp, config, ds_path, sim_dir if res["status"] == "complete" else None, res,
+                                     curves)
+        for note in found:
             notes.append(note)
             _log(progress, "note: " + note)
     except Exception as exc:
@@ -668,13 +671,22 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     return res, curves
 
 
-def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, sp_dir: Path, given: Path | None,
-               tag: str, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """The mapped reference data set of a state point and its provenance."""
+def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, given: Path | None = None,
+                    progress: bool = False, tag: str = "") -> tuple[Path, dict[str, Any]]:
+    """The all-atom reference of one state point, mapped onto beads: run it (or reuse it) and map it.
+
+    :param sp: the state point.
+    :param config: the harness settings (already resolved against the model: :func:`resolve_system`).
+    :param platform: the OpenMM platform name of the all-atom run.
+    :param out: the report folder; the files go to ``state_points/<slug>/``: ``reference-aa.npz``
+        (all-atom) and ``reference-cg.npz`` (mapped). A finished run with the same settings is reused
+        (:class:`RunCache`).
+    :param given: a CG data set to use instead (its state must match ``sp``); nothing is run then.
+    :return: (path of the mapped CG data set, its provenance: the ``REFERENCE_KEYS`` entry of the report).
+    """
     from .dataset import CGDataset
     from .mapping import map_reference
-    from .reference import ReferenceConfig, load_reference, run_reference
-    from .species import get_species
+    from .reference import run_reference
 
     if given is not None:
         source, ds_path = "given", given
@@ -688,20 +700,16 @@ def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, 
                                   equilibration=config.aa_equilibration, production=config.aa_production,
                                   frame_interval=config.aa_frame_interval, seed=config.seed, platform=platform)
         want = asdict(ref_cfg)
+        sp_dir = state_point_dir(out, sp)
+        sp_dir.mkdir(parents=True, exist_ok=True)
         aa_path, ds_path = sp_dir / "reference-aa.npz", sp_dir / "reference-cg.npz"
         source = "computed"
-        if config.reuse_references and ds_path.exists() and \
-                _same_json((_dataset_metadata(ds_path).get("source") or {}).get("config"), want):
+        cache = RunCache(config.reuse_references)
+        if cache.mapped_reference_done(ds_path, want):
             source = "reused"
             _log(progress, f"{tag}: all-atom reference: reusing {_rel(ds_path, out)} (same settings)")
         else:
-            aa_ok = False
-            if config.reuse_references and aa_path.exists():
-                try:
-                    aa_ok = _same_json(load_reference(aa_path).metadata.get("config"), want)
-                except Exception:
-                    aa_ok = False
-            if aa_ok:
+            if cache.reference_run_done(aa_path, want):
                 source = "reused"
                 _log(progress, f"{tag}: all-atom reference: reusing {_rel(aa_path, out)} (same settings)")
             else:
@@ -721,9 +729,17 @@ def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, 
     return ds_path, info
 
 
-def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig, platform: str, ds_path: Path,
-            sim_dir: Path, out: Path, overwrite: bool, tag: str, progress: bool) -> dict[str, Any]:
-    """Run (or reuse) the CG simulation of a state point; its status, never raising on a blow-up."""
+def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConfig, platform: str, ds_path: Path,
+             out: Path, overwrite: bool = False, progress: bool = False, tag: str = "") -> dict[str, Any]:
+    """Run (or reuse) the CG simulation of one state point; its status, never raising on a blow-up.
+
+    :param model: the exported model (``.pt``) or pair force field (``.json``); ``model_sha256`` its hash.
+    :param ds_path: the mapped reference (from :func:`reference_piece`); the run starts from its last frame.
+    :param out: the report folder; the run goes to ``state_points/<slug>/cg/`` (see ``simulate``), with
+        ``harness-run.json``, the stamp by which :class:`RunCache` reuses a finished run.
+    :param overwrite: never reuse or resume an earlier run (e.g. because the reference was just recomputed).
+    :return: the ``CG_KEYS`` entry of the report (``status`` "complete" or "blew_up", ``error``, frames, speed).
+    """
     import openmm
 
     from .simulate import CGSimulationBlowUp, CGSimulationConfig, load_cg_frames, run_cg_simulation
@@ -734,19 +750,20 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
                              frame_interval=config.cg_frame_interval, seed=config.seed, platform=platform,
                              start_dataset=str(ds_path), start_frame=-1, use_cuda_graphs=config.cg_cuda_graphs,
                              mts=config.cg_mts, mts_fast=config.cg_mts_fast)
-    marker = sim_dir / "harness-run.json"
+    model = Path(model)
+    sim_dir = state_point_dir(out, sp) / "cg"
+    cache = RunCache()
     # the run's settings, with the paths of this machine made relative (model: its file name), so that a
     # moved report folder is still recognised; the files themselves are identified by their hashes
     portable = {**asdict(cfg), "model": model.name, "start_dataset": _rel(ds_path, out)}
-    stamp = {"model_sha256": model_info["sha256"], "start_sha256": _sha256(ds_path), "config": portable}
+    stamp = cache.cg_stamp(model_sha256, ds_path, portable)
     info_path = sim_dir / "simulation.json"
-    reuse = (not overwrite and info_path.exists() and marker.exists()
-             and _same_json(json.loads(marker.read_text()), stamp))
+    reuse = not overwrite and cache.cg_run_done(sim_dir, stamp)
     status, error = "complete", None
     if reuse:
         _log(progress, f"{tag}: CG simulation: reusing {_rel(sim_dir, out)} (same model and settings)")
     else:
-        marker.unlink(missing_ok=True)
+        cache.forget_cg_run(sim_dir)
         finished_before = info_path.exists()
         info_path.unlink(missing_ok=True)          # so that a run that stops with an error leaves none
         _log(progress, f"{tag}: CG simulation: {cfg.ensemble}, {config.cg_equilibration:g} + "
@@ -759,7 +776,7 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
         except openmm.OpenMMException as exc:
             # e.g. the model refusing a box that collapsed below twice its cutoff under the barostat
             status, error = "blew_up", f"the CG simulation stopped with an OpenMM error: {str(exc).strip()}"
-        write_json_atomic(marker, stamp)
+        cache.record_cg_run(sim_dir, stamp)
     info = {k: None for k in CG_KEYS}
     info.update({"folder": _rel(sim_dir, out), "config": portable})
     if info_path.exists():
@@ -777,6 +794,83 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
         error = error.replace(str(sim_dir), _rel(sim_dir, out))
     info.update({"status": status, "error": error})
     return info
+
+
+def analysis_piece(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None = None,
+                   res: dict[str, Any] | None = None, curves: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str]]:
+    """Compare the CG run of one state point with its reference: RDF, ADF, density, pressure.
+
+    :param ds_path: the mapped reference (from :func:`reference_piece`).
+    :param sim_dir: the CG simulation folder (``state_points/<slug>/cg``) of a completed run, or None to
+        analyse the reference side only (the CG run blew up or failed).
+    :param res: the state point's report entry to fill (default: a fresh one); it is filled as the
+        analysis goes, so that what was computed before an error stays in it.
+    :param curves: the dictionary to fill with the curves (default: a fresh one).
+    :return: (the state point's entry, whose ``rdf``, ``adf``, ``density``, ``by_type`` and ``pressure``
+        are filled; the curves: ``r`` nm, ``g_ref``, ``g_cg``, ``theta`` degrees, ``p_ref``, ``p_cg``
+        1/degree, each (n_bins,), and ``density_*`` g/cm^3, ``pressure_*`` bar, each (n_frames,); notes).
+    """
+    res = res if res is not None else _empty_result(sp, False)
+    curves = curves if curves is not None else {}
+    notes = _analyse(sp, config, ds_path, sim_dir, res, curves)
+    return res, curves, notes
+
+
+def state_point_dir(out: str | Path, sp: StatePoint) -> Path:
+    """The folder of one state point's runs in a report folder: ``out/state_points/<slug>``."""
+    return Path(out) / "state_points" / sp.slug()
+
+
+class RunCache:
+    """Which finished pieces of a comparison may be reused on a rerun (resume).
+
+    A piece is reused only when it finished and was made with the same settings: the all-atom run and
+    its mapped data set record their ``ReferenceConfig`` (compared as JSON); a CG run folder holds a
+    stamp (``harness-run.json``: the sha256 of the model and of the start data set, and the run's
+    portable settings) written after the run ended. With ``reuse_references`` False no reference is
+    reused. The only state is that flag, so a piece run in another process builds its own.
+    """
+
+    MARKER = "harness-run.json"
+
+    def __init__(self, reuse_references: bool = True):
+        self.reuse_references = reuse_references
+
+    def mapped_reference_done(self, ds_path: Path, settings: dict[str, Any]) -> bool:
+        """Whether the mapped data set ``ds_path`` exists and came from an all-atom run with ``settings``."""
+        return bool(self.reuse_references and ds_path.exists()
+                    and _same_json((_dataset_metadata(ds_path).get("source") or {}).get("config"), settings))
+
+    def reference_run_done(self, aa_path: Path, settings: dict[str, Any]) -> bool:
+        """Whether the all-atom reference ``aa_path`` exists, loads, and was run with ``settings``."""
+        from .reference import load_reference
+
+        if not (self.reuse_references and aa_path.exists()):
+            return False
+        try:
+            return _same_json(load_reference(aa_path).metadata.get("config"), settings)
+        except Exception:
+            return False
+
+    @staticmethod
+    def cg_stamp(model_sha256: str, start_dataset: Path, settings: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a CG run: the model's and the start data set's sha256 and the run settings."""
+        return {"model_sha256": model_sha256, "start_sha256": _sha256(start_dataset), "config": settings}
+
+    def cg_run_done(self, sim_dir: Path, stamp: dict[str, Any]) -> bool:
+        """Whether ``sim_dir`` holds a finished CG run (``simulation.json``) with this stamp."""
+        marker = sim_dir / self.MARKER
+        return ((sim_dir / "simulation.json").exists() and marker.exists()
+                and _same_json(json.loads(marker.read_text()), stamp))
+
+    def forget_cg_run(self, sim_dir: Path) -> None:
+        """Remove the stamp before a CG run starts (an interrupted run must not look finished)."""
+        (sim_dir / self.MARKER).unlink(missing_ok=True)
+
+    def record_cg_run(self, sim_dir: Path, stamp: dict[str, Any]) -> None:
+        """Write the stamp after a CG run ended (completed or blew up)."""
+        write_json_atomic(sim_dir / self.MARKER, stamp)
 
 
 def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None, res: dict[str, Any],

@@ -255,6 +255,38 @@ def test_markdown_report_and_curves(tiny_report):
         assert np.sum(c["p_ref"]) * (c["theta"][1] - c["theta"][0]) == pytest.approx(1.0)
 
 
+def test_state_point_pieces_run_alone_and_reuse_finished_runs(tiny_report, tiny_model):
+    """The pieces of a state point are module-level functions of paths and settings (picklable, for a task
+    scheduler); run alone on a finished report folder they reuse its runs and reproduce its numbers."""
+    import pickle
+
+    out, report = tiny_report
+    for piece in (H.reference_piece, H.cg_piece, H.analysis_piece, H.RunCache):
+        assert pickle.loads(pickle.dumps(piece)) is piece
+    config = pickle.loads(pickle.dumps(H.HarnessConfig.from_json(out / "config.json")))
+    sp = H.parse_state_point("300K:1bar")
+    entry = next(s for s in report["state_points"] if s["label"] == sp.label())
+    ds_path, ref = H.reference_piece(sp, config, report["platform"], out)
+    assert ref["source"] == "reused" and ref["sha256"] == entry["reference"]["sha256"]
+    sim_dir = H.state_point_dir(out, sp) / "cg"
+    stamp = json.loads((sim_dir / H.RunCache.MARKER).read_text())
+    cache = H.RunCache()
+    assert cache.cg_run_done(sim_dir, stamp)
+    assert not cache.cg_run_done(sim_dir, {**stamp, "model_sha256": "0" * 64})          # another model
+    assert not H.RunCache(reuse_references=False).mapped_reference_done(ds_path, ref["config"])
+    assert cache.mapped_reference_done(ds_path, ref["config"])
+    assert not cache.mapped_reference_done(ds_path, {**ref["config"], "seed": 1})         # other settings
+    before = (sim_dir / "frames.npz").stat().st_mtime_ns
+    cg = H.cg_piece(sp, tiny_model, report["model"]["sha256"], config, report["platform"], ds_path, out)
+    assert (sim_dir / "frames.npz").stat().st_mtime_ns == before                             # reused, not rerun
+    for key in ("folder", "status", "n_frames", "ns_per_day"):
+        assert cg[key] == entry["cg"][key], key
+    res, curves, notes = H.analysis_piece(sp, config, ds_path, sim_dir)
+    assert res["rdf"]["mad"] == pytest.approx(entry["rdf"]["mad"], rel=1e-12)
+    assert res["density"]["cg_mean"] == pytest.approx(entry["density"]["cg_mean"], rel=1e-12)
+    np.testing.assert_array_equal(curves["g_cg"], H.load_curves(out)[sp.label()]["g_cg"])
+
+
 def test_existing_report_is_refused_and_references_are_reused(tiny_report, tiny_model, tmp_path, capsys):
     src, _ = tiny_report
     out = tmp_path / "again"
