@@ -30,14 +30,15 @@ folder back.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -48,6 +49,9 @@ from . import validation as V
 from .errors import ConfigError, InputFileError, MissingInputError
 from .statepoints import (StatePoint, StatePointError, load_state_points, parse_state_point,  # noqa: F401
                           parse_state_points)
+if TYPE_CHECKING:
+    from .reference import ReferenceConfig
+    from .simulate import CGSimulationConfig
 from .reporting import harness_markdown, metrics_table_markdown, summary_lines, write_harness_plots  # noqa: F401
 
 __all__ = [
@@ -82,11 +86,55 @@ UNITS = {"temperature": "K", "density": "g/cm^3", "pressure": "bar", "distance":
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
+# The fields of the run templates that the harness sets itself for every state point; every other field
+# of ``HarnessConfig.reference`` (a ReferenceConfig) and ``HarnessConfig.cg`` (a CGSimulationConfig) is
+# used as it is.
+REFERENCE_PER_STATE_POINT = ("species", "n_molecules", "temperature", "density", "pressure", "cutoff", "seed",
+                             "platform", "components", "box", "system_xml", "forcefield_files")
+CG_PER_STATE_POINT = ("model", "temperature", "pressure", "seed", "platform", "start_dataset", "start_frame",
+                      "n_beads", "density")
+_SET_PER_STATE_POINT = "(set per state point)"
+# the flat keys of configurations written before the harness composed the run configurations
+_FLAT_KEYS = {"aa_cutoff": (None, "reference_cutoff"), "aa_forcefield": ("reference", "forcefield"),
+              "aa_timestep": ("reference", "timestep"), "aa_equilibration": ("reference", "equilibration"),
+              "aa_production": ("reference", "production"), "aa_frame_interval": ("reference", "frame_interval"),
+              "cg_timestep": ("cg", "timestep"), "cg_friction": ("cg", "friction"),
+              "cg_equilibration": ("cg", "equilibration"), "cg_production": ("cg", "production"),
+              "cg_frame_interval": ("cg", "frame_interval"), "cg_cuda_graphs": ("cg", "use_cuda_graphs"),
+              "cg_mts": ("cg", "mts"), "cg_mts_fast": ("cg", "mts_fast")}
+
+
+def default_reference_settings():
+    """The run settings of the all-atom references of the "default" preset (a ReferenceConfig whose
+    state and system fields are placeholders: the harness sets them per state point)."""
+    from .reference import ReferenceConfig
+
+    return ReferenceConfig(equilibration=10.0, production=50.0, frame_interval=0.5)
+
+
+def default_cg_settings():
+    """The run settings of the CG runs of the "default" preset (a CGSimulationConfig whose model, state and
+    start fields are placeholders: the harness sets them per state point)."""
+    from .simulate import CGSimulationConfig
+
+    return CGSimulationConfig(model=_SET_PER_STATE_POINT, start_dataset=_SET_PER_STATE_POINT, equilibration=5.0,
+                              production=30.0, frame_interval=0.25)
+
+
 @dataclass
 class HarnessConfig:
-    """Every setting of a comparison. Units: ps, nm, K; ``aa_*`` for the all-atom reference runs,
-    ``cg_*`` for the CG runs. See :meth:`preset` for "tiny" (tests), "default" (the CPU demo) and "full"
-    (a GPU study)."""
+    """Every setting of a comparison. Units: ps, nm, K.
+
+    ``reference`` holds the run settings of the all-atom references (a :class:`~openmm_cgnn.reference.
+    ReferenceConfig`: time step, equilibration, production, frame interval, force field, ...) and ``cg``
+    those of the CG runs (a :class:`~openmm_cgnn.simulate.CGSimulationConfig`: time step, friction,
+    equilibration, production, frame interval, CUDA graphs, multiple time stepping, ...); the harness
+    fills in their state, system, seed and platform per state point (``REFERENCE_PER_STATE_POINT``,
+    ``CG_PER_STATE_POINT``). The keywords of the older flat form (``aa_production=...``,
+    ``cg_timestep=...``, listed in ``docs/formats.md``) are accepted by the constructor, :meth:`preset`,
+    ``dataclasses.replace`` and :meth:`from_dict`, and read as attributes. See :meth:`preset` for "tiny"
+    (tests), "default" (the CPU demo) and "full" (a GPU study).
+    """
 
     name: str = "default"                # the preset it started from ("tiny", "default") or your own name
     species: str | None = None           # built-in liquid; None: the liquid the model was trained on
@@ -94,22 +142,9 @@ class HarnessConfig:
     system: dict | None = None           # the all-atom input instead of a species: keys components, box,
     #                                      system_xml, forcefield_files (as ReferenceConfig); None: the model's
     mapping: dict | None = None          # the CG map (residue -> beads); None: the model's training map
-    # all-atom reference
-    aa_cutoff: float | None = None       # nm; None: min(1.0, 0.46 x initial box edge) per state point
-    aa_forcefield: str | None = None     # None: the species' default
-    aa_timestep: float = 0.002
-    aa_equilibration: float = 10.0
-    aa_production: float = 50.0
-    aa_frame_interval: float = 0.5
-    # CG simulation
-    cg_timestep: float = 0.002
-    cg_friction: float = 1.0             # 1/ps
-    cg_equilibration: float = 5.0
-    cg_production: float = 30.0
-    cg_frame_interval: float = 0.25
-    cg_cuda_graphs: bool | None = None   # CUDA graphs for the model: None = on for the CUDA platform, off elsewhere
-    cg_mts: int = 1                      # multiple time stepping: the network every cg_mts steps of cg_timestep
-    cg_mts_fast: str = "prior"           # the fast force of the inner steps: "prior" or a pair force field (.json)
+    reference: ReferenceConfig = field(default_factory=default_reference_settings)  # all-atom run settings
+    reference_cutoff: float | None = None  # nm; None: min(1.0, 0.46 x initial box edge) per state point
+    cg: CGSimulationConfig = field(default_factory=default_cg_settings)             # CG run settings
     # analysis
     rdf_bin_width: float = 0.005         # nm
     adf_bins: int = 60                   # over 0..180 degrees
@@ -123,18 +158,44 @@ class HarnessConfig:
     reuse_references: bool = True        # reuse all-atom runs of an earlier harness run with the same settings
 
     def __post_init__(self) -> None:
-        self.validate()
+        from .reference import ReferenceConfig
+        from .simulate import CGSimulationConfig
+
+        # own copies of the run templates: dataclasses.replace hands the same objects to the new config
+        for name, cls in (("reference", ReferenceConfig), ("cg", CGSimulationConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}, got {value!r}", name)
+            object.__setattr__(self, name, copy.copy(value))
+
+    def __getattr__(self, name: str) -> Any:
+        """The older flat names (``aa_production``, ``cg_timestep``, ...) read the composed settings."""
+        where = _FLAT_KEYS.get(name)
+        if where is None or "reference" not in self.__dict__:
+            raise AttributeError(f"'HarnessConfig' object has no attribute {name!r}")
+        part, key = where
+        return getattr(self.__dict__[part] if part else self, key)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        where = _FLAT_KEYS.get(name)
+        if where is None:
+            object.__setattr__(self, name, value)
+        else:
+            part, key = where
+            setattr(getattr(self, part) if part else self, key, value)
 
     def validate(self) -> None:
         """Check every field (the rules of :mod:`openmm_cgnn.validation`, the same as those of the
-        reference and CG runs); ConfigError names the first bad one."""
-        V.positive(self.aa_equilibration, "aa_equilibration", "ps")
-        V.frame_schedule(self.aa_timestep, self.aa_equilibration, self.aa_production, self.aa_frame_interval, "aa_")
-        V.frame_schedule(self.cg_timestep, self.cg_equilibration, self.cg_production, self.cg_frame_interval, "cg_")
-        V.positive(self.cg_friction, "cg_friction", "1/ps")
+        reference and CG runs); ConfigError names the first bad one (run settings by their flat names,
+        e.g. ``cg_timestep``)."""
+        ref, cg = self.reference, self.cg
+        V.positive(ref.equilibration, "aa_equilibration", "ps")
+        V.frame_schedule(ref.timestep, ref.equilibration, ref.production, ref.frame_interval, "aa_")
+        V.frame_schedule(cg.timestep, cg.equilibration, cg.production, cg.frame_interval, "cg_")
+        V.positive(cg.friction, "cg_friction", "1/ps")
         V.positive(self.rdf_bin_width, "rdf_bin_width", "nm")
-        if self.aa_cutoff is not None:
-            V.cutoff(self.aa_cutoff, "aa_cutoff")
+        if self.reference_cutoff is not None:
+            V.cutoff(self.reference_cutoff, "aa_cutoff")
         V.integer(self.n_molecules, "n_molecules", 2)
         V.integer(self.adf_bins, "adf_bins", 3)
         if self.adf_shell_cutoff is not None:
@@ -150,14 +211,16 @@ class HarnessConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table (dict) or None (the model's), got "
                                   f"{getattr(self, name)!r}", name)
-        V.integer(self.cg_mts, "cg_mts", 1)
-        outer = self.cg_mts * self.cg_timestep
-        if self.cg_mts > 1 and abs(self.cg_frame_interval / outer - round(self.cg_frame_interval / outer)) > 1e-6:
-            raise ConfigError(f"cg_frame_interval ({self.cg_frame_interval:g} ps) must be a whole number of MTS outer "
+        V.integer(cg.mts, "cg_mts", 1)
+        outer = cg.mts * cg.timestep
+        if cg.mts > 1 and abs(cg.frame_interval / outer - round(cg.frame_interval / outer)) > 1e-6:
+            raise ConfigError(f"cg_frame_interval ({cg.frame_interval:g} ps) must be a whole number of MTS outer "
                               f"steps (cg_mts x cg_timestep = {outer:g} ps)", "cg_frame_interval")
-        if self.cg_cuda_graphs is not None and not isinstance(self.cg_cuda_graphs, bool):
-            raise ConfigError(f"cg_cuda_graphs must be true, false or null (automatic), got {self.cg_cuda_graphs!r}",
+        if cg.use_cuda_graphs is not None and not isinstance(cg.use_cuda_graphs, bool):
+            raise ConfigError(f"cg_cuda_graphs must be true, false or null (automatic), got {cg.use_cuda_graphs!r}",
                               "cg_cuda_graphs")
+        ref.validate()
+        cg.validate()
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
@@ -165,7 +228,8 @@ class HarnessConfig:
         runs, 20 frames each; the numbers mean little). ``"default"``: the CPU demo, a few minutes per
         state point on 2 CPU cores for 64 molecules (10 + 50 ps all-atom with 100 frames, 5 + 30 ps
         CG with 120 frames). ``"full"``: a GPU study (512 molecules, 100 + 500 ps all-atom, 20 + 500 ps
-        CG, 500 frames each). Keyword ``overrides`` replace single fields."""
+        CG, 500 frames each). Keyword ``overrides`` replace single fields (flat names such as
+        ``aa_production`` too)."""
         if name == "default":
             cfg = cls(name="default")
         elif name == "full":
@@ -181,22 +245,56 @@ class HarnessConfig:
         return replace(cfg, **overrides) if overrides else cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON-ready data (``config.json``): the run templates without the fields set
+        per state point."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("reference", "cg")}
+        out["reference"] = {k: v for k, v in asdict(self.reference).items() if k not in REFERENCE_PER_STATE_POINT}
+        out["cg"] = {k: v for k, v in asdict(self.cg).items() if k not in CG_PER_STATE_POINT}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HarnessConfig":
+        """Settings from :meth:`to_dict`'s form, or from the older flat form (``aa_*``/``cg_*`` keys)."""
         if not isinstance(data, dict):
             raise InputFileError("a harness configuration must be a JSON object of settings")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | set(_FLAT_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown harness configuration keys: {unknown}")
+        data = dict(data)
+        for part, template, fixed in (("reference", default_reference_settings, REFERENCE_PER_STATE_POINT),
+                                      ("cg", default_cg_settings, CG_PER_STATE_POINT)):
+            given = data.pop(part, None)
+            if given is None:
+                continue
+            if not isinstance(given, dict):
+                raise ConfigError(f"'{part}' of a harness configuration must be a table of run settings", part)
+            base = template()
+            bad = sorted(set(given) - (set(asdict(base)) - set(fixed)))
+            if bad:
+                raise ConfigError(f"unknown keys {bad} in the harness configuration's '{part}'", part)
+            data[part] = replace(base, **given)
         return cls(**data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HarnessConfig":
-        """Read a ``config.json`` written by :func:`compare` (or written by hand)."""
+        """Read a ``config.json`` written by :func:`compare` (or written by hand; the older flat form too)."""
         return cls.from_dict(read_config_file(path, "harness configuration", InputFileError, MissingInputError))
+
+
+_dataclass_init = HarnessConfig.__init__
+
+
+def _harness_config_init(self, *args: Any, **kwargs: Any) -> None:
+    """The dataclass constructor, also taking the flat keywords (``aa_production=...``)."""
+    flat = {k: kwargs.pop(k) for k in list(kwargs) if k in _FLAT_KEYS}
+    _dataclass_init(self, *args, **kwargs)
+    for key, value in flat.items():
+        setattr(self, key, value)        # into the config's own copies of the templates
+    self.validate()
+
+
+HarnessConfig.__init__ = _harness_config_init
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,8 +422,8 @@ def resolve_system(config: HarnessConfig, meta: dict[str, Any], notes: list[str]
             if notes is not None:
                 notes.append("the model records no all-atom system it was trained on; using the built-in "
                              "methanol (set species or system in the harness configuration to choose)")
-        if config.aa_forcefield is None and ref_cfg.get("forcefield"):
-            changes["aa_forcefield"] = ref_cfg["forcefield"]
+        if config.reference.forcefield is None and ref_cfg.get("forcefield"):
+            changes["reference"] = replace(config.reference, forcefield=ref_cfg["forcefield"])
     if config.mapping is None and spec:
         changes["mapping"] = spec
     if config.system is not None:
@@ -335,12 +433,12 @@ def resolve_system(config: HarnessConfig, meta: dict[str, Any], notes: list[str]
     return replace(config, **changes) if changes else config
 
 
-def reference_input(config: HarnessConfig, **state: Any):
-    """A ReferenceConfig for the all-atom input of ``config`` (state and run settings from ``state``)."""
-    from .reference import ReferenceConfig
-
-    return ReferenceConfig(species=config.species or "methanol", n_molecules=config.n_molecules,
-                           forcefield=config.aa_forcefield, **(config.system or {}), **state)
+def reference_input(config: HarnessConfig, **state: Any) -> "ReferenceConfig":
+    """The ReferenceConfig of an all-atom run of ``config``: its run settings (``config.reference``) with the
+    system of ``config`` and the state, cutoff, seed and platform given in ``state``."""
+    system = config.system or {}
+    return replace(config.reference, species=config.species or "methanol", n_molecules=config.n_molecules,
+                   **{k: system.get(k) for k in _INPUT_KEYS}, **state)
 
 
 def check_mapping(config: HarnessConfig, type_names: Sequence[str]) -> list[str]:
@@ -482,10 +580,10 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
             edge = _box_edge(1, mass, rho)
             where = f"{n_mol} molecules at {rho:g} g/cm^3"
             n = n_mol
-            if config.aa_cutoff is not None and 2.0 * config.aa_cutoff > edge:
+            if config.reference_cutoff is not None and 2.0 * config.reference_cutoff > edge:
                 raise ConfigError(
                     f"state point {sp.label()}: {where} make a {edge:.3f} nm box, smaller than twice the all-atom "
-                    f"cutoff ({config.aa_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
+                    f"cutoff ({config.reference_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
         if cutoff_nm and edge <= 2.0 * cutoff_nm:
             need = math.ceil(n * (2.0 * cutoff_nm / edge) ** 3 * 1.1)
             raise ConfigError(
@@ -693,12 +791,10 @@ def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: P
         _log(progress, f"{tag}: all-atom reference: the given data set {given.name}")
     else:
         rho0 = _initial_density(config, sp)
-        cutoff = config.aa_cutoff if config.aa_cutoff is not None else _auto_cutoff(
+        cutoff = config.reference_cutoff if config.reference_cutoff is not None else _auto_cutoff(
             _box_edge(1, _input_mass_and_count(config)[0], rho0))
         ref_cfg = reference_input(config, temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                  cutoff=cutoff, timestep=config.aa_timestep,
-                                  equilibration=config.aa_equilibration, production=config.aa_production,
-                                  frame_interval=config.aa_frame_interval, seed=config.seed, platform=platform)
+                                  cutoff=cutoff, seed=config.seed, platform=platform)
         want = asdict(ref_cfg)
         sp_dir = state_point_dir(out, sp)
         sp_dir.mkdir(parents=True, exist_ok=True)
@@ -714,7 +810,7 @@ def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: P
                 _log(progress, f"{tag}: all-atom reference: reusing {_rel(aa_path, out)} (same settings)")
             else:
                 _log(progress, f"{tag}: all-atom reference: {ref_cfg.ensemble}, {config.n_molecules} molecules, "
-                               f"{config.aa_equilibration:g} + {config.aa_production:g} ps, cutoff {cutoff:g} nm")
+                               f"{ref_cfg.equilibration:g} + {ref_cfg.production:g} ps, cutoff {cutoff:g} nm")
                 run_reference(ref_cfg, aa_path, overwrite=True, progress=progress)
             map_reference(aa_path, ds_path, config.mapping, overwrite=True)
             _log(progress, f"{tag}: mapped onto beads -> {_rel(ds_path, out)}")
@@ -742,14 +838,10 @@ def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConf
     """
     import openmm
 
-    from .simulate import CGSimulationBlowUp, CGSimulationConfig, load_cg_frames, run_cg_simulation
+    from .simulate import CGSimulationBlowUp, load_cg_frames, run_cg_simulation
 
-    cfg = CGSimulationConfig(model=str(model), temperature=sp.temperature, pressure=sp.pressure,
-                             timestep=config.cg_timestep, friction=config.cg_friction,
-                             equilibration=config.cg_equilibration, production=config.cg_production,
-                             frame_interval=config.cg_frame_interval, seed=config.seed, platform=platform,
-                             start_dataset=str(ds_path), start_frame=-1, use_cuda_graphs=config.cg_cuda_graphs,
-                             mts=config.cg_mts, mts_fast=config.cg_mts_fast)
+    cfg = replace(config.cg, model=str(model), temperature=sp.temperature, pressure=sp.pressure, seed=config.seed,
+                  platform=platform, start_dataset=str(ds_path), start_frame=-1, n_beads=None, density=None)
     model = Path(model)
     sim_dir = state_point_dir(out, sp) / "cg"
     cache = RunCache()
@@ -766,8 +858,8 @@ def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConf
         cache.forget_cg_run(sim_dir)
         finished_before = info_path.exists()
         info_path.unlink(missing_ok=True)          # so that a run that stops with an error leaves none
-        _log(progress, f"{tag}: CG simulation: {cfg.ensemble}, {config.cg_equilibration:g} + "
-                       f"{config.cg_production:g} ps, dt {config.cg_timestep * 1000:g} fs, platform {platform}")
+        _log(progress, f"{tag}: CG simulation: {cfg.ensemble}, {cfg.equilibration:g} + "
+                       f"{cfg.production:g} ps, dt {cfg.timestep * 1000:g} fs, platform {platform}")
         try:
             # overwrite: never resume an interrupted run of an earlier --overwrite'd comparison
             run_cg_simulation(cfg, sim_dir, overwrite=overwrite or finished_before, progress=progress)

@@ -397,7 +397,8 @@ def harness_markdown(report: dict[str, Any]) -> str:
         f"Model `{m['file']}` ({kind}, cutoff {m.get('cutoff_nm')} nm, bead types "
         f"{', '.join(m.get('type_names') or [])}), trained at "
         f"{trained or 'unknown state points'}. Platform {report['platform']} ({report['device']}), settings "
-        f"`{cfg['name']}`: all-atom {cfg['aa_production']:g} ps, CG {cfg['cg_production']:g} ps per state point. "
+        f"`{cfg['name']}`: all-atom {cfg['reference']['production']:g} ps, CG {cfg['cg']['production']:g} ps per "
+        f"state point. "
         f"Created {report['created']}.", "",
         "## Summary", "", *[f"- {line}" for line in report["summary"]["lines"]], "",
         "## Metrics", "", metrics_table_markdown(report),

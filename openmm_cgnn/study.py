@@ -92,12 +92,13 @@ def _training_references(config: StudyConfig, data: Path, progress: bool) -> dic
         aa, cg = data / f"{slug}-aa.npz", data / f"{slug}-cg.npz"
         if not cg.exists():
             if not aa.exists():
-                cutoff = hc.aa_cutoff or _auto_aa_cutoff(config, sp)
+                cutoff = hc.reference_cutoff or _auto_aa_cutoff(config, sp)
                 run_reference(ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
                                               temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                              cutoff=cutoff, timestep=hc.aa_timestep,
-                                              equilibration=hc.aa_equilibration, production=hc.aa_production,
-                                              frame_interval=hc.aa_frame_interval, platform=config.platform,
+                                              cutoff=cutoff, timestep=hc.reference.timestep,
+                                              equilibration=hc.reference.equilibration,
+                                              production=hc.reference.production,
+                                              frame_interval=hc.reference.frame_interval, platform=config.platform,
                                               seed=hc.seed), aa, progress=progress)
             map_reference(aa, cg)
         out[label] = cg

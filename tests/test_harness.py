@@ -137,6 +137,35 @@ def test_config_presets_round_trip_and_refuse_bad_values(tmp_path):
         H.HarnessConfig(cg_production=1.0, cg_frame_interval=2.0)
 
 
+def test_config_composes_the_run_configs_and_reads_the_flat_form(tmp_path):
+    """HarnessConfig holds a ReferenceConfig and a CGSimulationConfig; a config.json of the older flat form
+    (aa_*/cg_* keys) loads to an equal configuration, and the flat names still read and set the settings."""
+    from openmm_cgnn.reference import ReferenceConfig
+    from openmm_cgnn.simulate import CGSimulationConfig
+
+    cfg = H.HarnessConfig.preset("tiny", cg_mts=2, cg_frame_interval=0.02, aa_cutoff=0.8, aa_forcefield="spce")
+    assert isinstance(cfg.reference, ReferenceConfig) and isinstance(cfg.cg, CGSimulationConfig)
+    assert (cfg.reference.production, cfg.cg.production, cfg.cg.mts, cfg.cg.frame_interval) == (1.0, 0.5, 2, 0.02)
+    assert (cfg.aa_production, cfg.cg_mts, cfg.aa_cutoff, cfg.reference_cutoff) == (1.0, 2, 0.8, 0.8)
+    assert cfg.reference.forcefield == cfg.aa_forcefield == "spce"
+    flat = {"name": "tiny", "species": None, "n_molecules": 64, "system": None, "mapping": None,
+            "aa_cutoff": 0.8, "aa_forcefield": "spce", "aa_timestep": 0.002, "aa_equilibration": 0.5,
+            "aa_production": 1.0, "aa_frame_interval": 0.05, "cg_timestep": 0.002, "cg_friction": 1.0,
+            "cg_equilibration": 0.1, "cg_production": 0.5, "cg_frame_interval": 0.02, "cg_cuda_graphs": None,
+            "cg_mts": 2, "cg_mts_fast": "prior", "rdf_bin_width": 0.01, "adf_bins": 36, "adf_shell_cutoff": None,
+            "density_blocks": 4, "platform": None, "torch_threads": 1, "seed": 2024, "reuse_references": True}
+    (tmp_path / "old.json").write_text(json.dumps(flat))
+    assert H.HarnessConfig.from_json(tmp_path / "old.json") == cfg
+    (tmp_path / "new.json").write_text(json.dumps(cfg.to_dict()))
+    assert H.HarnessConfig.from_json(tmp_path / "new.json") == cfg
+    assert "aa_production" not in cfg.to_dict() and cfg.to_dict()["cg"]["mts"] == 2
+    other = dataclasses.replace(cfg, n_molecules=100)
+    other.cg_production = 2.0                         # the copy has its own run settings
+    assert (other.cg.production, cfg.cg.production) == (2.0, 0.5)
+    with pytest.raises(ValueError, match="unknown keys"):
+        H.HarnessConfig.from_dict({"cg": {"model": "elsewhere.pt"}})     # set per state point, not here
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end on a tiny system
 # ---------------------------------------------------------------------------------------------
