@@ -384,6 +384,14 @@ def _pressure_cell(s: dict[str, Any], side: str) -> str:
     return _fmt(mean, ".0f") + (f" \u00b1 {se:.0f}" if se is not None and mean is not None else "")
 
 
+def _setting(config: dict[str, Any], part: str, key: str) -> Any:
+    """A run setting of a report's ``config``: ``config[part][key]``, or the flat ``aa_``/``cg_`` key of
+    reports written before the harness configuration was composed."""
+    if isinstance(config.get(part), dict):
+        return config[part][key]
+    return config[("aa_" if part == "reference" else "cg_") + key]
+
+
 def harness_markdown(report: dict[str, Any]) -> str:
     m = report["model"]
     trained = ", ".join(StatePoint(s["temperature_K"], s.get("density_g_cm3") if s.get("pressure_bar") is None
@@ -397,8 +405,8 @@ def harness_markdown(report: dict[str, Any]) -> str:
         f"Model `{m['file']}` ({kind}, cutoff {m.get('cutoff_nm')} nm, bead types "
         f"{', '.join(m.get('type_names') or [])}), trained at "
         f"{trained or 'unknown state points'}. Platform {report['platform']} ({report['device']}), settings "
-        f"`{cfg['name']}`: all-atom {cfg['reference']['production']:g} ps, CG {cfg['cg']['production']:g} ps per "
-        f"state point. "
+        f"`{cfg['name']}`: all-atom {_setting(cfg, 'reference', 'production'):g} ps, CG "
+        f"{_setting(cfg, 'cg', 'production'):g} ps per state point. "
         f"Created {report['created']}.", "",
         "## Summary", "", *[f"- {line}" for line in report["summary"]["lines"]], "",
         "## Metrics", "", metrics_table_markdown(report),
