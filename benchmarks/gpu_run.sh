@@ -27,7 +27,7 @@ OUT=${1:-benchmarks/results/$(date +%F)-gpu}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
-export HIPPYNN_USE_CUSTOM_KERNELS=False PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 
 python -c 'import openmm, openmmtorch
 print("OpenMM platforms:", [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())])
