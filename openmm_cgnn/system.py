@@ -15,6 +15,7 @@ Bead types are read from the CG topology's atom names (the bead type names of th
 
 from __future__ import annotations
 
+import functools
 from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,7 +26,7 @@ import openmm.app as app
 import openmm.unit as u
 
 from .dataset import CGDataset
-from .errors import CGNNError, InputFileError, MissingInputError
+from .errors import CGNNError, InputFileError
 from .geometry import box_vectors_nm, box_widths, cutoff_fits
 
 
@@ -241,9 +242,11 @@ def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
 POTENTIAL_GROUP = "openmmml.potentials"
 
 
-def _families() -> list[tuple[str, Any]]:
+@functools.lru_cache(maxsize=None)
+def _families() -> tuple[tuple[str, Any], ...]:
     """(name, module) of the OpenMM-ML potentials this package registers (entry points of
-    ``openmmml.potentials`` whose module is ours); each module has ``reads(model)`` and ``load(model)``."""
+    ``openmmml.potentials`` whose module is ours); each module has ``reads(model)``, ``load(model)`` and
+    ``describe(metadata)``."""
     from importlib.metadata import entry_points
 
     package = __name__.split(".")[0]
@@ -251,7 +254,7 @@ def _families() -> list[tuple[str, Any]]:
     for entry in entry_points(group=POTENTIAL_GROUP):
         if entry.module.split(".")[0] == package and entry.name not in found:
             found[entry.name] = import_module(entry.module)
-    return sorted(found.items())
+    return tuple(sorted(found.items()))
 
 
 def potential_for(model: Any) -> str:
@@ -263,12 +266,9 @@ def potential_for(model: Any) -> str:
     registered potential reads.
     """
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        if not path.exists():
-            raise MissingInputError(f"model file '{path}' does not exist")
-        if path.is_dir():
-            raise InputFileError(f"model '{path}' is a folder; give the exported model file (.pt): "
-                                 f"make it with 'openmm-cgnn export {path} --out model.pt'")
+        from .export import check_model_file
+
+        check_model_file(model)
     families = _families()
     for name, family in families:
         if family.reads(model):
