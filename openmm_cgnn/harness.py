@@ -639,30 +639,13 @@ def _initial_density(config: HarnessConfig, sp: StatePoint) -> float:
 # ---------------------------------------------------------------------------------------------
 # model provenance
 # ---------------------------------------------------------------------------------------------
-def _model_info(model: Path, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Provenance of an exported GNN model (``kind`` "torchscript") or a pair baseline ("pair")."""
-    if kind == "pair":
-        prov = meta.get("provenance") or {}
-        states = [s for s in prov.get("state_points") or [] if s]
-        datasets = [{"name": None, "n_frames": f, "n_beads": b, "state": s}
-                    for s, f, b in zip(prov.get("state_points") or [], prov.get("n_frames") or [],
-                                       prov.get("n_beads") or [])]
-        return {"file": model.name, "sha256": _sha256(model), "kind": kind, "label": "CG (pair MS-CG)",
-                "format": "openmm-cgnn/pair-force-field", "type_names": meta.get("type_names"),
-                "cutoff_nm": meta.get("cutoff_nm"), "network_class": None, "tensor_order": None, "dtype": None,
-                "prior": meta.get("prior"), "training_state_points": states, "training_datasets": datasets,
-                "trained": None}
-    training = meta.get("training") or {}
-    datasets = [{"name": d.get("name"), "n_frames": d.get("n_frames"), "n_beads": d.get("n_beads"),
-                 "state": d.get("state")} for d in training.get("datasets", [])]
-    return {
-        "file": model.name, "sha256": _sha256(model), "kind": kind, "label": "CG (GNN)", "format": meta.get("format"),
-        "type_names": meta.get("type_names"), "cutoff_nm": meta.get("cutoff_nm"),
-        "network_class": meta.get("network_class"), "tensor_order": meta.get("tensor_order"),
-        "dtype": meta.get("dtype"), "prior": meta.get("prior"),
-        "training_state_points": training.get("state_points", [d["state"] for d in datasets if d.get("state")]),
-        "training_datasets": datasets, "trained": training.get("created"),
-    }
+def _model_info(model: Path, cg_model: Any) -> dict[str, Any]:
+    """Provenance of a model file (``MODEL_KEYS``): its file and hash, what its potential family says of
+    it (kind, label, format, network, training data) and the facts every model has."""
+    meta = cg_model.metadata
+    info = {"file": model.name, "sha256": _sha256(model), "type_names": meta.get("type_names"),
+            "cutoff_nm": meta.get("cutoff_nm"), "prior": meta.get("prior"), **cg_model.describe()}
+    return {key: info[key] for key in MODEL_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -763,7 +746,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     model = Path(model)
     cg_model = CGModel(model)
     meta = cg_model.metadata
-    model_info = _model_info(model, cg_model.kind, meta)
+    model_info = _model_info(model, cg_model)
     notes: list[str] = []
     config = resolve_system(config, meta, notes)
     given = _match_given(reference_datasets, points, notes, progress)
