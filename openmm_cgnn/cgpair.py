@@ -30,7 +30,7 @@ from .dataset import CGDataset
 from .errors import CGNNError
 from .geometry import box_vectors_nm
 from .prior import PriorParams, pair_distances
-from .system import (CGSystemError, bead_masses as _bead_masses, bead_type_indices, check_box,
+from .system import (CGSystemError, bead_masses as _bead_masses, bead_type_indices, check_box, check_potential,
                      require_whole_topology, set_bead_masses)
 
 #: the file format a pair force field is saved in (``openmm_cgnn.baselines``)
@@ -387,6 +387,7 @@ class CGPairPotentialImpl(MLPotentialImpl):
         if model is None:
             raise CGSystemError("MLPotential('cgpair') needs model='path/to/pair.json' (a pair force field from "
                                 "openmm_cgnn.baselines.fit_pair_force_matching)")
+        check_potential("cgpair", model)
         self.model = model
 
     def addForces(self, topology, system, atoms, forceGroup, masses: Sequence[float] | None = None,

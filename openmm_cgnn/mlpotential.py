@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
 
 from .system import (CGSystemError, _load_model, add_model_bonded_forces, bead_type_indices, make_torch_force,
-                     require_whole_topology, set_bead_masses)
+                     check_potential, require_whole_topology, set_bead_masses)
 
 #: the first bytes of a TorchScript file (a zip archive)
 _ZIP_MAGIC = b"PK"
@@ -69,6 +69,7 @@ class CGNNPotentialImpl(MLPotentialImpl):
     def __init__(self, name: str, model: Any = None, **args):
         if model is None:
             raise CGSystemError("MLPotential('cgnn') needs model='path/to/model.pt' (from 'openmm-cgnn export')")
+        check_potential("cgnn", model)
         self.model = model
 
     def addForces(self, topology, system, atoms, forceGroup, masses: Sequence[float] | None = None,

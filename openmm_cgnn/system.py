@@ -279,6 +279,20 @@ def potential_for(model: Any) -> str:
                          f"({names}) reads it")
 
 
+def check_potential(name: str, model: Any) -> None:
+    """CGSystemError naming the potential to use when ``model`` is a file that the registered potential
+    ``name`` does not read but another one does (``MLPotential("cgpair", model="model.pt")``, say)."""
+    if not isinstance(model, (str, Path)):
+        return
+    try:
+        other = potential_for(model)
+    except CGNNError:
+        return   # no potential reads it: the loader says what is wrong with the file
+    if other != name:
+        raise CGSystemError(f"'{model}' is a model of the '{other}' potential, not of '{name}': use "
+                            f"MLPotential('{other}', model=...) or openmm_cgnn.create_system(topology, model)")
+
+
 class CGModel:
     """A CG model read through the OpenMM-ML potential registered for it (:func:`potential_for`).
 

@@ -129,6 +129,11 @@ def test_the_registry_names_the_potential_that_reads_a_model(pair_files, tiny_mo
     assert potential_for(PairForceField.load(pair_json)) == "cgpair"
     assert potential_for(tiny_model_pt) == "cgnn"
     assert potential_for(openmm_cgnn.load_exported(tiny_model_pt)) == "cgnn"
+    # a model handed to the other potential: the message names the one to use
+    with pytest.raises(openmm_cgnn.CGNNError, match=r"use MLPotential\('cgnn', model=\.\.\.\)"):
+        MLPotential("cgpair", model=str(tiny_model_pt))
+    with pytest.raises(openmm_cgnn.CGNNError, match=r"use MLPotential\('cgpair', model=\.\.\.\)"):
+        MLPotential("cgnn", model=str(pair_json))
     with pytest.raises(openmm_cgnn.CGNNError, match="is a folder"):
         potential_for(tmp_path)
     with pytest.raises(openmm_cgnn.CGNNError, match="does not exist"):
