@@ -561,7 +561,8 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
             progress: bool = True) -> dict[str, Any]:
     """Compare the exported CG ``model`` with all-atom references at ``state_points``; write ``out_dir``.
 
-    :param model: exported model (``.pt`` from ``openmm-cgnn export``).
+    :param model: a model file any registered potential reads: an exported model (``.pt`` from ``openmm-cgnn
+        export``, ``MLPotential("cgnn")``) or a pair force field (``.json``, ``MLPotential("cgpair")``).
     :param state_points: StatePoints, strings ("300K:0.787g/cm3"), a comma-separated string or a TOML path.
     :param out_dir: output folder (its files are described in ``docs/formats.md``).
     :param config: the settings (default ``HarnessConfig.preset("default")``).
