@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._io import versions, write_json_atomic
-from .cgpair import FORMAT, PairForceFieldFormatError, PairModel, _check_types, _pair_index_matrix
+from .cgpair import FORMAT, PairForceFieldFormatError, PairModel, check_type_names, pair_index_matrix
 from .dataset import CGDataset
 from .errors import MissingInputError
 from .geometry import box_widths, cutoff_fits
@@ -200,7 +200,7 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
         raise ValueError("no data sets to fit")
     type_names = list(datasets[0].type_names)
     for ds in datasets[1:]:
-        _check_types(type_names, ds)
+        check_type_names(type_names, ds)
     if not (bin_width > 0 and cutoff > 0):
         raise ValueError("cutoff and bin_width must be positive")
     n_bins = int(round(cutoff / bin_width))
@@ -215,7 +215,7 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
 
     h = cutoff / n_bins
     n_types = len(type_names)
-    pmat = _pair_index_matrix(n_types)
+    pmat = pair_index_matrix(n_types)
     n_pairs = n_types * (n_types + 1) // 2
     n_nodes = n_bins + 1
     m = n_pairs * n_nodes

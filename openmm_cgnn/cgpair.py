@@ -55,7 +55,7 @@ def configure_cutoff_periodic(force: Any, cutoff: float) -> Any:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _pair_index_matrix(n_types: int) -> np.ndarray:
+def pair_index_matrix(n_types: int) -> np.ndarray:
     """(T, T) symmetric matrix of pair-type indices, pairs (a, b) with a <= b in row order."""
     idx = np.empty((n_types, n_types), dtype=np.int64)
     p = 0
@@ -77,7 +77,8 @@ def _hat_energy(r: np.ndarray, grid_r: np.ndarray, force: np.ndarray, energy: np
     return np.where((r >= 0) & (r < grid_r[-1]), out, 0.0)
 
 
-def _check_types(type_names: list[str], ds: CGDataset) -> None:
+def check_type_names(type_names: list[str], ds: CGDataset) -> None:
+    """ValueError unless the data set ``ds`` has the bead type names ``type_names``, in that order."""
     if list(ds.type_names) != list(type_names):
         state = ds.metadata.get("state")
         raise ValueError(f"data sets have mismatched bead type names: {list(ds.type_names)} "
@@ -164,7 +165,7 @@ class PairModel:
             return int(x)
         a = idx(type_a)
         b = a if type_b is None else idx(type_b)
-        return int(_pair_index_matrix(len(self.type_names))[a, b])
+        return int(pair_index_matrix(len(self.type_names))[a, b])
 
     # -- pair functions --------------------------------------------------------------------------
     def learned_force(self, r: np.ndarray, pair: int = 0) -> np.ndarray:
@@ -231,7 +232,7 @@ class PairModel:
         r = np.linalg.norm(d, axis=1)
         keep = r < self.cutoff
         i, j, d, r = i[keep], j[keep], d[keep], r[keep]
-        pidx = _pair_index_matrix(len(self.type_names))[types[i], types[j]]
+        pidx = pair_index_matrix(len(self.type_names))[types[i], types[j]]
         energy = float(self.prior.energy(r).sum())
         fmag = self.prior.force(r)
         for p in np.unique(pidx):
@@ -248,7 +249,7 @@ class PairModel:
         """Force errors against mapped forces (kJ/mol/nm): RMSE and MAE per component, all frames."""
         sse, sae, n = 0.0, 0.0, 0
         for ds in datasets:
-            _check_types(self.type_names, ds)
+            check_type_names(self.type_names, ds)
             for f in range(ds.n_frames):
                 _, pred = self.energy_forces(ds.positions[f], ds.boxes[f], ds.bead_types)
                 err = pred - ds.forces[f]
@@ -325,7 +326,7 @@ class PairModel:
         if p_count > 1:
             t = len(self.type_names)
             force.addTabulatedFunction("cgpair_types", openmm.Discrete2DFunction(
-                t, t, _pair_index_matrix(t).T.ravel().astype(float).tolist()))
+                t, t, pair_index_matrix(t).T.ravel().astype(float).tolist()))
             force.addPerParticleParameter("btype")
             for ty in types:
                 force.addParticle([float(ty)])
