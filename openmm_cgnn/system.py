@@ -273,10 +273,10 @@ def potential_for(model: Any) -> str:
     for name, family in families:
         if family.reads(model):
             return name
-    names = ", ".join(name for name, _ in families) or "none: reinstall openmm-cgnn"
+    names = ", ".join(name for name, _ in families) or "none"
     raise InputFileError(f"'{model}' is not an exported openmm-cgnn model (the TorchScript .pt written by "
                          f"'openmm-cgnn export') nor a pair force field (.json); no registered potential "
-                         f"({names}) reads it")
+                         f"({names}) reads it (if one is missing, reinstall openmm-cgnn: pip install -e .)")
 
 
 def check_potential(name: str, model: Any) -> None:
