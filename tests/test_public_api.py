@@ -181,3 +181,15 @@ def test_geometry_known_answers():
     assert edge ** 3 * 1e-21 * 0.787 * 6.02214076e23 == pytest.approx(64 * methanol.molecular_mass)
     assert edge == pytest.approx(1.6295, abs=1e-4)
     assert aa_cutoff_for_edge(edge) == 0.74 and aa_cutoff_for_edge(5.0) == 1.0   # 0.46 x 1.6295 = 0.7496
+
+
+def test_a_potential_module_imports_first_in_a_fresh_interpreter():
+    """openmmml loads every registered potential while it is imported; importing one of ours first
+    must not leave it half-initialised (it did for openmm_cgnn.mlpotential before the package
+    imported openmmml itself)."""
+    import subprocess
+    import sys
+
+    code = "import openmm_cgnn.cgpair, openmm_cgnn.mlpotential, openmm_cgnn.baselines; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
