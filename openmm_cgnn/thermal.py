@@ -22,8 +22,10 @@ the second read-out and ``forward(positions (N, 3) nm, boxvectors (3, 3) nm, tem
 openmm-torch passes the TorchForce global parameter ``"temperature"`` (K) as that third argument.
 :func:`add_temperature_parameter` declares the parameter (default: the run temperature given to
 ``create_system``, i.e. the integrator's temperature in ``openmm-cgnn simulate``); change it at run
-time with ``context.setParameter("temperature", T)``. The force also asks for the energy derivative
-with respect to the parameter, so ``State.getEnergyParameterDerivatives()["temperature"]`` is -S(R).
+time with ``context.setParameter("temperature", T)``. (The force does not request the energy
+derivative with respect to the parameter, -S(R): openmm-torch would then run autograd in every
+energy-only evaluation, which OpenMM's pressure estimator cannot do. ``module.energy_entropy``
+gives E(R) and S(R).)
 
 The model records its training temperatures; a run far outside them (more than
 :data:`EXTRAPOLATION_MARGIN` times their spread beyond the range) logs a warning: nothing
@@ -272,7 +274,7 @@ def check_temperature(metadata: dict, temperature: float) -> bool:
 
 
 def add_temperature_parameter(force: Any, metadata: dict, temperature: float | None) -> float:
-    """Declare the TorchForce global parameter ``"temperature"`` (K) and its energy derivative (-S(R)).
+    """Declare the TorchForce global parameter ``"temperature"`` (K).
 
     Its default is ``temperature`` (the run temperature) or, when None, the middle of the training
     temperatures. Returns the default, after :func:`check_temperature`."""
@@ -283,5 +285,4 @@ def add_temperature_parameter(force: Any, metadata: dict, temperature: float | N
                           "temperature")
     check_temperature(metadata, default)
     force.addGlobalParameter(PARAMETER, default)
-    force.addEnergyParameterDerivative(PARAMETER)
     return default
