@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -520,9 +520,11 @@ class CGPotential(torch.nn.Module):
             energy = energy + head(feats[k]).sum()
         return energy
 
-    def network_features(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor) -> List[Tensor]:
+    def network_features(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
+                         extra_input: Optional[Tensor] = None) -> List[Tensor]:
         """The features (N, nf) of every level (one-hot input, then each interaction block), the
-        arguments as for :meth:`network_energy`."""
+        arguments as for :meth:`network_energy`. ``extra_input``: a number appended to every bead's
+        one-hot input (a network trained with the temperature as an input, ``openmm_cgnn.thermal``)."""
         # Tensor components of each slot, as (N, C, K): 1, r-hat (l=1), traceless r-hat r-hat in 5
         # components (l=2)
         comps = [torch.ones_like(r)]
@@ -539,6 +541,9 @@ class CGPotential(torch.nn.Module):
                 comps += [xx - tr, x * y, x * z, yy - tr, y * z]
         comp = torch.stack(comps, dim=1)
         features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
+        if extra_input is not None:
+            column = extra_input.to(vec.dtype).reshape(1, 1).expand(features.shape[0], 1)
+            features = torch.cat([features, column], dim=1)
         feats = [features]
         for block in self.blocks:
             features = block(features, r, comp, nbr)

@@ -17,6 +17,10 @@ that is the same function, better conditioned for training, and
 With B = 0 the model is the plain model A(R). Each frame's temperature (the state temperature of its
 data set, ``CGDataset.temperature``) is an extra input of the hippynn graph during training.
 
+The other form (``TrainConfig.temperature_form = "input"``) gives tau(T) to the network as one more
+input feature of every bead, next to the one-hot bead type: U(R, T) is then any smooth function of T
+that the network represents, with no explicit split; S(R) = -dU/dT comes from autograd.
+
 Export: :class:`ThermalCGPotential` is the TorchScript potential of :mod:`openmm_cgnn.export` with
 the second read-out and ``forward(positions (N, 3) nm, boxvectors (3, 3) nm, temperature) -> kJ/mol``;
 openmm-torch passes the TorchForce global parameter ``"temperature"`` (K) as that third argument.
@@ -39,7 +43,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,6 +69,7 @@ class TemperatureScale:
     t_ref: float
     t_scale: float
     temperatures: tuple[float, ...]
+    form: str = "split"   # "split": U = A(R) + tau B(R); "input": tau is an input feature of the network
 
     def tau(self, temperature: Any) -> Any:
         return (temperature - self.t_ref) / self.t_scale
@@ -78,17 +83,19 @@ class TemperatureScale:
         return max(self.temperatures)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"form": "U(R,T) = E(R) - T S(R) = A(R) + (T - t_ref)/t_scale B(R)",
-                "t_ref_K": self.t_ref, "t_scale_K": self.t_scale,
+        what = ("U(R,T) = E(R) - T S(R) = A(R) + (T - t_ref)/t_scale B(R)" if self.form == "split" else
+                "U(R,T) = U_net(R; tau), tau = (T - t_ref)/t_scale an input feature of every bead")
+        return {"form": self.form, "equation": what, "t_ref_K": self.t_ref, "t_scale_K": self.t_scale,
                 "training_temperatures_K": list(self.temperatures)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TemperatureScale":
-        return cls(float(d["t_ref_K"]), float(d["t_scale_K"]),
-                   tuple(float(t) for t in d["training_temperatures_K"]))
+        form = d.get("form", "split")
+        return cls(float(d["t_ref_K"]), float(d["t_scale_K"]), tuple(float(t) for t in d["training_temperatures_K"]),
+                   form if form in ("split", "input") else "split")
 
 
-def temperature_scale(sets: Sequence[Any], paths: Sequence[Path] | None = None) -> TemperatureScale:
+def temperature_scale(sets: Sequence[Any], paths: Sequence[Path] | None = None, form: str = "split") -> TemperatureScale:
     """The scale for CG data sets (:class:`~openmm_cgnn.dataset.CGDataset`) whose state temperatures
     are read from their metadata; ConfigError unless they span two or more temperatures."""
     temps = []
@@ -106,7 +113,7 @@ def temperature_scale(sets: Sequence[Any], paths: Sequence[Path] | None = None) 
                           f"{distinct[0]:g} K: add a data set at another temperature or train without "
                           "--temperature-aware", "temperature_aware")
     lo, hi = distinct[0], distinct[-1]
-    return TemperatureScale(0.5 * (lo + hi), 0.5 * (hi - lo), tuple(distinct))
+    return TemperatureScale(0.5 * (lo + hi), 0.5 * (hi - lo), tuple(distinct), form)
 
 
 def frame_temperatures(sets: Sequence[Any]) -> np.ndarray:
@@ -162,14 +169,47 @@ def add_thermal_energy(network: Any, henergy: Any, scale: TemperatureScale) -> t
     return temperature, hentropy, total
 
 
+class AppendTemperature(torch.nn.Module):
+    """Bead input features (n_atoms, n_types) -> (n_atoms, n_types + 1): the one-hot type and the
+    bead's frame tau = (T - t_ref) / t_scale; T (n_frames, 1) K, ``mol_index`` (n_atoms,) frame of each bead."""
+
+    def __init__(self, t_ref: float, t_scale: float):
+        super().__init__()
+        self.t_ref = float(t_ref)
+        self.t_scale = float(t_scale)
+
+    def forward(self, features: Tensor, temperature: Tensor, mol_index: Tensor) -> Tensor:
+        tau = (temperature.reshape(-1) - self.t_ref) / self.t_scale
+        column = tau[mol_index].unsqueeze(1).to(temperature.dtype)
+        return torch.cat([features.to(column.dtype), column], dim=1)
+
+
+def temperature_input_features(pdx: Any, scale: TemperatureScale) -> tuple[Any, Any]:
+    """For the "input" form: the per-frame temperature input node (db name ``"temperature"``, K) and a
+    node of bead input features [one-hot type, tau] built from the padding indexer ``pdx``."""
+    from hippynn.graphs.indextypes import IdxType
+    from hippynn.graphs.nodes.base import InputNode, SingleNode
+
+    class _FeaturesNode(SingleNode):
+        _index_state = IdxType.Atoms
+
+    temperature = InputNode(name="temperature", db_name="temperature", index_state=IdxType.Molecules)
+    features = _FeaturesNode("FeaturesWithTemperature", (pdx.indexed_features, temperature, pdx.mol_index),
+                             module=AppendTemperature(scale.t_ref, scale.t_scale))
+    return temperature, features
+
+
 def energy_entropy_hippynn(model: Any, positions_nm: np.ndarray, boxes_nm: np.ndarray,
                            bead_types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """E(R) (kJ/mol, prior included) and S(R) (kJ/mol/K) of a temperature-aware
-    :class:`~openmm_cgnn.training.TrainedModel` by hippynn's prediction at two temperatures
-    (U is linear in T): arrays (F,)."""
+    :class:`~openmm_cgnn.training.TrainedModel` of the "split" form by hippynn's prediction at two
+    temperatures (U is linear in T): arrays (F,)."""
     from .training import predict_hippynn
 
     scale = model.thermal
+    if scale.form != "split":
+        raise ConfigError("E(R) and S(R) from two predictions need the 'split' form (U linear in T)",
+                          "temperature_form")
     t1, t2 = scale.t_ref, scale.t_ref + scale.t_scale
     u1, _ = predict_hippynn(model, positions_nm, boxes_nm, bead_types, temperature=t1)
     u2, _ = predict_hippynn(model, positions_nm, boxes_nm, bead_types, temperature=t2)
@@ -183,15 +223,20 @@ def energy_entropy_hippynn(model: Any, positions_nm: np.ndarray, boxes_nm: np.nd
 class ThermalCGPotential(CGPotential):
     """:class:`~openmm_cgnn.export.CGPotential` with a temperature:
     ``forward(positions (N, 3) nm, boxvectors (3, 3) nm, temperature (K, any one-element tensor))
-    -> U(R, T) kJ/mol``. The network's features are computed once and read out twice (A and B);
-    the prior and the volume term are T-independent. Methods inherited from CGPotential that take
-    no temperature (``energy_of_layout``, ``energy_from_table``) give U at ``t_ref``."""
+    -> U(R, T) kJ/mol``. "split" form: the network's features are computed once and read out twice
+    (A and B); "input" form: tau(T) is appended to every bead's input features. The prior and the
+    volume term are T-independent. Methods inherited from CGPotential that take no temperature
+    (``energy_of_layout``, ``energy_from_table``) give U at ``t_ref`` (split form only)."""
 
     def __init__(self, base: CGPotential, entropy_heads: List[torch.nn.Linear], scale: TemperatureScale,
                  prior: Any, dtype: torch.dtype):
-        super().__init__(base.n_types, list(base.blocks), list(base.heads), base.network_cutoff_nm, prior,
-                         base.max_order, dtype, neighbour_capacity=base.neighbour_capacity)
+        self_input = scale.form == "input"
+        # an "input" network has one more input feature (tau) than bead types
+        super().__init__(base.n_types - 1 if self_input else base.n_types, list(base.blocks), list(base.heads),
+                         base.network_cutoff_nm, prior, base.max_order, dtype,
+                         neighbour_capacity=base.neighbour_capacity)
         self.entropy_heads = torch.nn.ModuleList(entropy_heads)
+        self.temperature_input = self_input
         self.t_ref = float(scale.t_ref)
         self.t_scale = float(scale.t_scale)
         self.to(dtype)
@@ -203,9 +248,10 @@ class ThermalCGPotential(CGPotential):
             return self._reused_table(pos, box)
         return self.neighbour_table(pos, box)
 
-    def _parts(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """(A, B, validity) in kJ/mol: the T-independent energy at t_ref (prior, network read-out A,
-        volume term), the read-out B, and 1 or NaN (neighbour-table overflow)."""
+    def _parts(self, pos: Tensor, box: Tensor, tau: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """(A, B, validity) in kJ/mol: split form: the energy at t_ref (prior, network read-out A,
+        volume term) and the read-out B; input form: U at ``tau`` and B = 0; then 1 or NaN
+        (neighbour-table overflow)."""
         nbr, overflow = self._table(pos, box)
         n = pos.shape[0]
         types = self._bead_types(n, pos.device)
@@ -213,7 +259,11 @@ class ThermalCGPotential(CGPotential):
         a = torch.zeros((), dtype=pos.dtype, device=pos.device)
         if self.has_prior:
             a = a + self.prior_energy(r_nm)
-        feats = self.network_features(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
+        extra: Optional[Tensor] = None
+        if self.temperature_input:
+            extra = tau
+        feats = self.network_features(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr,
+                                      extra)
         a_net = torch.zeros((), dtype=pos.dtype, device=pos.device)
         for k, head in enumerate(self.heads):
             a_net = a_net + head(feats[k]).sum()
@@ -226,18 +276,22 @@ class ThermalCGPotential(CGPotential):
 
     @torch.jit.export
     def energy_entropy(self, positions: Tensor, boxvectors: Tensor) -> Tuple[Tensor, Tensor]:
-        """(E(R) kJ/mol, S(R) kJ/mol/K) with U(R, T) = E(R) - T S(R); E includes the prior."""
+        """(E(R) kJ/mol, S(R) kJ/mol/K) with U(R, T) = E(R) - T S(R); E includes the prior.
+        Split form only (the input form has no T-independent split)."""
+        if self.temperature_input:
+            raise RuntimeError("energy_entropy: a model with the temperature as a network input has no "
+                               "T-independent E(R) and S(R); use forward at two temperatures")
         pos = positions.to(self._dtype_ref.dtype)
         box = boxvectors.to(self._dtype_ref.dtype)
-        a, b, invalid = self._parts(pos, box)
+        a, b, invalid = self._parts(pos, box, torch.zeros((), dtype=pos.dtype, device=pos.device))
         entropy = -b / self.t_scale
         return (a - self.t_ref * b / self.t_scale) * invalid, entropy * invalid
 
     def forward(self, positions: Tensor, boxvectors: Tensor, temperature: Tensor) -> Tensor:
         pos = positions.to(self._dtype_ref.dtype)
         box = boxvectors.to(self._dtype_ref.dtype)
-        a, b, invalid = self._parts(pos, box)
         tau = (temperature.to(pos.dtype).sum() - self.t_ref) / self.t_scale
+        a, b, invalid = self._parts(pos, box, tau)
         return (a + tau * b) * invalid
 
 
@@ -251,7 +305,7 @@ def thermal_potential_from_trained(loaded: Any, dtype: torch.dtype = torch.float
                           "temperature_aware")
     base = potential_from_hippynn(loaded.network, loaded.energy, loaded.prior, dtype=dtype,
                                   neighbour_capacity=neighbour_capacity)
-    heads = [_linear_from(h) for h in loaded.entropy.layers]
+    heads = [_linear_from(h) for h in loaded.entropy.layers] if loaded.entropy is not None else []
     return ThermalCGPotential(base, heads, loaded.thermal, loaded.prior, dtype)
 
 

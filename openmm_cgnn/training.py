@@ -113,6 +113,7 @@ class TrainConfig:
     # temperature-aware model U(R, T) = E(R) - T S(R) on data sets at two or more temperatures
     # (openmm_cgnn.thermal); the volume term is not fitted for such models
     temperature_aware: bool = False
+    temperature_form: str = "split"    # "split": U = E(R) - T S(R); "input": T is an input feature of the network
 
     def __post_init__(self) -> None:
         self.validate()
@@ -153,6 +154,7 @@ class TrainConfig:
         V.positive(self.volume_nvt_ps, "volume_nvt_ps")
         V.non_negative(self.volume_nvt_equilibration_ps, "volume_nvt_equilibration_ps")
         V.positive(self.volume_max_frames, "volume_max_frames")
+        V.one_of(self.temperature_form, "temperature_form", ("split", "input"))
 
     @property
     def cutoff_nm(self) -> float:
@@ -319,11 +321,17 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     else:
         pairs = PeriodicPairIndexer("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff)
     net_cls = getattr(net_nodes, network_class)
-    network = net_cls("HIPNN", (pdx, pairs), module_kwargs=dict(net_kwargs), periodic=True)
-    henergy = HEnergyNode("HEnergy", (network,))
     temperature = hentropy = None
+    features, module_kwargs = pdx, dict(net_kwargs)
+    if thermal is not None and thermal.form == "input":  # T as one more input feature of every bead
+        from .thermal import temperature_input_features
+
+        temperature, features = temperature_input_features(pdx, thermal)
+        module_kwargs.update(possible_species=None, n_input_features=len(net_kwargs["possible_species"]))
+    network = net_cls("HIPNN", (features, pairs), module_kwargs=module_kwargs, periodic=True)
+    henergy = HEnergyNode("HEnergy", (network,))
     total = henergy.main_output
-    if thermal is not None:
+    if thermal is not None and thermal.form == "split":
         from .thermal import add_thermal_energy
 
         temperature, hentropy, total = add_thermal_energy(network, henergy, thermal)
@@ -510,7 +518,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     if config.temperature_aware:  # U(R, T) = E(R) - T S(R): each frame's temperature is an input
         from .thermal import frame_temperatures, temperature_scale
 
-        thermal = temperature_scale(sets, paths)
+        thermal = temperature_scale(sets, paths, form=config.temperature_form)
         arrays["temperature"] = frame_temperatures(sets).astype(np.float32)
 
     torch.manual_seed(config.seed)
@@ -542,7 +550,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             "units": {"length": "angstrom", "energy": "kcal/mol"},
         }
         if thermal is not None:
-            blob["thermal"] = {**thermal.to_dict(), "entropy_state": model_state["entropy"]}
+            blob["thermal"] = {**thermal.to_dict(), "entropy_state": model_state.get("entropy")}
         atomic_write(stage / "model.pt", lambda tmp: torch.save(blob, tmp))
         write_json_atomic(stage / "prior.json", {
             **prior.to_dict(), "units": {"g": "kJ/mol", "a": "1/nm", "cutoff": "nm", "taper": "nm",
@@ -978,14 +986,14 @@ def load_trained(model_dir: str | Path, dtype: torch.dtype | str = torch.float64
                          thermal=thermal)
         g.network.torch_module.load_state_dict(blob["network_state"])
         g.henergy.torch_module.load_state_dict(blob["energy_state"])
-        if thermal is not None:
+        if g.hentropy is not None:
             g.hentropy.torch_module.load_state_dict(blob["thermal"]["entropy_state"])
-    nodes = (g.network, g.henergy) + ((g.hentropy,) if thermal is not None else ())
+    nodes = (g.network, g.henergy) + ((g.hentropy,) if g.hentropy is not None else ())
     for node in nodes:
         node.torch_module.to(dtype).eval()
     return TrainedModel(model_dir, config, prior, metadata, blob, g.network.torch_module,
                         g.henergy.torch_module, dtype, g,
-                        entropy=g.hentropy.torch_module if thermal is not None else None, thermal=thermal)
+                        entropy=g.hentropy.torch_module if g.hentropy is not None else None, thermal=thermal)
 
 
 def predict_hippynn(model: TrainedModel | str | Path, positions_nm: np.ndarray, boxes_nm: np.ndarray,

@@ -62,9 +62,10 @@ def thermal_dataset(path, temperature: float, n_frames: int, seed: int, noise: f
     return ds
 
 
-def _config(temperature_aware: bool, epochs: int = 12) -> TrainConfig:
+def _config(temperature_aware: bool, epochs: int = 12, form: str = "split") -> TrainConfig:
     cfg = TrainConfig.preset("tiny")
     cfg.temperature_aware = temperature_aware
+    cfg.temperature_form = form
     cfg.max_epochs = epochs
     cfg.termination_patience = epochs
     cfg.learning_rate = 1e-2
@@ -99,9 +100,24 @@ def plain_model(dataset_paths, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def input_model(dataset_paths, tmp_path_factory):
+    """The other form, T as a network input: two epochs (only equivalence is tested with it)."""
+    return train(dataset_paths, _config(True, epochs=2, form="input"), tmp_path_factory.mktemp("input") / "model",
+                 verbose=False)
+
+
+def _export_both(model_dir, out):
+    return {dt: export_model(model_dir, out / f"thermal-{dt}.pt", dtype=dt) for dt in ("float32", "float64")}
+
+
+@pytest.fixture(scope="module")
 def exported(thermal_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("thermal-export")
-    return {dt: export_model(thermal_model, out / f"thermal-{dt}.pt", dtype=dt) for dt in ("float32", "float64")}
+    return _export_both(thermal_model, tmp_path_factory.mktemp("thermal-export"))
+
+
+@pytest.fixture(scope="module")
+def exported_input(input_model, tmp_path_factory):
+    return _export_both(input_model, tmp_path_factory.mktemp("input-export"))
 
 
 def _module_energy_forces(module, positions, box, temperature):
@@ -120,8 +136,12 @@ def test_training_records_temperatures(thermal_model):
     assert "temperature_aware = true" in (thermal_model / "config.toml").read_text()
 
 
-def test_exported_equals_hippynn_at_two_temperatures(thermal_model, exported, datasets):
-    loaded = load_trained(thermal_model)
+@pytest.mark.parametrize("form", ["split", "input"])
+def test_exported_equals_hippynn_at_two_temperatures(form, request, datasets):
+    model_dir = request.getfixturevalue("thermal_model" if form == "split" else "input_model")
+    exported = request.getfixturevalue("exported" if form == "split" else "exported_input")
+    loaded = load_trained(model_dir)
+    assert loaded.thermal.form == form
     ds = datasets[0]
     frames = [0, N_FRAMES - 1]
     for temperature in (280.0, 420.0):
@@ -134,6 +154,8 @@ def test_exported_equals_hippynn_at_two_temperatures(thermal_model, exported, da
                 e, forces = _module_energy_forces(module, ds.positions[f], ds.boxes[f], temperature)
                 assert abs(e - e_ref[k]) <= tol * max(abs(e_ref[k]), 1.0), (dtype, temperature, e, e_ref[k])
                 assert np.max(np.abs(forces - f_ref[k])) <= tol * np.max(np.abs(f_ref[k])), (dtype, temperature)
+    if form == "input":
+        return
     # U is linear in T: E and S from the module equal those from hippynn's predictions
     module, _ = load_exported(exported["float64"])
     e_h, s_h = energy_entropy_hippynn(loaded, ds.positions[:1], ds.boxes[:1], ds.bead_types)
@@ -143,7 +165,9 @@ def test_exported_equals_hippynn_at_two_temperatures(thermal_model, exported, da
     assert abs(s_h[0]) > 0  # the entropy read-out was trained: the test above is not 0 == 0
 
 
-def test_forces_are_minus_gradient_by_finite_differences(exported, datasets):
+@pytest.mark.parametrize("form", ["split", "input"])
+def test_forces_are_minus_gradient_by_finite_differences(form, request, datasets):
+    exported = request.getfixturevalue("exported" if form == "split" else "exported_input")
     module, _ = load_exported(exported["float64"])
     ds = datasets[1]
     pos, box, temperature = ds.positions[2], ds.boxes[2], 400.0
@@ -259,3 +283,12 @@ def test_temperature_aware_fits_a_temperature_dependent_pmf_better(thermal_model
     floor = float(np.sqrt(np.mean((_true_forces(held_out, 300.0) - truth) ** 2)))
     assert rmse_p > 0.6 * floor
     assert rmse_t < 0.7 * rmse_p, (rmse_t, rmse_p, floor)
+
+
+def test_cli_train_temperature_aware(dataset_paths, tmp_path, capsys):
+    from openmm_cgnn.cli import main
+
+    out = tmp_path / "cli-model"
+    main(["train", "--data", *map(str, dataset_paths), "--temperature-aware", "--epochs", "1", "--out", str(out)])
+    assert json.loads((out / "metadata.json").read_text())["temperature_aware"]["t_ref_K"] == 300.0
+    assert load_trained(out).thermal is not None

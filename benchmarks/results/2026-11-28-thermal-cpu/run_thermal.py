@@ -5,6 +5,7 @@ All-atom methanol (64 molecules, OPLS-AA, NVT at 0.787 g/cm^3) at 250, 300, 350 
 one bead per molecule. Models (tiny HIP-NN-TS preset, the same epochs for all):
 
 * ``T-aware``   U(R, T) = E(R) - T S(R) trained on 250 K + 350 K (``--temperature-aware``);
+* ``T-input``   the same data, with T given to the network as an input feature (``temperature_form = "input"``);
 * ``pooled``    a plain model trained on the same 250 K + 350 K frames (it must average the two PMFs);
 * ``single-350`` a plain model trained on 350 K only;
 * ``oracle-T``  a plain model trained on the first half of the frames at the held-out temperature T
@@ -56,7 +57,7 @@ def _reference(work: Path, temperature: float) -> Path:
     return cg
 
 
-def _config(temperature_aware: bool):
+def _config(temperature_aware: bool, form: str = "split"):
     from openmm_cgnn.training import TrainConfig
 
     cfg = TrainConfig.preset("tiny")
@@ -64,16 +65,17 @@ def _config(temperature_aware: bool):
     cfg.termination_patience = EPOCHS
     cfg.fit_volume = False
     cfg.temperature_aware = temperature_aware
+    cfg.temperature_form = form
     return cfg
 
 
-def _train(work: Path, name: str, data: list[Path], temperature_aware: bool) -> Path:
+def _train(work: Path, name: str, data: list[Path], temperature_aware: bool, form: str = "split") -> Path:
     from openmm_cgnn.training import train
 
     out = work / name
     if not (out / "metadata.json").exists():
         t0 = time.perf_counter()
-        train([str(p) for p in data], _config(temperature_aware), out, overwrite=True, verbose=False)
+        train([str(p) for p in data], _config(temperature_aware, form), out, overwrite=True, verbose=False)
         print(f"[thermal] trained {name} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
@@ -101,6 +103,7 @@ def main(work: Path) -> None:
         halves[t] = np.arange(n // 2, n)
     models = {
         "T-aware": _train(work, "t-aware", [cg[t] for t in TRAIN_T], True),
+        "T-input": _train(work, "t-input", [cg[t] for t in TRAIN_T], True, form="input"),
         "pooled": _train(work, "pooled", [cg[t] for t in TRAIN_T], False),
         "single-350": _train(work, "single-350", [cg[350.0]], False),
     }
