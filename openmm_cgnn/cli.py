@@ -181,6 +181,9 @@ def _add_train(sub) -> None:
     p.add_argument("--temperature-aware", action="store_true",
                    help="train U(R, T) = E(R) - T S(R) on data sets at two or more temperatures; the exported "
                         "model takes the run temperature as the TorchForce global parameter 'temperature'")
+    p.add_argument("--temperature-form", choices=["split", "input"], default=None,
+                   help="with --temperature-aware: split U into E(R) - T S(R) (split, default) or give T to the "
+                        "network as an input feature of every bead (input)")
     _add_device_options(p)
     p.add_argument("--out", required=True, help="model directory to create")
     p.add_argument("--overwrite", action="store_true")
@@ -216,6 +219,10 @@ def _cmd_train(args) -> None:
         cfg.volume_source = args.volume_from
     if args.temperature_aware:
         cfg.temperature_aware = True
+    if args.temperature_form is not None:
+        if not cfg.temperature_aware:
+            raise ConfigError("--temperature-form needs --temperature-aware", "temperature_form")
+        cfg.temperature_form = args.temperature_form
     _apply_device_options(cfg, args)
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)

@@ -289,6 +289,11 @@ def test_cli_train_temperature_aware(dataset_paths, tmp_path, capsys):
     from openmm_cgnn.cli import main
 
     out = tmp_path / "cli-model"
-    main(["train", "--data", *map(str, dataset_paths), "--temperature-aware", "--epochs", "1", "--out", str(out)])
+    main(["train", "--data", *map(str, dataset_paths), "--temperature-aware", "--temperature-form", "input",
+          "--epochs", "1", "--out", str(out)])
     assert json.loads((out / "metadata.json").read_text())["temperature_aware"]["t_ref_K"] == 300.0
-    assert load_trained(out).thermal is not None
+    assert load_trained(out).thermal.form == "input"
+    capsys.readouterr()
+    assert main(["train", "--data", str(dataset_paths[0]), "--temperature-form", "input",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--temperature-form needs --temperature-aware" in capsys.readouterr().err
