@@ -13,12 +13,14 @@ Model directory written by :func:`train` (every file written atomically)::
 
     config.toml     the TrainConfig used
     model.pt        torch.save'd dict (loads with weights_only=True): hippynn network and energy-head
-                    state_dicts plus their constructor arguments (see MODEL_FORMAT)
+                    state_dicts plus their constructor arguments (see MODEL_FORMAT); temperature-aware
+                    models add ``thermal`` (temperature scale, form, second read-out; openmm_cgnn.thermal)
     prior.json      PriorParams (nm, kJ/mol) and its fit settings
     metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
                     and pooled, plus the per-epoch training curve
     metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
-                    their frame splits, package versions, timings
+                    their frame splits, package versions, timings; ``temperature_aware`` (training
+                    temperatures, form) for temperature-aware models
     train.log       hippynn's own console output
     volume.json     the volume term U_V fitted by pressure matching (``openmm_cgnn.volume``), when
                     every data set carries all-atom pressures and ``fit_volume`` is on
@@ -488,6 +490,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
 
     Training runs on ``config.device`` ("auto": the GPU when there is one). Each frame's neighbour
     pairs are found once before training when ``config.cache_pairs`` (:mod:`openmm_cgnn.pair_cache`).
+    With ``config.temperature_aware`` the model is U(R, T) (:mod:`openmm_cgnn.thermal`): the data sets
+    must span two or more state temperatures, and the volume term is not fitted.
     """
     out_dir = check_output_path(out_dir, overwrite)
     config.validate()
@@ -499,6 +503,11 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     n_types = len(type_names)
     for p, ds in zip(paths, sets):
         _check_box(ds.boxes, config.cutoff_nm, f"data set '{p}'")
+    thermal = None
+    if config.temperature_aware:  # U(R, T): data sets at two or more temperatures (openmm_cgnn.thermal)
+        from .thermal import temperature_scale
+
+        thermal = temperature_scale(sets, paths, form=config.temperature_form)
 
     splits = [split_frames(ds.n_frames, config.valid_fraction, config.test_fraction, config.seed, k)
               for k, ds in enumerate(sets)]
@@ -513,12 +522,10 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         residuals = [res - bonded_energy_forces(bonded, ds.positions, ds.boxes, ds.bead_types, ds.type_names,
                                                 ds.bead_residues)[1] for res, ds in zip(residuals, sets)]
 
-    thermal = None
     arrays = _hippynn_arrays(sets, residuals, splits, np.float32)
-    if config.temperature_aware:  # U(R, T) = E(R) - T S(R): each frame's temperature is an input
-        from .thermal import frame_temperatures, temperature_scale
+    if thermal is not None:  # each frame's temperature is an input of the graph
+        from .thermal import frame_temperatures
 
-        thermal = temperature_scale(sets, paths, form=config.temperature_form)
         arrays["temperature"] = frame_temperatures(sets).astype(np.float32)
 
     torch.manual_seed(config.seed)
