@@ -95,7 +95,8 @@ class TemperatureScale:
                    form if form in ("split", "input") else "split")
 
 
-def temperature_scale(sets: Sequence[Any], paths: Sequence[Path] | None = None, form: str = "split") -> TemperatureScale:
+def temperature_scale(sets: Sequence[Any], paths: Sequence[Path] | None = None,
+                      form: str = "split") -> TemperatureScale:
     """The scale for CG data sets (:class:`~openmm_cgnn.dataset.CGDataset`) whose state temperatures
     are read from their metadata; ConfigError unless they span two or more temperatures."""
     temps = []

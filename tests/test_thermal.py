@@ -19,7 +19,7 @@ import torch
 from openmm_cgnn.errors import ConfigError
 from openmm_cgnn.export import export_model, load_exported, potential_from_hippynn
 from openmm_cgnn.system import cg_topology_from_dataset, create_system
-from openmm_cgnn.thermal import ThermalCGPotential, energy_entropy_hippynn
+from openmm_cgnn.thermal import energy_entropy_hippynn
 from openmm_cgnn.training import TrainConfig, load_trained, predict_hippynn, train
 
 from ._synthetic import make_synthetic_dataset
