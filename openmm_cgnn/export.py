@@ -542,7 +542,7 @@ class CGPotential(torch.nn.Module):
         comp = torch.stack(comps, dim=1)
         features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
         if extra_input is not None:
-            column = extra_input.to(vec.dtype).reshape(1, 1).expand(features.shape[0], 1)
+            column = extra_input.to(device=vec.device, dtype=vec.dtype).reshape(1, 1).expand(features.shape[0], 1)
             features = torch.cat([features, column], dim=1)
         feats = [features]
         for block in self.blocks:

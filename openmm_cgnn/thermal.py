@@ -291,7 +291,8 @@ class ThermalCGPotential(CGPotential):
     def forward(self, positions: Tensor, boxvectors: Tensor, temperature: Tensor) -> Tensor:
         pos = positions.to(self._dtype_ref.dtype)
         box = boxvectors.to(self._dtype_ref.dtype)
-        tau = (temperature.to(pos.dtype).sum() - self.t_ref) / self.t_scale
+        # a no-op where openmm-torch already hands the parameter over on the model's device
+        tau = (temperature.to(device=pos.device, dtype=pos.dtype).sum() - self.t_ref) / self.t_scale
         a, b, invalid = self._parts(pos, box, tau)
         return (a + tau * b) * invalid
 
