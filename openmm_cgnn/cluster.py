@@ -300,13 +300,14 @@ class Runner:
     def run(self, pieces: Sequence[Piece], progress: bool = False,
             on_done: Callable[[Piece, Any], None] | None = None) -> dict[str, Any]:
         """Run ``pieces``; {key: result or PieceFailure}, in the order of ``pieces``. ``on_done(piece,
-        result)`` is called in this process as each piece finishes."""
+        result)`` is called in this process as each piece finishes; the lines it returns (if any) are
+        printed (above the progress bar of a cluster)."""
         results: dict[str, Any] = {}
         for p in _check_graph(pieces):
             needed = {k: results[k] for k in p.needs()}
             results[p.key] = _execute(p.key, p.fn, p.args, dict(p.kwargs), p.torch_threads, needed)
-            if on_done is not None:
-                on_done(p, results[p.key])
+            for line in (on_done(p, results[p.key]) if on_done is not None else None) or ():
+                print(line, flush=True)
         return {p.key: results[p.key] for p in pieces}
 
     def close(self) -> None:
@@ -361,8 +362,11 @@ class DaskRunner(Runner):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(_short(p, value), refresh=True)
-                if on_done is not None:
-                    on_done(p, value)
+                for line in (on_done(p, value) if on_done is not None else None) or ():
+                    if bar is not None:
+                        bar.write(line, file=sys.stdout)
+                    else:
+                        print(line, flush=True)
         finally:
             if bar is not None:
                 bar.close()
