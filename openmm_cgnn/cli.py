@@ -457,7 +457,7 @@ def _cmd_study(args) -> None:
 
     cfg = StudyConfig.preset_named(args.preset)
     cfg.platform = args.platform
-    run_transfer_study(args.out, cfg)
+    run_transfer_study(args.out, cfg, cluster=_cluster_config(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

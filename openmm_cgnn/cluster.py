@@ -125,16 +125,25 @@ class Piece:
 @dataclass(frozen=True)
 class PieceFailure:
     """The result of a piece that raised (``cause`` None) or was not run because a piece it needs
-    failed (``cause``: that piece's key). ``message``: one line; ``traceback``: the full text."""
+    failed (``cause``: that piece's key). ``message``: one line; ``traceback``: the full text;
+    ``error``: the exception itself where it could be sent back (None otherwise)."""
 
     key: str
     message: str
     traceback: str = ""
     cause: str | None = None
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def failed(self) -> bool:
-        return True
+    def reraise(self) -> None:
+        """Raise the piece's error here: a user error (CGNNError) as it was, any other exception with the
+        piece's traceback as a note, and a ClusterError where the exception did not come back."""
+        if isinstance(self.error, CGNNError):
+            raise self.error
+        if self.error is not None:
+            if self.traceback:
+                self.error.add_note(f"in piece {self.key!r}:\n{self.traceback.rstrip()}")
+            raise self.error
+        raise ClusterError(f"piece {self.key!r} failed: {self.message}")
 
 
 def _walk_results(obj: Any, found: list[str]) -> None:
@@ -206,6 +215,17 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _sendable(exc: BaseException) -> BaseException | None:
+    """``exc`` without its traceback if it survives pickling (to come back from a worker), else None."""
+    import pickle
+
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return None
+    return copy if type(copy) is type(exc) else None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -222,7 +242,7 @@ def _execute(key: str, fn: Callable[..., Any], args: tuple, kwargs: dict, torch_
         with _torch_threads(torch_threads):
             return fn(*_substitute(args, needed), **_substitute(kwargs, needed))
     except Exception as exc:   # recorded, so that the other pieces still run
-        return PieceFailure(key, _one_line(exc), "".join(traceback.format_exception(exc)))
+        return PieceFailure(key, _one_line(exc), "".join(traceback.format_exception(exc)), error=_sendable(exc))
 
 
 # ---------------------------------------------------------------------------------------------
