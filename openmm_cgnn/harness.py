@@ -612,7 +612,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     :return: the report (the content of ``report.json``).
     """
     plan = plan_comparison(model, state_points, out_dir, config, reference_datasets, overwrite, progress)
-    with _open_runner(cluster, len(plan.points)) as runner:
+    with _open_runner(cluster, len(plan.points), plan.config.platform) as runner:
         plan.start(runner)
         results = runner.run(plan.pieces(), progress=progress and runner.parallel,
                              on_done=plan.log_piece if runner.parallel else None)
@@ -620,13 +620,16 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
 
 
 @contextlib.contextmanager
-def _open_runner(cluster: Any, width: int):
-    """The runner of ``cluster`` (a ClusterConfig, None, or an open Runner that stays open)."""
-    from .cluster import Runner, runner_for
+def _open_runner(cluster: Any, width: int, platform: str | None = None):
+    """The runner of ``cluster`` (a ClusterConfig, None, or an open Runner that stays open); ``width``: how
+    many pieces can run at once; a CPU ``platform`` sizes a local cluster by CPU cores, not GPUs."""
+    from .cluster import ClusterConfig, Runner, runner_for
 
     if isinstance(cluster, Runner):
         yield cluster
         return
+    if isinstance(cluster, ClusterConfig) and cluster.gpus is None and platform in ("CPU", "Reference"):
+        cluster = replace(cluster, gpus=False)
     with runner_for(cluster, width) as runner:
         yield runner
 

@@ -218,7 +218,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     started = time.perf_counter()
     pieces, models = training_pieces(config, out, progress)
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
-    with _open_runner(cluster, width) as runner:
+    with _open_runner(cluster, width, config.platform) as runner:
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
         for failure in failures(trained).values():   # every model needs its data: stop at the first error

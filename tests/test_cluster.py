@@ -52,6 +52,7 @@ def _check(results):
     d, e = results["d"], results["e"]
     assert isinstance(d, PieceFailure) and d.cause is None
     assert d.message == "ValueError: no good: 12" and "raise ValueError" in d.traceback
+    assert isinstance(d.error, ValueError)             # the exception itself came back (from a worker too)
     assert isinstance(e, PieceFailure) and e.cause == "d" and "not run: d failed" in e.message
     assert set(failures(results)) == {"d", "e"}
 
@@ -147,3 +148,18 @@ def test_bad_cluster_settings_and_missing_dask(monkeypatch):
     with pytest.raises(ClusterError, match="pip install 'dask==2026.8.0' 'distributed==2026.8.0'"):
         open_runner(ClusterConfig(workers=2))
     assert run_pieces(_graph()[:2], ClusterConfig(workers=1)) == {"a": 1, "b": 11}   # serial needs no Dask
+
+
+def user_error(x):
+    raise ConfigError(f"bad setting {x}", "x")
+
+
+def test_a_failure_is_raised_again_where_a_caller_needs_it():
+    res = run_pieces([Piece("bug", fail, (1,)), Piece("user", user_error, (2,)), Piece("after", add, (Result("bug"),))])
+    with pytest.raises(ValueError, match="no good: 1") as info:
+        res["bug"].reraise()
+    assert any("in piece 'bug'" in note and "raise ValueError" in note for note in info.value.__notes__)
+    with pytest.raises(ConfigError, match="bad setting 2"):        # a user error stays one clean line
+        res["user"].reraise()
+    with pytest.raises(ClusterError, match="piece 'after' failed: not run: bug failed"):
+        res["after"].reraise()
