@@ -34,7 +34,7 @@ import os
 import sys
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import validation as V
@@ -381,7 +381,7 @@ class DaskRunner(Runner):
                 results[p.key] = value
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(_short(p, value), refresh=True)
+                    bar.set_postfix_str(_short(p, value), refresh=False)
                 for line in (on_done(p, value) if on_done is not None else None) or ():
                     if bar is not None:
                         bar.write(line, file=sys.stdout)
@@ -412,7 +412,8 @@ def _short(p: Piece, value: Any) -> str:
 
 
 def _progress_bar(total: int, enabled: bool):
-    if not enabled or total == 0:
+    """A bar of finished pieces on a terminal (in a log file the printed lines say the same)."""
+    if not enabled or total == 0 or not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
@@ -488,8 +489,16 @@ def open_runner(config: ClusterConfig | None, width: int | None = None) -> Runne
 
 
 @contextlib.contextmanager
-def runner_for(config: ClusterConfig | None, width: int | None = None) -> Iterator[Runner]:
-    """:func:`open_runner` as a context manager that closes the runner (and a local cluster it started)."""
+def runner_for(config: ClusterConfig | Runner | None, width: int | None = None,
+               cpu_only: bool = False) -> Iterator[Runner]:
+    """:func:`open_runner` as a context manager that closes the runner (and a local cluster it started);
+    an open Runner is used as it is and stays open. ``cpu_only``: the pieces will not use a GPU (e.g. the
+    CPU platform was asked for), so an automatic local cluster is sized by CPU cores."""
+    if isinstance(config, Runner):
+        yield config
+        return
+    if cpu_only and config is not None and config.gpus is None:
+        config = replace(config, gpus=False)
     runner = open_runner(config, width)
     try:
         yield runner
@@ -503,8 +512,6 @@ def run_pieces(pieces: Sequence[Piece], cluster: ClusterConfig | Runner | None =
     ``pieces``. ``cluster``: a ClusterConfig (a cluster is opened for this call and closed after it),
     an open :class:`Runner` (kept open), or None (this process)."""
     pieces = list(pieces)
-    if isinstance(cluster, Runner):
-        return cluster.run(pieces, progress, on_done)
     with runner_for(cluster, graph_width(pieces)) as runner:
         return runner.run(pieces, progress, on_done)
 

@@ -29,7 +29,6 @@ folder back.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -611,27 +610,14 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
         open). The report is the same either way.
     :return: the report (the content of ``report.json``).
     """
+    from .cluster import runner_for
+
     plan = plan_comparison(model, state_points, out_dir, config, reference_datasets, overwrite, progress)
-    with _open_runner(cluster, len(plan.points), plan.config.platform) as runner:
+    with runner_for(cluster, len(plan.points), cpu_only=plan.config.platform in ("CPU", "Reference")) as runner:
         plan.start(runner)
         results = runner.run(plan.pieces(), progress=progress and runner.parallel,
                              on_done=plan.log_piece if runner.parallel else None)
     return plan.finish(results)
-
-
-@contextlib.contextmanager
-def _open_runner(cluster: Any, width: int, platform: str | None = None):
-    """The runner of ``cluster`` (a ClusterConfig, None, or an open Runner that stays open); ``width``: how
-    many pieces can run at once; a CPU ``platform`` sizes a local cluster by CPU cores, not GPUs."""
-    from .cluster import ClusterConfig, Runner, runner_for
-
-    if isinstance(cluster, Runner):
-        yield cluster
-        return
-    if isinstance(cluster, ClusterConfig) and cluster.gpus is None and platform in ("CPU", "Reference"):
-        cluster = replace(cluster, gpus=False)
-    with runner_for(cluster, width) as runner:
-        yield runner
 
 
 def plan_comparison(model: str | Path, state_points: Any, out_dir: str | Path, config: HarnessConfig | None = None,

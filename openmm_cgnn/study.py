@@ -208,8 +208,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     run once and shared by every model, as in the serial order.
     """
     from ._io import make_output_dir
-    from .cluster import failures
-    from .harness import _open_runner
+    from .cluster import failures, runner_for
 
     config = config or StudyConfig()
     out = Path(out)
@@ -218,7 +217,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     started = time.perf_counter()
     pieces, models = training_pieces(config, out, progress)
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
-    with _open_runner(cluster, width, config.platform) as runner:
+    with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
         for failure in failures(trained).values():   # every model needs its data: stop at the first error
