@@ -117,7 +117,8 @@ def _auto_aa_cutoff(config: StudyConfig, sp) -> float:
     return min(1.0, 0.46 * edge)
 
 
-def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path) -> Path:
+def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path,
+                   verbose: bool = True) -> Path:
     from .export import export_model
     from .training import TrainConfig, train
 
@@ -129,7 +130,7 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     tc.n_interaction_layers = variant.n_interaction_layers
     if config.max_epochs is not None:
         tc.max_epochs = config.max_epochs
-    train(datasets, tc, folder / "model", overwrite=True)
+    train(datasets, tc, folder / "model", overwrite=True, verbose=verbose)
     return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
 
 
@@ -185,8 +186,8 @@ def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True)
         variants.append((Variant("hipnn-ts-l2-multi", 2), config.multi_train_states))
     for v, states in variants:
         key = f"train/{v.name}"
-        pieces.append(Piece(key, _train_variant, (v, data(states), config, out / "models" / v.name), gpu=True,
-                            label=f"training {v.name}"))
+        pieces.append(Piece(key, _train_variant, (v, data(states), config, out / "models" / v.name, progress),
+                            gpu=True, label=f"training {v.name}"))
         models.append((v.name, key, states))
     if config.pair_baseline:
         first = Result(models[0][1]) if models else None
@@ -218,6 +219,8 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     pieces, models = training_pieces(config, out, progress)
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
     with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
+        if runner.parallel:       # workers do not print: the runner prints a line per finished piece
+            pieces, models = training_pieces(config, out, progress=False)
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
         for failure in failures(trained).values():   # every model needs its data: stop at the first error

@@ -163,3 +163,18 @@ def test_a_failure_is_raised_again_where_a_caller_needs_it():
         res["user"].reraise()
     with pytest.raises(ClusterError, match="piece 'after' failed: not run: bug failed"):
         res["after"].reraise()
+
+
+def test_command_line_options_make_the_cluster_config(tmp_path, capsys):
+    from openmm_cgnn.cli import _cluster_config, build_parser, main
+
+    parser = build_parser()
+    args = parser.parse_args(["compare", "--model", "m.pt", "--state-points", "300K:1bar", "--out", "o"])
+    assert _cluster_config(args) == ClusterConfig()                     # default: a local cluster sized here
+    args = parser.parse_args(["study", "transfer", "--out", "o", "--scheduler", "tcp://host:8786"])
+    assert _cluster_config(args) == ClusterConfig(scheduler="tcp://host:8786")
+    rc = main(["compare", "--model", str(tmp_path / "m.pt"), "--state-points", "300K:1bar", "--out",
+               str(tmp_path / "o"), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--workers" in err and "workers must be" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

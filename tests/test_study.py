@@ -27,6 +27,14 @@ def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
     for name in ("rdf_mad_vs_T.png", "adf_l1_vs_T.png", "relative_error.png"):
         assert mpimg.imread(tmp_path / "study" / name).shape[0] > 100
     assert "![RDF MAD vs T](rdf_mad_vs_T.png)" in (tmp_path / "study" / "study.md").read_text()
+    # each all-atom reference ran once: the first model's comparison ran those no training data set covers,
+    # the pair baseline's used them
+    sources = {m: [sp["reference"]["source"] for sp in json.loads(
+        (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
+        for m in ("hipnn-ts-l2", "pair-fm")}
+    assert sources == {"hipnn-ts-l2": ["given", "computed", "computed"], "pair-fm": ["given", "given", "given"]}
+    assert not (tmp_path / "study" / "models" / "pair-fm" / "report" / "state_points" / "400K_0.787gcm3"
+                / "reference-aa.npz").exists()
 
 
 def test_study_pieces_train_every_model_after_its_data(tmp_path):
