@@ -737,12 +737,15 @@ class ComparisonPlan:
         return out
 
     def _job(self, i: int, sp: StatePoint) -> dict[str, Any]:
-        """What the pieces of state point ``i`` need (paths, settings; picklable)."""
-        return {"i": i, "n": len(self.points), "sp": sp, "model": self.model,
+        """What the pieces of state point ``i`` need (paths, settings; picklable). On a cluster the paths
+        are absolute: a worker may start in another folder (the report keeps them relative)."""
+        where = (lambda p: p.absolute() if isinstance(p, Path) else p) if self.parallel else (lambda p: p)
+        return {"i": i, "n": len(self.points), "sp": sp, "model": where(self.model),
                 "model_sha256": self.model_info["sha256"],
                 "in_training": any(sp.matches(s) for s in self.model_info.get("training_state_points") or []),
-                "config": self.config, "platform": self.platform, "out": self.out, "given": self.given.get(i),
-                "overwrite": self.overwrite, "progress": self.progress and not self.parallel}
+                "config": self.config, "platform": self.platform, "out": where(self.out),
+                "given": where(self.given.get(i)), "overwrite": self.overwrite,
+                "progress": self.progress and not self.parallel}
 
     def log_piece(self, piece: Any, value: Any) -> list[str]:
         """The progress lines of a finished piece (printed by the runner of a cluster)."""

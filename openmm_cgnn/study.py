@@ -219,8 +219,9 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     pieces, models = training_pieces(config, out, progress)
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
     with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
-        if runner.parallel:       # workers do not print: the runner prints a line per finished piece
-            pieces, models = training_pieces(config, out, progress=False)
+        if runner.parallel:       # workers do not print (the runner prints a line per finished piece), and
+            #                       may start in another folder
+            pieces, models = training_pieces(config, out.absolute(), progress=False)
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
         for failure in failures(trained).values():   # every model needs its data: stop at the first error
