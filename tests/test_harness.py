@@ -486,13 +486,11 @@ def test_a_sweep_on_two_dask_workers_gives_the_serial_report(tiny_model, methano
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     env = {**os.environ, "OPENMM_CPU_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    cli = subprocess.run([sys.executable, "-m", "openmm_cgnn.cli", "compare", "--model", str(tiny_model),
-                          "--state-points", STATE_POINTS, "--out", str(tmp_path / "serial"), "--config",
-                          str(tmp_path / "config.json"), "--reference-data", str(methanol_dataset), "--workers", "1"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr
-    assert "Dask" not in cli.stdout                     # it ran in its own process
-    serial = H.load_report(tmp_path / "serial")
+    # the serial run (its own process) and the cluster run at the same time, into separate folders
+    cli = subprocess.Popen([sys.executable, "-m", "openmm_cgnn.cli", "compare", "--model", str(tiny_model),
+                            "--state-points", STATE_POINTS, "--out", str(tmp_path / "serial"), "--config",
+                            str(tmp_path / "config.json"), "--reference-data", str(methanol_dataset),
+                            "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out = tmp_path / "dask"
     with runner_for(ClusterConfig(workers=2)) as runner:
         assert runner.parallel and "2 worker process(es)" in runner.description
@@ -501,6 +499,10 @@ def test_a_sweep_on_two_dask_workers_gives_the_serial_report(tiny_model, methano
                                progress=False, cluster=runner)
         # reference, CG run and analysis of each state point ran as tasks, spread over both workers
         assert len({t["worker"] for t in stream.data}) == 2
+        stdout, stderr = cli.communicate(timeout=600)
+        assert cli.returncode == 0, stderr
+        assert "Dask" not in stdout                     # it ran in its own process, without a cluster
+        serial = H.load_report(tmp_path / "serial")
         assert _without_timings(report) == _without_timings(serial)
         assert [s["status"] for s in report["state_points"]] == ["complete", "complete"]
         assert _files(out) == _files(tmp_path / "serial")
