@@ -80,7 +80,7 @@ def main() -> int:
     result["aa_reference_seconds"] = time.perf_counter() - t0
     result["aa_ns_per_day_cuda_216"] = json.loads(str(np.load(aa)["metadata_json"]))["ns_per_day"]
     ds = map_reference(aa, work / "cg.npz", overwrite=True)
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = 3
     t0 = time.perf_counter()
     model_dir = train([work / "cg.npz"], cfg, work / "model", overwrite=True, verbose=False)

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
-from .throughput import _guard
 
 NAME = "mts"
 
@@ -47,7 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def _mode(ctx: C.Context) -> dict[str, Any]:
+def _mode(ctx: C.BenchmarkContext) -> dict[str, Any]:
     return MODES.get(ctx.settings.mode, MODES["quick"])
 
 
@@ -55,8 +54,7 @@ def _split_system(model: C.ModelEntry, n: int, dtype: str = "float32"):
     """(System split into fast and slow groups, positions nm, edge nm) for a lattice of ``n`` beads."""
     from openmm_cgnn.system import create_system
 
-    positions, edge = C.bead_lattice(n)
-    top = C.cg_topology(n, edge, model.type_name)
+    top, positions, edge = C.bead_lattice(n, type_name=model.type_name)
     module, meta = model.load(dtype)
     system = create_system(top, (module, meta), masses=[C.METHANOL_MASS] * n, use_cuda_graphs=False,
                            mts_fast="prior")
@@ -93,7 +91,7 @@ def _largest_passing(rows: list[dict], threshold: float, inner_fs: float, subste
     return passing
 
 
-def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mode: dict) -> dict[str, Any]:
+def measure_mts_drift(ctx: C.BenchmarkContext, model: C.ModelEntry, budget: C.Budget, mode: dict) -> dict[str, Any]:
     """NVE drift of the split System under MTSIntegrator, all runs from one equilibrated state: K = 1
     at each single-step candidate (the one-time-step reference: velocity Verlet) and every K at each
     inner step. Returns the rows and the chosen single step and MTS setting."""
@@ -106,7 +104,7 @@ def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mod
     system, positions, edge = _split_system(model, n)
     state, step_s = _equilibrated(system, positions, ctx.platform, s.drift_equilibration_ps)
     equilibrated = math.isfinite(state.getPotentialEnergy()._value)
-    dof, kT = 3 * n, C.KB_KJ_PER_MOL_K * C.TEMPERATURE
+    dof = 3 * n
     plan = [(dt, 1) for dt in s.drift_timesteps_fs]
     plan += [(inner, k) for inner in mode["inner_fs"] for k in mode["substeps"] if (inner, k) not in plan]
     rows = []
@@ -126,27 +124,10 @@ def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mod
         integ = verlet_integrator(inner_fs * 1e-3, k)
         context = C.make_context(system, integ, ctx.platform, state.getPositions(asNumpy=True)._value)
         context.setVelocities(state.getVelocities())
-        times, etot, ekin, finite, done = [], [], [], True, 0
-        while done <= n_steps:
-            st = context.getState(getEnergy=True)
-            pe, ke = st.getPotentialEnergy()._value, st.getKineticEnergy()._value
-            if not (math.isfinite(pe) and math.isfinite(ke)):
-                finite = False
-                break
-            times.append(done * outer * 1e-3)  # ns
-            etot.append(pe + ke)
-            ekin.append(ke)
-            integ.step(every)
-            done += every
+        rows.append({**row, **C.nve_drift(context, integ, n_steps, every, outer, dof)})
         del context, integ
-        if not finite or len(times) < 3:
-            rows.append({**row, "status": "blew up", "finite": False})
+        if rows[-1]["status"] != "ok":
             continue
-        slope, se = C.linear_fit(np.array(times), np.array(etot))
-        ek = np.array(ekin)
-        rows.append({**row, "status": "ok", "finite": True, "drift_kT_per_ns_per_dof": slope / (dof * kT),
-                     "drift_stderr": se / (dof * kT),
-                     "mean_temperature_K": float(2 * ek.mean() / (dof * C.KB_KJ_PER_MOL_K))})
         ctx.log(f"[{NAME}] {model.arch}: inner {inner_fs:g} fs x {k}: drift "
                 f"{rows[-1]['drift_kT_per_ns_per_dof']:.3g} kT/ns/DOF")
     thr = s.drift_threshold
@@ -274,7 +255,7 @@ def _mad_with_error(g_a: np.ndarray, g_b: np.ndarray, n_boot: int, rng: np.rando
     return {"mad": value, "se": float(np.std(boots, ddof=1)) if n_boot > 1 else None}
 
 
-def measure_structure(ctx: C.Context, model: C.ModelEntry, dt_single_fs: float, chosen: dict, mode: dict,
+def measure_structure(ctx: C.BenchmarkContext, model: C.ModelEntry, dt_single_fs: float, chosen: dict, mode: dict,
                       budget: C.Budget) -> dict[str, Any]:
     """RDF MAD: MTS vs single-step run A, and single-step B vs A (the noise floor)."""
     import openmm
@@ -329,7 +310,7 @@ def measure_structure(ctx: C.Context, model: C.ModelEntry, dt_single_fs: float, 
     return out
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     mode = _mode(ctx)
     # per model: the drift runs and the timing share one budget, the structure runs get one of their own
@@ -366,7 +347,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
             n = model.min_beads
         ctx.log(f"[{NAME}] {arch} x {n}: speed, single step {single[arch]:g} fs vs MTS "
                 f"{chosen['inner_fs']:g} fs x {chosen['substeps']}")
-        speed = _guard(lambda: measure_speed(model, n, ctx.platform, s, single[arch], chosen["inner_fs"],
+        speed = C.guarded(lambda: measure_speed(model, n, ctx.platform, s, single[arch], chosen["inner_fs"],
                                              chosen["substeps"], budget))
         if speed.get("status") == "ok":
             speed["speedup"] = speed["mts"]["ns_per_day"] / speed["single"]["ns_per_day"]

@@ -45,7 +45,7 @@ def bare_model_timer(model: C.ModelEntry, positions, edge: float, device: str, d
     return step
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     import openmm
     import openmm.unit as u
 

@@ -97,14 +97,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     t_start = time.perf_counter()
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    settings = C.Settings.preset(args.mode)
+    settings = C.Settings.from_preset(args.mode)
     if args.archs:
         settings.archs = list(args.archs)
     budget = args.budget if args.budget is not None else settings.budget_s
 
     import openmm
 
-    from openmm_cgnn._io import versions, write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import versions, write_json_atomic, write_text_atomic
     from openmm_cgnn.reference import choose_platform
 
     platform = choose_platform(args.platform)
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     names = list(args.only) if args.only else list(BENCHMARKS)
     workdir, cleanup = C.new_workdir(args.workdir)
     models = C.Models(workdir, settings, device, args.model_dir, keep=args.workdir is not None)
-    ctx = C.Context(settings=settings, platform=platform, device=device, models=models, budget_s=budget, log=log)
+    ctx = C.BenchmarkContext(settings=settings, platform=platform, device=device, models=models, budget_s=budget, log=log)
     log(f"[bench] {args.mode}: {', '.join(names)} on {info['device']} (OpenMM {platform.getName()}, "
         f"torch {device}); budget {budget:.0f} s per benchmark")
 

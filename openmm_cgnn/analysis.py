@@ -41,7 +41,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ._io import atomic_write
+from .files import atomic_write
 from .units import AVOGADRO
 
 __all__ = [

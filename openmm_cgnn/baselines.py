@@ -56,7 +56,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._io import versions, write_json_atomic
+from .files import versions, write_json_atomic
 from .dataset import CGDataset
 from .errors import CGNNError, MissingInputError
 from .prior import PriorParams, fit_prior, pair_distances

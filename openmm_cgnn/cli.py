@@ -202,7 +202,7 @@ def _apply_device_options(cfg, args) -> None:
 def _cmd_train(args) -> None:
     from .training import TrainConfig, train
 
-    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
+    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.from_preset(args.preset)
     if args.tensor_order is not None:
         cfg.tensor_order = args.tensor_order
     if args.epochs is not None:
@@ -243,7 +243,7 @@ def _cmd_distill(args) -> None:
     from .distill import distill
     from .training import TrainConfig
 
-    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
+    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.from_preset(args.preset)
     if args.epochs is not None:
         cfg.max_epochs = args.epochs
     _apply_device_options(cfg, args)
@@ -414,7 +414,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.preset_named(args.preset)
+    cfg = DemoConfig.from_preset(args.preset)
     cfg.platform = args.platform
     run_demo(args.out, cfg)
 

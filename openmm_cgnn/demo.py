@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._io import write_json_atomic
+from .files import write_json_atomic
 
 
 @dataclass
@@ -38,6 +38,16 @@ class DemoConfig:
 
     @classmethod
     def preset_named(cls, name: str) -> "DemoConfig":
+        """Deprecated name of :meth:`from_preset`."""
+        import warnings
+
+        warnings.warn("DemoConfig.preset_named is deprecated; use DemoConfig.from_preset", DeprecationWarning,
+                      stacklevel=2)
+        return cls.from_preset(name)
+
+    @classmethod
+    def from_preset(cls, name: str) -> "DemoConfig":
+        """``"cpu"``: about 15 minutes on 2 cores (tiny network); ``"full"``: the paper network and sizes."""
         if name == "cpu":
             return cls()
         if name == "full":
@@ -55,7 +65,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .training import TrainConfig, train
 
     config = config or DemoConfig()
-    from ._io import make_output_dir
+    from .files import make_output_dir
 
     out = make_output_dir(out)
     write_json_atomic(out / "demo.json", asdict(config))
@@ -74,7 +84,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
 
     model_dir, model_pt = out / "model", out / "model.pt"
     if not (model_dir / "metadata.json").exists():
-        tc = TrainConfig.preset(config.train_preset)
+        tc = TrainConfig.from_preset(config.train_preset)
         if config.max_epochs is not None:
             tc.max_epochs = config.max_epochs
         tc.volume_source, tc.volume_nvt_ps, tc.volume_nvt_equilibration_ps = config.volume_source, config.volume_nvt_ps, 1.0

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 
-from ._io import atomic_write, check_output_path
+from .files import atomic_write, check_output_path
 from .prior import PriorParams
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 from .volume import VolumeTerm, VolumeTermParams  # volume term U_V(V, N): see openmm_cgnn.volume

@@ -115,8 +115,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import CGNNError
-from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
-from ._io import check_writable, make_output_dir
+from .files import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from .files import check_writable, make_output_dir
 from . import validation as V
 from .errors import ConfigError, InputFileError, MissingInputError
 
@@ -488,7 +488,7 @@ def device_name(platform_name: str) -> str:
 
 def _dataset_metadata(path: Path) -> dict[str, Any]:
     """The metadata of a CG data set, without loading its arrays."""
-    from ._io import read_metadata_json, read_npz
+    from .files import read_metadata_json, read_npz
     from .dataset import FORMAT, DatasetFormatError
 
     z = read_npz(path, "reference data set", "a CG data set from 'openmm-cgnn map'", keys=("metadata_json",))
@@ -1230,7 +1230,7 @@ def _message_png(path: Path, text: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ._io import atomic_write
+    from .files import atomic_write
 
     fig = Figure(figsize=(5.2, 2.0), layout="constrained")
     FigureCanvasAgg(fig)

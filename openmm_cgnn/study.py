@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write, write_json_atomic, write_text_atomic
+from .files import atomic_write, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -176,7 +176,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     from .system import CGModel
 
     config = config or StudyConfig()
-    from ._io import make_output_dir
+    from .files import make_output_dir
 
     out = Path(out)
     make_output_dir(out / "data")

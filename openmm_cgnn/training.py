@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from . import validation as V
-from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
+from .files import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
 from .prior import PriorParams, fit_prior, prior_energy_forces
@@ -158,6 +158,14 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name: str) -> "TrainConfig":
+        """Deprecated name of :meth:`from_preset`."""
+        import warnings
+
+        warnings.warn("TrainConfig.preset is deprecated; use TrainConfig.from_preset", DeprecationWarning, stacklevel=2)
+        return cls.from_preset(name)
+
+    @classmethod
+    def from_preset(cls, name: str) -> "TrainConfig":
         """``"paper"``: the settings of Shinkle et al. 2024 (see SCIENCE.md);
         ``"fast"``: a distillation student (HIP-NN-TS, l=2, with 32 features, 10 sensitivities, two
         atom layers and a 9 angstrom cutoff: about 5x fewer pairs than the paper's 15 angstrom),

@@ -92,7 +92,7 @@ class VolumeTermParams:
         return cls(**{k: d[k] for k in ("a", "b", "c", "v0", "t0") if k in d}, fit=dict(d.get("fit") or {}))
 
     def save(self, path: str | Path) -> Path:
-        from ._io import write_json_atomic
+        from .files import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from openmm_cgnn import harness as H
-from openmm_cgnn._io import OutputExistsError
+from openmm_cgnn.errors import OutputExistsError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def tiny_model(methanol_dataset, tmp_path_factory):
     from openmm_cgnn.training import TrainConfig, train
 
     d = tmp_path_factory.mktemp("harness-model")
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = 1
     cfg.device = "cpu"
     train([methanol_dataset], cfg, d / "model", verbose=False)

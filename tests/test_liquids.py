@@ -26,7 +26,7 @@ RUN = dict(temperature=300.0, equilibration=0.5, production=0.6, frame_interval=
 def _tiny_train_config():
     from openmm_cgnn.training import TrainConfig
 
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.dist_soft_max, cfg.dist_hard_max, cfg.max_epochs = 5.0, 5.5, 1   # angstrom: fits a 1.2 nm box
     return cfg
 
