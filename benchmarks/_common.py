@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
-
 import numpy as np
 import openmm.unit as u
 
@@ -336,7 +334,7 @@ def time_aa(n_molecules: int, platform, settings: Settings, budget: Budget | Non
     context, integrator, info = aa_context(n_molecules, platform)
     setup = time.perf_counter() - t
     timing = timed_chunks(integrator.step, context_sync(context), settings, budget)
-    energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     del context, integrator
     return {**info, **timing, "setup_s": setup, "ns_per_day": ns_per_day(timing["step_s"], AA_TIMESTEP_PS),
             "finite": bool(math.isfinite(energy))}
@@ -356,7 +354,7 @@ def time_cg(model: "ModelEntry", n: int, platform, settings: Settings, timestep_
     context.setVelocitiesToTemperature(TEMPERATURE * u.kelvin, 1)
     setup = time.perf_counter() - t
     timing = timed_chunks(integ.step, context_sync(context), settings, budget)
-    energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     del context, integ
     return {"n_beads": n, "box_nm": edge, "timestep_fs": timestep_ps * 1e3, "dtype": dtype,
             "integrator": "LangevinMiddle" if integrator == "langevin" else "Verlet",
@@ -364,16 +362,28 @@ def time_cg(model: "ModelEntry", n: int, platform, settings: Settings, timestep_
             "ns_per_day": ns_per_day(timing["step_s"], timestep_ps), "finite": bool(math.isfinite(energy))}
 
 
-def nve_drift(context, integrator, n_steps: int, every: int, step_ps: float, dof: int) -> dict[str, Any]:
-    """Run ``n_steps`` NVE steps of ``integrator`` (step ``step_ps``), sampling the energies every ``every``
-    steps, and fit the total-energy drift: kT/ns per degree of freedom (at TEMPERATURE) with its standard
-    error, kJ/mol/ns, the detrended total-energy fluctuation over the kinetic one and the mean
-    temperature. ``{"status": "blew up"}`` if an energy stopped being finite (or fewer than 3 samples)."""
+def nve_drift(system, state, integrator, platform, n_steps: int, every: int, step_ps: float, dof: int,
+              step_s: float, budget: Budget) -> dict[str, Any]:
+    """NVE energy drift of ``system`` under ``integrator`` (step ``step_ps``) from ``state`` (positions and
+    velocities): ``n_steps`` steps with the energies sampled every ``every`` steps.
+
+    Returns the status ("ok"; "blew up" if an energy stopped being finite; skipped when ``state`` is not
+    finite or the run, predicted from ``step_s`` seconds per step, does not fit ``budget``) and, when
+    ok, the drift in kT/ns per degree of freedom (at TEMPERATURE) with its standard error, in
+    kJ/mol/ns, the detrended total-energy fluctuation over the kinetic one and the mean temperature.
+    """
+    predicted = step_s * n_steps * (1 + 1.0 / every) + 5 * step_s  # each sample costs one more force call
+    if not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
+        return {"status": "skipped: equilibration blew up"}
+    if not budget.allows(predicted):
+        return {"status": f"skipped: time budget (needs ~{predicted:.0f} s)"}
+    context = make_context(system, integrator, platform, state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+    context.setVelocities(state.getVelocities())
     times, etot, ekin, done = [], [], [], 0
     while done <= n_steps:
-        state = context.getState(getEnergy=True)
-        pe = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-        ke = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        energies = context.getState(getEnergy=True)
+        pe = energies.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        ke = energies.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
         if not (math.isfinite(pe) and math.isfinite(ke)):
             return {"status": "blew up", "finite": False}
         times.append(done * step_ps * 1e-3)  # ns
@@ -381,6 +391,7 @@ def nve_drift(context, integrator, n_steps: int, every: int, step_ps: float, dof
         ekin.append(ke)
         integrator.step(every)
         done += every
+    del context
     if len(times) < 3:
         return {"status": "blew up", "finite": False}
     kT = BOLTZMANN_KJ_PER_MOL_K * TEMPERATURE

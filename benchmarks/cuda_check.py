@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 import numpy as np
 import openmm

@@ -26,7 +26,6 @@ with the same date, device and mode that this run did not repeat are kept).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -40,8 +39,6 @@ if __package__ in (None, ""):
     if sys.path and Path(sys.path[0]).resolve() == _HERE:
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 from benchmarks import _common as C  # noqa: E402
 from benchmarks import cg_profile, overhead, precision, scaling, throughput, training_speed  # noqa: E402

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -25,8 +24,6 @@ if __package__ in (None, ""):
     if sys.path and Path(sys.path[0]).resolve() == _HERE:
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 from benchmarks import _common as C  # noqa: E402
 

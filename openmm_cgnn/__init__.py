@@ -8,18 +8,7 @@ Importing the package registers vesin's TorchScript neighbour list, which export
 a plain OpenMM script that does ``import openmm_cgnn`` can load them.
 """
 
-import logging as _logging
-import os as _os
-
-_os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
-
-def _drop_simtk_warning(record: _logging.LogRecord) -> bool:
-    """openmm-torch imports the deprecated ``simtk.openmm``, whose warning says nothing to our users."""
-    return "importing 'simtk.openmm' is deprecated" not in str(record.msg)
-
-
-_logging.getLogger().addFilter(_drop_simtk_warning)
+from . import settings as _settings  # noqa: F401  (first: environment defaults, see openmm_cgnn.settings)
 
 import vesin_torch as _vesin_torch  # noqa: E402,F401  (registers torch.classes.vesin)
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
-from .errors import CGNNError, ConfigError  # noqa: E402
+from .errors import CGNNError, ConfigError
 
 
 class CLIError(CGNNError):

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
-
 import numpy as np
 import torch
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
 import pytest
 
 from openmm_cgnn.reference import ReferenceConfig, run_reference

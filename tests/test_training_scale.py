@@ -132,7 +132,7 @@ def test_ddp_on_two_cpu_processes_converges_like_one_process(tmp_path):
 
     (tmp_path / "ddp.toml").write_text(config.to_toml())
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "HIPPYNN_USE_CUSTOM_KERNELS": "False"}
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "openmm_cgnn.cli", "train", "--data", str(data), "--config", str(tmp_path / "ddp.toml"),
            "--devices", "2", "--device", "cpu", "--out", str(tmp_path / "ddp")]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
