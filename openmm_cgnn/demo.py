@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .files import write_json_atomic
 
 
@@ -53,7 +54,7 @@ class DemoConfig:
         if name == "full":
             return cls(preset="full", n_molecules=512, equilibration=100.0, production=1000.0, frame_interval=1.0,
                        aa_cutoff=1.0, train_preset="paper", max_epochs=None, harness_preset="full", volume_nvt_ps=50.0)
-        raise ValueError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'")
+        raise ConfigError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'", "preset")
 
 
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:

@@ -732,7 +732,9 @@ def _dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}") from None
+        from .errors import ConfigError
+
+        raise ConfigError(f"dtype (--precision) must be 'float32' or 'float64', got {name!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -807,7 +809,7 @@ def load_exported(path: str | Path,
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
         if "torch.classes.vesin" in str(exc):
-            raise RuntimeError(
+            raise InputFileError(
                 f"cannot load '{path}': it uses vesin's TorchScript neighbour list; run `import openmm_cgnn` "
                 "or `import vesin_torch` before torch.jit.load (and check that vesin-torch matches this torch)"
             ) from exc

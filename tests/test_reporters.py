@@ -146,3 +146,34 @@ def test_reporters_on_a_plain_simulation_of_an_exported_model(methanol_dataset, 
                                state.getPositions(asNumpy=True).value_in_unit(u.nanometer), rtol=1e-6)
     assert frames.arrays()["potential_energy"][-1] == pytest.approx(
         state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole), rel=1e-5)
+
+
+def test_simulate_resumes_an_interrupted_run_where_its_checkpoint_left_off(methanol_dataset, tmp_path, monkeypatch):
+    """simulate records through the reporters; a run stopped after a checkpoint resumes from it: the frames
+    saved before the stop are kept and the time axis goes on without a gap."""
+    from openmm_cgnn import simulate
+    from openmm_cgnn.baselines import fit_pair_force_matching
+    from openmm_cgnn.dataset import CGDataset
+
+    pair = fit_pair_force_matching([CGDataset.load(methanol_dataset)], cutoff=0.8, bin_width=0.02)
+    cfg = simulate.CGSimulationConfig(model=str(pair.save(tmp_path / "pair.json")), start_dataset=str(methanol_dataset),
+                                      equilibration=0.02, production=0.06, frame_interval=0.01, platform="CPU",
+                                      checkpoint_every=2)
+    save = simulate.PartialRun.save
+
+    def save_then_stop(self, simulation, frames):
+        save(self, simulation, frames)
+        if len(frames) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulate.PartialRun, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        simulate.run_cg_simulation(cfg, tmp_path / "sim", progress=False)
+    with np.load(tmp_path / "sim" / ".partial" / "frames.npz") as z:
+        saved = z["positions"].copy()
+    monkeypatch.setattr(simulate.PartialRun, "save", save)
+    arrays, meta = simulate.load_cg_frames(simulate.run_cg_simulation(cfg, tmp_path / "sim", progress=False))
+    assert meta["status"] == "complete" and arrays["positions"].shape == (6, 64, 3)
+    np.testing.assert_array_equal(arrays["positions"][:4], saved)
+    np.testing.assert_allclose(arrays["time"], 0.01 * np.arange(1, 7), rtol=1e-9)
+    assert not (tmp_path / "sim" / ".partial").exists()
