@@ -668,7 +668,7 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     merged = dict(new)
     benches = dict(old.get("benchmarks", {}))
     benches.update(new.get("benchmarks", {}))
-    merged["benchmarks"] = {k: benches[k] for k in sorted(benches, key=_order_key)}
+    merged["benchmarks"] = {k: benches[k] for k in sorted(benches, key=benchmark_order_key)}
     models = dict(old.get("models", {}))
     models.update(new.get("models", {}))
     merged["models"] = models
@@ -678,7 +678,7 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
 BENCHMARK_ORDER = ["throughput", "overhead", "scaling", "precision", "training", "profile", "mts"]
 
 
-def _order_key(name: str) -> int:
+def benchmark_order_key(name: str) -> int:
     return BENCHMARK_ORDER.index(name) if name in BENCHMARK_ORDER else len(BENCHMARK_ORDER)
 
 

@@ -230,7 +230,7 @@ def report(results: dict[str, Any]) -> str:
         lines += ["Models (speed does not depend on the weights):", "",
                   C.md_table(["model", "preset", "l", "features", "sensitivities", "cutoff nm", "weights"], rows), ""]
     benches = results.get("benchmarks", {})
-    for name in sorted(benches, key=C._order_key):  # the JSON file stores them sorted by name
+    for name in sorted(benches, key=C.benchmark_order_key):  # the JSON file stores them sorted by name
         entry = benches[name]
         lines += [_markdown(name, entry), "",
                   f"_{name}: {entry.get('seconds', 0):.0f} s, {entry.get('date')}, `{entry.get('command')}`, "

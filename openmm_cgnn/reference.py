@@ -36,6 +36,7 @@ import openmm.app as app
 import openmm.unit as u
 
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
+from .aa_input import clashing_molecules
 from . import validation as V
 from .files import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
 from .errors import CGNNError
@@ -159,24 +160,14 @@ def build_box(species: Species, n_molecules: int, density: float,
     # finer than the molecules when N is not a cube); minimisation removes what is left.
     for _ in range(50):
         positions = np.concatenate([r + (s + 0.5) * spacing for r, s in zip(rotated, sites)])
-        clashing = _clashing_molecules(positions, box, len(species.elements), min_distance=0.12)
+        owner = np.arange(len(positions)) // len(species.elements)
+        clashing = clashing_molecules(positions, box, owner, min_distance=0.12)
         if not clashing.size:
             break
         for m in clashing:
             rotated[m] = centred @ _random_rotation(rng).T
     top.setPeriodicBoxVectors(box * u.nanometer)
     return top, positions, edge
-
-
-def _clashing_molecules(positions: np.ndarray, box: np.ndarray, atoms_per_molecule: int,
-                        min_distance: float) -> np.ndarray:
-    """Indices of molecules with an atom closer than ``min_distance`` (nm) to another molecule's atom."""
-    from vesin import NeighborList
-
-    i, j = NeighborList(cutoff=min_distance, full_list=False).compute(points=positions, box=box, periodic=True,
-                                                                      quantities="ij")
-    mi, mj = i // atoms_per_molecule, j // atoms_per_molecule
-    return np.unique(np.concatenate([mi[mi != mj], mj[mi != mj]]))
 
 
 # -- the OpenMM side --------------------------------------------------------------------------
