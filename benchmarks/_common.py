@@ -24,6 +24,7 @@ import numpy as np
 import openmm.unit as u
 
 from openmm_cgnn.files import cpu_model, json_default
+from openmm_cgnn.reporting import format_number, markdown_table
 from openmm_cgnn.units import AVOGADRO, BOLTZMANN_KJ_PER_MOL_K, volume_for_density_nm3
 
 METHANOL_MASS = 32.042        # amu, one CG bead per molecule
@@ -615,30 +616,8 @@ class BenchmarkContext:
 # ----------------------------------------------------------------------------------------------
 # formatting and result files
 # ----------------------------------------------------------------------------------------------
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        if x == 0:
-            return "0"
-        mag = abs(x)
-        if mag >= 10 ** digits or mag < 10 ** -(digits):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}" if mag < 1 else f"{x:.{max(digits - int(math.log10(mag)) - 1, 0)}f}"
-    return str(x)
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |")
-    return "\n".join(lines)
+fmt = format_number          # table cells and Markdown tables: openmm_cgnn.reporting
+md_table = markdown_table
 
 
 def today() -> str:

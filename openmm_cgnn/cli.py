@@ -376,7 +376,7 @@ def _cmd_compare(args) -> None:
 
     from .harness import HarnessConfig, compare
 
-    cfg = HarnessConfig.from_json(args.config) if args.config else HarnessConfig.preset(args.preset)
+    cfg = HarnessConfig.from_json(args.config) if args.config else HarnessConfig.from_preset(args.preset)
     if args.molecules is not None:
         cfg = replace(cfg, n_molecules=args.molecules)
     if args.platform is not None:
@@ -438,7 +438,7 @@ def _add_study(sub) -> None:
 def _cmd_study(args) -> None:
     from .study import StudyConfig, run_transfer_study
 
-    cfg = StudyConfig.preset_named(args.preset)
+    cfg = StudyConfig.from_preset(args.preset)
     cfg.platform = args.platform
     run_transfer_study(args.out, cfg)
 

@@ -60,7 +60,8 @@ class DemoConfig:
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:
     """Run the whole pipeline on the built-in methanol default; return the path of ``report.md``."""
     from .export import export_model
-    from .harness import HarnessConfig, compare, parse_state_points, summary_lines
+    from .harness import HarnessConfig, compare, summary_lines
+    from .statepoints import parse_state_points
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
     from .training import TrainConfig, train
@@ -94,7 +95,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
         export_model(model_dir, model_pt, dtype="float32")
         print(f"[demo] exported model -> {model_pt}")
 
-    harness_config = HarnessConfig.preset(config.harness_preset)
+    harness_config = HarnessConfig.from_preset(config.harness_preset)
     harness_config.n_molecules = config.n_molecules
     harness_config.platform = config.platform
     harness_config.adf_shell_cutoff = config.adf_shell_cutoff

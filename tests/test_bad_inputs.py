@@ -272,7 +272,7 @@ def test_failed_compare_state_point_reruns_without_overwrite(files, tmp_path, ca
 
     out = tmp_path / "report"
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(HarnessConfig.preset("tiny", aa_forcefield="no-such-forcefield.xml").to_dict()))
+    bad.write_text(json.dumps(HarnessConfig.from_preset("tiny", aa_forcefield="no-such-forcefield.xml").to_dict()))
     base = ["compare", "--model", str(files["model_pt"]), "--state-points", "300K:0.787g/cm3", "--out", str(out),
             "--quiet"]
     assert main([*base, "--config", str(bad)]) == 2

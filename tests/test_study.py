@@ -10,7 +10,7 @@ from openmm_cgnn.study import StudyConfig, run_transfer_study
 
 @pytest.mark.slow
 def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
-    cfg = StudyConfig.preset_named("toy")
+    cfg = StudyConfig.from_preset("toy")
     result = run_transfer_study(tmp_path / "study", cfg, progress=False)
     models = {r["model"] for r in result["rows"]}
     assert models == {"hipnn-ts-l2", "pair-fm"}
