@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .deprecation import renamed
 from .errors import ConfigError
 from .files import write_json_atomic
 
@@ -38,15 +39,6 @@ class DemoConfig:
     platform: str | None = None
 
     @classmethod
-    def preset_named(cls, name: str) -> "DemoConfig":
-        """Deprecated name of :meth:`from_preset`."""
-        import warnings
-
-        warnings.warn("DemoConfig.preset_named is deprecated; use DemoConfig.from_preset", DeprecationWarning,
-                      stacklevel=2)
-        return cls.from_preset(name)
-
-    @classmethod
     def from_preset(cls, name: str) -> "DemoConfig":
         """``"cpu"``: about 15 minutes on 2 cores (tiny network); ``"full"``: the paper network and sizes."""
         if name == "cpu":
@@ -55,6 +47,8 @@ class DemoConfig:
             return cls(preset="full", n_molecules=512, equilibration=100.0, production=1000.0, frame_interval=1.0,
                        aa_cutoff=1.0, train_preset="paper", max_epochs=None, harness_preset="full", volume_nvt_ps=50.0)
         raise ConfigError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'", "preset")
+
+    preset_named = renamed("from_preset")   # the old name
 
 
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:

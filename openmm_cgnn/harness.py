@@ -46,6 +46,7 @@ from .errors import CGNNError
 from .files import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 from .files import check_writable, make_output_dir
 from . import validation as V
+from .deprecation import renamed
 from .errors import ConfigError, InputFileError, MissingInputError
 from .statepoints import (StatePoint, StatePointError, load_state_points, parse_state_point,  # noqa: F401
                           parse_state_points)
@@ -222,14 +223,7 @@ class HarnessConfig:
         ref.validate()
         cg.validate()
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
-        """Deprecated name of :meth:`from_preset`."""
-        import warnings
-
-        warnings.warn("HarnessConfig.preset is deprecated; use HarnessConfig.from_preset", DeprecationWarning,
-                      stacklevel=2)
-        return cls.from_preset(name, **overrides)
+    preset = renamed("from_preset")   # the old name
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "HarnessConfig":

@@ -38,6 +38,7 @@ import openmm.unit as u
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from .aa_input import clashing_molecules
 from . import validation as V
+from .deprecation import module_getattr
 from .files import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
 from .errors import CGNNError
 from .species import Species, get_species
@@ -456,16 +457,6 @@ def load_reference(path: str | Path) -> ReferenceTrajectory:
                                z["pressure"] if "pressure" in z else None)
 
 
-_DEPRECATED = {"ReferenceError": "ReferenceRunError", "ReferenceBlowUp": "ReferenceBlowUpError"}
-
-
-def __getattr__(name: str):
-    """Old names, kept for scripts written against openmm-cgnn 0.1 (they warn). ``ReferenceError`` was
-    renamed because it shadowed the Python builtin of that name."""
-    if name in _DEPRECATED:
-        import warnings
-
-        warnings.warn(f"openmm_cgnn.reference.{name} is deprecated; use {_DEPRECATED[name]}", DeprecationWarning,
-                      stacklevel=2)
-        return globals()[_DEPRECATED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# old names (ReferenceError shadowed the Python builtin)
+__getattr__ = module_getattr(__name__, {"ReferenceError": "ReferenceRunError", "ReferenceBlowUp": "ReferenceBlowUpError"},
+                             globals())

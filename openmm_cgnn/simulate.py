@@ -38,6 +38,7 @@ import openmm.app as app
 import openmm.unit as u
 
 from . import validation as V
+from .deprecation import module_getattr
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
 from .files import (atomic_write, check_writable, make_output_dir, save_npz_atomic, versions, write_json_atomic,
                   write_text_atomic)
@@ -450,15 +451,4 @@ def _log(enabled: bool, message: str) -> None:
         print(message, flush=True)
 
 
-_DEPRECATED = {"CGSimulationBlowUp": "CGSimulationBlowUpError"}
-
-
-def __getattr__(name: str):
-    """Old names, kept for scripts written against openmm-cgnn 0.1 (they warn)."""
-    if name in _DEPRECATED:
-        import warnings
-
-        warnings.warn(f"openmm_cgnn.simulate.{name} is deprecated; use {_DEPRECATED[name]}", DeprecationWarning,
-                      stacklevel=2)
-        return globals()[_DEPRECATED[name]]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = module_getattr(__name__, {"CGSimulationBlowUp": "CGSimulationBlowUpError"}, globals())

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .deprecation import renamed
 from .errors import ConfigError
 from .files import write_json_atomic, write_text_atomic
 from .reporting import study_markdown, write_study_plots
@@ -56,15 +57,6 @@ class StudyConfig:
     platform: str | None = None
 
     @classmethod
-    def preset_named(cls, name: str) -> "StudyConfig":
-        """Deprecated name of :meth:`from_preset`."""
-        import warnings
-
-        warnings.warn("StudyConfig.preset_named is deprecated; use StudyConfig.from_preset", DeprecationWarning,
-                      stacklevel=2)
-        return cls.from_preset(name)
-
-    @classmethod
     def from_preset(cls, name: str) -> "StudyConfig":
         """``"toy"``: seconds (tests); ``"small"``: a CPU hour; ``"full"``: the paper network and sizes."""
         if name == "small":
@@ -79,6 +71,8 @@ class StudyConfig:
                                     "450K:0.787g/cm3", "500K:0.787g/cm3", "300K:1bar", "350K:1bar",
                                     "400K:1bar"])
         raise ConfigError(f"unknown study preset {name!r}; choose 'toy', 'small' or 'full'", "preset")
+
+    preset_named = renamed("from_preset")   # the old name
 
 
 def _harness_config(config: StudyConfig):

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from . import validation as V
+from .deprecation import renamed
 from .files import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
@@ -154,13 +155,7 @@ class TrainConfig:
         """The network's hard cutoff in nm."""
         return self.dist_hard_max / ANGSTROM_PER_NM
 
-    @classmethod
-    def preset(cls, name: str) -> "TrainConfig":
-        """Deprecated name of :meth:`from_preset`."""
-        import warnings
-
-        warnings.warn("TrainConfig.preset is deprecated; use TrainConfig.from_preset", DeprecationWarning, stacklevel=2)
-        return cls.from_preset(name)
+    preset = renamed("from_preset")   # the old name
 
     @classmethod
     def from_preset(cls, name: str) -> "TrainConfig":
