@@ -25,7 +25,8 @@ import openmm.unit as u
 
 from openmm_cgnn.files import cpu_model, json_default
 from openmm_cgnn.reporting import format_number, markdown_table
-from openmm_cgnn.units import AVOGADRO, BOLTZMANN_KJ_PER_MOL_K, volume_for_density_nm3
+from openmm_cgnn.geometry import box_edge
+from openmm_cgnn.units import AVOGADRO, BOLTZMANN_KJ_PER_MOL_K
 
 METHANOL_MASS = 32.042        # amu, one CG bead per molecule
 METHANOL_DENSITY = 0.787      # g/cm^3 (the species' default; CG lattices and AA boxes both use it)
@@ -245,7 +246,7 @@ def sync_fn(device: str) -> Callable[[], None]:
 # geometry: lattices of beads, all-atom boxes
 # ----------------------------------------------------------------------------------------------
 def box_edge_nm(n: int, mass_amu: float = METHANOL_MASS, density: float = METHANOL_DENSITY) -> float:
-    return volume_for_density_nm3(n * mass_amu, density) ** (1.0 / 3.0)
+    return box_edge(n, mass_amu, density)
 
 
 def min_beads_for_cutoff(cutoff_nm: float) -> int:
@@ -546,7 +547,7 @@ class Models:
                               {"source": str(self.user_model_dir), "preset": cfg.name, **_arch_facts(cfg)},
                               export_dir=self.workdir)
         info_file = self.workdir / f"model-{arch}.info.json"
-        if (self.workdir / f"model-{arch}" / "model.pt").exists() and info_file.exists():
+        if (self.workdir / f"model-{arch}" / "hippynn_weights.pt").exists() and info_file.exists():
             info = json.loads(info_file.read_text())  # a kept --workdir: reuse its models
             info["reused"] = True
             return ModelEntry(arch, self.workdir / f"model-{arch}", self.device, info)

@@ -47,7 +47,7 @@ from .errors import CGNNError, ConfigError
 from .reference import add_barostat, choose_platform, platform_properties
 from .reporters import CGBlowUpReporter, CGFrameReporter, CGSimulationBlowUpError, closest_pair
 from .system import CGModel, cg_topology_from_dataset, resolve_cuda_graphs, type_masses
-from .units import volume_for_density_nm3
+from .geometry import box_edge
 
 
 class CGSimulationError(CGNNError, ValueError):
@@ -157,7 +157,7 @@ def lattice_start(n_beads: int, density: float, mass: float, type_name: str, rng
     the smallest lattice with at least ``n_beads`` sites, each moved by up to ``jitter`` lattice
     spacings along each axis (uniformly, from ``rng``).
     """
-    edge = volume_for_density_nm3(mass * n_beads, density) ** (1.0 / 3.0)
+    edge = box_edge(n_beads, mass, density)
     per_side = math.ceil(n_beads ** (1.0 / 3.0) - 1e-9)
     grid = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
     sites = grid[rng.permutation(len(grid))[:n_beads]]
@@ -217,7 +217,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
     platform = choose_platform(config.platform)
-    graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.kind != "pair"
+    # CUDA graphs capture a TorchScript model; a model without one (a pair force field) has nothing to capture
+    graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.module is not None
     simulation, system, barostat = _build_simulation(config, model, topology, masses, platform, graphs)
     if graphs and config.use_cuda_graphs is None and not _capture_works(simulation, positions, config):
         _log(progress, "[simulate] CUDA graph capture failed for this model; running without CUDA graphs "
