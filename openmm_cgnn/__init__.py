@@ -28,6 +28,7 @@ import openmmml as _openmmml  # noqa: E402,F401  (first, so that its loading of 
 from .dataset import CGDataset  # noqa: E402
 from .errors import CGNNError  # noqa: E402
 from .export import load_exported  # noqa: E402
+from .reporters import CGBlowUpReporter, CGFrameReporter, CGSimulationBlowUpError  # noqa: E402
 from .system import cg_topology_from_dataset, create_system  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,4 +39,7 @@ __all__ = [
     "cg_topology_from_dataset",
     "create_system",
     "load_exported",
+    "CGBlowUpReporter",
+    "CGFrameReporter",
+    "CGSimulationBlowUpError",
 ]

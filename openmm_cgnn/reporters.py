@@ -5,11 +5,10 @@ Both follow the reporter protocol of ``openmm.app`` (``describeNextReport(simula
 ``app.Simulation``, not only the ones ``openmm-cgnn simulate`` builds::
 
     import openmm_cgnn
-    from openmm_cgnn.reporters import CGBlowUpReporter, CGFrameReporter
 
-    simulation = app.Simulation(topology, system, integrator)      # e.g. create_system(...)
-    simulation.reporters.append(CGBlowUpReporter.for_model(100, "model.pt", temperature=300.0))
-    frames = CGFrameReporter(250)
+    simulation = app.Simulation(topology, system, integrator)      # e.g. openmm_cgnn.create_system(...)
+    simulation.reporters.append(openmm_cgnn.CGBlowUpReporter.for_model(100, "model.pt", temperature=300.0))
+    frames = openmm_cgnn.CGFrameReporter(250)
     simulation.reporters.append(frames)
     simulation.step(10_000)                                            # CGSimulationBlowUpError if it blows up
     frames.save("frames.npz")                                          # the layout of simulate's frames.npz
