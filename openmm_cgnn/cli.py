@@ -175,6 +175,12 @@ def _add_train(sub) -> None:
     p.add_argument("--volume-from", choices=["cg-nvt", "mapped"], default=None,
                    help="CG pressure for pressure matching: a short CG NVT run (cg-nvt, default of the paper "
                         "preset) or the mapped frames (mapped, default of the tiny preset)")
+    p.add_argument("--temperature-aware", action="store_true",
+                   help="train U(R, T) = E(R) - T S(R) on data sets at two or more temperatures; the exported "
+                        "model takes the run temperature as the TorchForce global parameter 'temperature'")
+    p.add_argument("--temperature-form", choices=["split", "input"], default=None,
+                   help="with --temperature-aware: split U into E(R) - T S(R) (split, default) or give T to the "
+                        "network as an input feature of every bead (input)")
     _add_device_options(p)
     _add_output(p, "model directory to create")
     p.set_defaults(func=_cmd_train)
@@ -230,6 +236,12 @@ def _cmd_train(args) -> None:
         cfg.fit_volume = False
     if args.volume_from is not None:
         cfg.volume_source = args.volume_from
+    if args.temperature_aware:
+        cfg.temperature_aware = True
+    if args.temperature_form is not None:
+        if not cfg.temperature_aware:
+            raise ConfigError("--temperature-form needs --temperature-aware", "temperature_form")
+        cfg.temperature_form = args.temperature_form
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)
     if out is None:  # another process of a distributed run: rank 0 reports
