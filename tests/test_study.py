@@ -10,7 +10,7 @@ from openmm_cgnn.study import StudyConfig, run_transfer_study
 
 @pytest.mark.slow
 def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
-    cfg = StudyConfig.preset_named("toy")
+    cfg = StudyConfig.from_preset("toy")
     result = run_transfer_study(tmp_path / "study", cfg, progress=False)
     models = {r["model"] for r in result["rows"]}
     assert models == {"hipnn-ts-l2", "pair-fm"}
@@ -41,7 +41,7 @@ def test_study_pieces_train_every_model_after_its_data(tmp_path):
     from openmm_cgnn.cluster import graph_width
     from openmm_cgnn.study import training_pieces
 
-    cfg = StudyConfig.preset_named("small")
+    cfg = StudyConfig.from_preset("small")
     pieces, models = training_pieces(cfg, tmp_path)
     needs = {p.key: set(p.needs()) for p in pieces}
     assert [m[0] for m in models] == [v.name for v in cfg.variants] + ["hipnn-ts-l2-multi", "pair-fm"]
