@@ -58,7 +58,7 @@ __all__ = [
     "rdf_metrics", "adf_l1", "density_error",
     "FrameSums", "BlockPlan", "rdf_frames", "adf_frames", "block_observables", "plan_blocks", "bootstrap_metric",
     "noise_floor", "significant_difference", "rdf_comparison", "rdf_distances", "adf_comparison",
-    "density_comparison",
+    "density_comparison", "comparison_uncertainty",
     "plot_rdfs", "plot_adfs", "plot_density_vs_temperature",
 ]
 
@@ -991,6 +991,86 @@ def density_comparison(ref: Sequence[np.ndarray], cg: Sequence[np.ndarray]) -> d
     ``abs_error`` (g/cm^3) and ``relative_error``, as in ``density_error``."""
     d = density_error(float(cg[0][0]), 0.0, float(ref[0][0]), 0.0)
     return {"abs_error": d["abs_error"], "relative_error": d["relative_error"]}
+
+
+def comparison_uncertainty(ref: Mapping[str, FrameSums], cg: Mapping[str, FrameSums] | None = None, *,
+                           n_resamples: int = 200, seed: int = 0, min_blocks: int = 8,
+                           factor: float = 3.0) -> dict[str, Any]:
+    """Standard errors and noise floors of every metric of one reference/CG comparison.
+
+    ref, cg : curves of each trajectory by name, all over that trajectory's frames. A name
+        starting with "rdf" holds ``rdf_frames`` (metrics: ``rdf_metrics``, or its distances alone
+        when a curve has no first peak), one starting with "adf" holds ``adf_frames`` (``adf_l1``),
+        "density" holds ``FrameSums.of_series`` of the per-frame density, g/cm^3
+        (``density_comparison``). E.g. {"rdf": ..., "adf": ..., "density": ..., "rdf A-B": ...}.
+        ``cg`` may be None or lack names (a CG run that blew up): those get floors only.
+
+    The block length of each trajectory comes from all its curves together (``block_observables``,
+    ``plan_blocks``), so one plan serves every metric. Every metric is resampled with the same
+    ``seed``. Floors (``noise_floor``, two halves of the reference) are computed for the distance
+    metrics only (RDF mad/max_abs_dev/rmsd, ADF l1); signed errors are judged by their SE alone.
+
+    Returns {"blocks": {"reference": BlockPlan.to_dict(), "cg": ... or None}, "n_resamples", "seed",
+    "floor_method", "floor_scale", "notes": [str], "metrics": {name: {"se": {key: SE},
+    "noise_floor": {key: floor}, "noise_floor_se": {key: SE of the floor}}}}; a value that could not
+    be computed is None (e.g. too few frames for ``min_blocks`` blocks: then "notes" says why).
+    """
+    cg = dict(cg or {})
+    out: dict[str, Any] = {"blocks": {"reference": None, "cg": None}, "n_resamples": int(n_resamples),
+                           "seed": int(seed), "floor_method": None, "floor_scale": None, "notes": [],
+                           "metrics": {name: {"se": {}, "noise_floor": {}, "noise_floor_se": {}} for name in ref}}
+    plans: dict[str, BlockPlan | None] = {}
+    for side, sums in (("reference", ref), ("cg", cg)):
+        plans[side] = None
+        if not sums:
+            continue
+        try:
+            plans[side] = plan_blocks(block_observables(*sums.values()), min_blocks=min_blocks, factor=factor)
+        except ValueError as exc:
+            out["notes"].append(f"no error bars from the {side} run: {exc}")
+            continue
+        out["blocks"][side] = plans[side].to_dict()
+        if not plans[side].independent:
+            out["notes"].append(
+                f"the {side} run is short for its correlation time ({plans[side].n_frames} frames, statistical "
+                f"inefficiency {plans[side].statistical_inefficiency:.1f} frames): its {min_blocks} blocks are shorter "
+                f"than {factor:g} correlation times, so the error bars are too small; run longer")
+    p_ref, p_cg = plans["reference"], plans["cg"]
+    for name, sums in ref.items():
+        entry = out["metrics"][name]
+        comparison, distance = _metric_functions(name, sums.x)
+        if p_ref is not None and p_cg is not None and name in cg:
+            for metric in (comparison, distance):
+                if metric is None:
+                    continue
+                try:
+                    entry["se"] = bootstrap_metric(metric, sums, cg[name], p_ref, p_cg, n_resamples, seed)["se"]
+                    break
+                except ValueError:
+                    continue
+        if distance is not None and p_ref is not None:
+            try:
+                floor = noise_floor(distance, sums, p_ref, cg_plan=p_cg, n_resamples=n_resamples, seed=seed)
+            except ValueError as exc:
+                note = f"no noise floor: {exc}"
+                if note not in out["notes"]:
+                    out["notes"].append(note)
+                continue
+            entry["noise_floor"], entry["noise_floor_se"] = floor["value"], floor["se"]
+            out["floor_method"], out["floor_scale"] = floor["method"], floor["scale"]
+    return out
+
+
+def _metric_functions(name: str, x: np.ndarray):
+    """(metric for the SE, distance metric for the floor or None) of a curve named as in
+    ``comparison_uncertainty``."""
+    if name.startswith("rdf"):
+        return rdf_comparison(x), rdf_distances
+    if name.startswith("adf"):
+        return adf_comparison(x), adf_comparison(x)
+    if name.startswith("density"):
+        return density_comparison, None
+    raise ValueError(f"unknown curve name {name!r}: start it with 'rdf', 'adf' or 'density'")
 
 
 # ---------------------------------------------------------------------------------------------

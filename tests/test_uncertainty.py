@@ -316,3 +316,37 @@ def test_a_metric_that_fails_on_most_resamples_has_no_se():
 
     out = A.bootstrap_metric(flaky, ref, ref, plan, plan, n_resamples=60)
     assert out["se"]["x"] is None and out["value"]["x"] == pytest.approx(ref.curve()[0])
+
+
+def test_comparison_uncertainty_gives_every_metric_an_se_and_every_distance_a_floor():
+    rng = np.random.default_rng(16)
+    L, n_frames = 2.0, 48
+    box = np.eye(3) * L
+    ref_pos, cg_pos = rng.uniform(0, L, (2, n_frames, 60, 3))
+    types = np.repeat([0, 1], 30)
+
+    def curves(pos, rho):
+        return {"rdf": A.rdf_frames(pos, box, bin_width=0.05), "adf": A.adf_frames(pos, box, 0.5, n_bins=18),
+                "rdf A-B": A.rdf_frames(pos, box, bin_width=0.05, types=types, pair=(0, 1)),
+                "density": A.FrameSums.of_series(rho)}
+
+    ref = curves(ref_pos, rng.normal(0.79, 0.01, n_frames))
+    cg = curves(cg_pos, rng.normal(0.79, 0.01, n_frames))
+    out = A.comparison_uncertainty(ref, cg, n_resamples=50, seed=2)
+    assert out["blocks"]["reference"]["n_blocks"] >= 8 and out["blocks"]["cg"]["n_blocks"] >= 8
+    m = out["metrics"]
+    assert set(m["rdf"]["se"]) >= {"mad", "max_abs_dev", "rmsd", "peak_position_error", "peak_height_error"}
+    assert set(m["rdf"]["noise_floor"]) == {"mad", "max_abs_dev", "rmsd"}
+    assert set(m["adf"]["se"]) == set(m["adf"]["noise_floor"]) == {"l1"}
+    assert m["rdf A-B"]["se"]["mad"] > 0 and m["rdf A-B"]["noise_floor"]["mad"] > 0
+    assert set(m["density"]["se"]) == {"abs_error", "relative_error"} and m["density"]["noise_floor"] == {}
+    assert m["density"]["se"]["abs_error"] == pytest.approx(0.01 * math.sqrt(2 / n_frames), rel=0.4)
+    assert out["floor_method"] == "halves" and 0.5 < out["floor_scale"] < 1.0
+    assert out == A.comparison_uncertainty(ref, cg, n_resamples=50, seed=2)          # deterministic
+    # no CG run: floors only; too few frames: no error bars, and a note that says why
+    alone = A.comparison_uncertainty(ref, None, n_resamples=20)
+    assert alone["metrics"]["rdf"]["se"] == {} and alone["metrics"]["rdf"]["noise_floor"]["mad"] > 0
+    short = A.comparison_uncertainty({k: v.frames(0, 5) for k, v in ref.items()},
+                                     {k: v.frames(0, 5) for k, v in cg.items()}, n_resamples=20)
+    assert short["metrics"]["rdf"]["se"] == {} and short["metrics"]["rdf"]["noise_floor"] == {}
+    assert any("cannot make 8 blocks" in n for n in short["notes"])
