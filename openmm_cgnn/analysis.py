@@ -1020,6 +1020,7 @@ def comparison_uncertainty(ref: Mapping[str, FrameSums], cg: Mapping[str, FrameS
                            "seed": int(seed), "floor_method": None, "floor_scale": None, "notes": [],
                            "metrics": {name: {"se": {}, "noise_floor": {}, "noise_floor_se": {}} for name in ref}}
     plans: dict[str, BlockPlan | None] = {}
+    names = {"reference": "all-atom reference", "cg": "CG"}
     for side, sums in (("reference", ref), ("cg", cg)):
         plans[side] = None
         if not sums:
@@ -1027,12 +1028,12 @@ def comparison_uncertainty(ref: Mapping[str, FrameSums], cg: Mapping[str, FrameS
         try:
             plans[side] = plan_blocks(block_observables(*sums.values()), min_blocks=min_blocks, factor=factor)
         except ValueError as exc:
-            out["notes"].append(f"no error bars from the {side} run: {exc}")
+            out["notes"].append(f"no error bars from the {names[side]} run: {exc}")
             continue
         out["blocks"][side] = plans[side].to_dict()
         if not plans[side].independent:
             out["notes"].append(
-                f"the {side} run is short for its correlation time ({plans[side].n_frames} frames, statistical "
+                f"the {names[side]} run is short for its correlation time ({plans[side].n_frames} frames, statistical "
                 f"inefficiency {plans[side].statistical_inefficiency:.1f} frames): its {min_blocks} blocks are shorter "
                 f"than {factor:g} correlation times, so the error bars are too small; run longer")
     p_ref, p_cg = plans["reference"], plans["cg"]
