@@ -25,6 +25,7 @@ os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn i
 import numpy as np
 
 from openmm_cgnn._io import cpu_model, json_default
+from openmm_cgnn.reporting import format_number, markdown_table
 
 METHANOL_MASS = 32.042        # amu, one CG bead per molecule
 METHANOL_DENSITY = 0.787      # g/cm^3 (the species' default; CG lattices and AA boxes both use it)
@@ -587,30 +588,8 @@ class Context:
 # ----------------------------------------------------------------------------------------------
 # formatting and result files
 # ----------------------------------------------------------------------------------------------
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return str(x)
-        if x == 0:
-            return "0"
-        mag = abs(x)
-        if mag >= 10 ** digits or mag < 10 ** -(digits):
-            return f"{x:.{digits - 1}e}"
-        return f"{x:.{digits}g}" if mag < 1 else f"{x:.{max(digits - int(math.log10(mag)) - 1, 0)}f}"
-    return str(x)
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |")
-    return "\n".join(lines)
+fmt = format_number          # table cells and Markdown tables: openmm_cgnn.reporting
+md_table = markdown_table
 
 
 def today() -> str:

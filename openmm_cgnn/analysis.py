@@ -1,4 +1,4 @@
-"""Structure and thermodynamics of CG and all-atom runs: RDF, ADF, density, error bars, metrics, plots.
+"""Structure and thermodynamics of CG and all-atom runs: RDF, ADF, density, error bars, metrics.
 
 Plain functions over arrays, in the style of mdtraj's geometry functions:
 
@@ -44,22 +44,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._io import atomic_write
 from .units import AVOGADRO
 
 __all__ = [
     "minimum_image_radius", "rdf", "coordination_number", "first_peak", "first_minimum",
-    "adf", "density", "block_average", "statistical_inefficiency",
+    "adf", "density", "block_average", "statistical_inefficiency", "series_mean_se", "block_drift",
     "rdf_metrics", "adf_l1", "density_error",
     "FrameSums", "BlockPlan", "rdf_frames", "adf_frames", "block_observables", "plan_blocks", "bootstrap_metric",
     "noise_floor", "significant_difference", "rdf_comparison", "rdf_distances", "adf_comparison",
     "density_comparison", "comparison_uncertainty",
-    "plot_rdfs", "plot_adfs", "plot_density_vs_temperature",
 ]
 
 
@@ -541,6 +538,44 @@ def statistical_inefficiency(x: np.ndarray, mintime: int = 3) -> float:
             break
         g += 2.0 * c[t] * (1.0 - t / n)
     return max(1.0, float(g))
+
+
+def series_mean_se(x: np.ndarray, n_blocks: int) -> tuple[float, float | None, int | None]:
+    """Block-averaged mean and standard error of a scalar time series, with the blocks actually used.
+
+    :param x: (n_samples,) series in any unit (e.g. per-frame densities in g/cm^3 or pressures in bar).
+    :param n_blocks: the wanted number of blocks; at most ``len(x) // 2`` are used (two samples a block).
+    :return: (mean, standard error, blocks) in the unit of ``x``; (plain mean, None, None) when fewer than
+        two blocks fit. The error is that of :func:`block_average`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    blocks = min(n_blocks, len(x) // 2)
+    if blocks < 2:
+        return float(np.mean(x)), None, None
+    mean, se = block_average(x, blocks)
+    return float(mean), float(se), blocks
+
+
+def block_drift(x: np.ndarray, n_blocks: int, tolerance: float = 0.01) -> tuple[float, float] | None:
+    """Whether a scalar time series still drifts: its block means change monotonically over the run.
+
+    :param x: (n_samples,) series (any unit), cut into ``min(n_blocks, len(x) // 2)`` contiguous blocks
+        (leftover samples dropped from the start, as in :func:`block_average`).
+    :param tolerance: the smallest relative change |last - first| / |mean| that counts as a drift.
+    :return: (first, last) block mean, in the unit of ``x``, when the block means rise or fall at every
+        block and change by more than ``tolerance``; None otherwise or with fewer than 3 blocks. A
+        stationary series has monotonic block means with probability 2 / n_blocks! (2 % for 5 blocks).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = min(n_blocks, len(x) // 2)
+    if n < 3:
+        return None
+    length = len(x) // n
+    means = x[len(x) - n * length:].reshape(n, length).mean(axis=1)
+    steps = np.diff(means)
+    if (np.all(steps > 0) or np.all(steps < 0)) and abs(means[-1] - means[0]) > tolerance * abs(means.mean()):
+        return float(means[0]), float(means[-1])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1074,162 +1109,13 @@ def _metric_functions(name: str, x: np.ndarray):
     raise ValueError(f"unknown curve name {name!r}: start it with 'rdf', 'adf' or 'density'")
 
 
-# ---------------------------------------------------------------------------------------------
-# plots (matplotlib's object API with the Agg canvas: no pyplot state, no backend switch)
-# ---------------------------------------------------------------------------------------------
-_REF_STYLE = dict(color="black", lw=1.6)
-_CG_STYLE = dict(color="tab:red", lw=1.4, ls="--")
+_PLOTS = ("plot_rdfs", "plot_adfs", "plot_density_vs_temperature")
 
 
-def _figure(n_panels: int, ncols: int | None, panel_size: tuple[float, float]):
-    from matplotlib.figure import Figure
+def __getattr__(name: str) -> Any:
+    """The plots moved to :mod:`openmm_cgnn.reporting`; ``analysis.plot_rdfs`` etc. still work."""
+    if name in _PLOTS:
+        from . import reporting
 
-    ncols = max(1, min(n_panels, ncols or 3))
-    nrows = max(1, math.ceil(n_panels / ncols))
-    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
-    return fig, axes
-
-
-def _save(fig, path: str | Path, dpi: int) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
-
-
-def _note(ax, text: str) -> None:
-    """A framed text box placed where it hides the least data (legend's loc="best" search)."""
-    from matplotlib.lines import Line2D
-
-    lines = text.split("\n")
-    blank = [Line2D([], [], linestyle="none")] * len(lines)
-    ax.legend(blank, lines, loc="best", handlelength=0, handletextpad=0, fontsize=8.5,
-              framealpha=0.9, edgecolor="0.8", borderpad=0.4, labelspacing=0.2)
-
-
-def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, decorate, note) -> Path:
-    """Shared layout of plot_rdfs/plot_adfs: one panel per entry, one legend for the figure."""
-    if not curves:
-        raise ValueError("no curves to plot")
-    fig, axes = _figure(len(curves), ncols, (4.2, 3.2))
-    handles: dict[str, Any] = {}
-    for ax, (label, (x, y_ref, y_cg)) in zip(axes, curves.items()):
-        if y_ref is not None:
-            handles[ref_label], = ax.plot(x, y_ref, **_REF_STYLE)
-        if y_cg is not None:
-            handles[cg_label], = ax.plot(x, y_cg, **_CG_STYLE)
-        decorate(ax, x)
-        ax.set_title(str(label), fontsize=10)
-        ax.set_ylim(0, 1.12 * ax.get_ylim()[1])           # headroom for the metric box
-        if y_ref is not None and y_cg is not None:
-            try:
-                _note(ax, note(x, y_ref, y_cg))
-            except ValueError:
-                pass
-    # one legend below the panels, where it can never hide data
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-               ncols=max(1, len(handles)), frameon=False, fontsize=9)
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path, dpi)
-
-
-def plot_rdfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
-              ref_label: str = "all-atom (mapped)", cg_label: str = "CG (GNN)", title: str | None = None,
-              ncols: int | None = None, dpi: int = 150) -> Path:
-    """One panel per state point: reference and CG g(r) overlaid, written as a PNG.
-
-    curves : {panel title (e.g. "300 K, 0.79 g/cm3") -> (r nm, g_ref, g_cg)}; either g may be None.
-    Panels with both curves show ``rdf_metrics``' MAD and first-peak errors. Returns ``path``.
-    """
-    def decorate(ax, r):
-        ax.axhline(1.0, color="0.6", lw=0.7, ls=":")
-        ax.set_xlim(0, float(np.max(r)))
-        ax.set_xlabel("r (nm)")
-        ax.set_ylabel("g(r)")
-
-    def note(r, g_ref, g_cg):
-        m = rdf_metrics(r, g_ref, g_cg)
-        return (f"MAD {m['mad']:.3f}\npeak \u0394r {m['peak_position_error']:+.3f} nm\n"
-                f"peak \u0394g {m['peak_height_error']:+.2f}")
-
-    return _overlay_panels(curves, path, ref_label=ref_label, cg_label=cg_label, title=title,
-                           ncols=ncols, dpi=dpi, decorate=decorate, note=note)
-
-
-def plot_adfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
-              ref_label: str = "all-atom (mapped)", cg_label: str = "CG (GNN)", title: str | None = None,
-              ncols: int | None = None, dpi: int = 150) -> Path:
-    """One panel per state point: reference and CG ADF P(theta) overlaid, written as a PNG.
-
-    curves : {panel title -> (theta degrees, p_ref 1/degree, p_cg 1/degree)}; either p may be None.
-    Panels with both curves show ``adf_l1``. Returns ``path``.
-    """
-    def decorate(ax, theta):
-        ax.set_xlim(0, 180)
-        ax.set_xticks(np.arange(0, 181, 30))
-        ax.set_xlabel("\u03b8 (degrees)")
-        ax.set_ylabel("P(\u03b8) (1/degree)")
-
-    def note(theta, p_ref, p_cg):
-        return f"L1 {adf_l1(p_ref, p_cg, theta):.3f}"
-
-    return _overlay_panels(curves, path, ref_label=ref_label, cg_label=cg_label, title=title,
-                           ncols=ncols, dpi=dpi, decorate=decorate, note=note)
-
-
-def plot_density_vs_temperature(rows: Iterable[Mapping[str, Any]], path: str | Path, *,
-                                ref_label: str = "all-atom", cg_label: str = "CG (GNN)",
-                                title: str | None = "Density vs temperature", dpi: int = 150) -> Path:
-    """Density (g/cm^3) against temperature (K) for all-atom and CG runs, with error bars, as a PNG.
-
-    rows : one mapping per state point with ``temperature_K`` and any of ``ref_mean``, ``ref_se``,
-        ``cg_mean``, ``cg_se`` (g/cm^3; a missing or None/NaN mean leaves the point out, a missing
-        standard error draws no bar), optionally ``training`` (True marks a temperature the CG
-        model was trained at, drawn as a grey band). Returns ``path``.
-    """
-    from matplotlib.figure import Figure
-
-    rows = sorted(rows, key=lambda row: float(row["temperature_K"]))
-    if not rows:
-        raise ValueError("no rows to plot")
-
-    def series(key: str):
-        t, y, e = [], [], []
-        for row in rows:
-            v = row.get(f"{key}_mean")
-            if v is None or not np.isfinite(v):
-                continue
-            se = row.get(f"{key}_se")
-            t.append(float(row["temperature_K"]))
-            y.append(float(v))
-            e.append(float(se) if se is not None and np.isfinite(se) else 0.0)
-        return np.array(t), np.array(y), np.array(e)
-
-    fig = Figure(figsize=(5.2, 3.8), layout="constrained")
-    ax = fig.subplots()
-    temps = [float(row["temperature_K"]) for row in rows]
-    span = (max(temps) - min(temps)) or 100.0
-    trained = False
-    for row in rows:
-        if row.get("training"):
-            t = float(row["temperature_K"])
-            ax.axvspan(t - 0.015 * span, t + 0.015 * span, color="0.88", zorder=0,
-                       label=None if trained else "training T")
-            trained = True
-    for key, label, style in (("ref", ref_label, dict(color="black", marker="o", ls="-")),
-                              ("cg", cg_label, dict(color="tab:red", marker="s", ls="--", mfc="none"))):
-        t, y, e = series(key)
-        if len(t):
-            ax.errorbar(t, y, yerr=e, capsize=3, ms=5, lw=1.3, label=label, **style)
-    ax.set_xlabel("T (K)")
-    ax.set_ylabel("density (g/cm\u00b3)")
-    ax.set_xlim(min(temps) - 0.08 * span, max(temps) + 0.08 * span)
-    ax.legend(fontsize=9, frameon=False)
-    ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title, fontsize=11)
-    return _save(fig, path, dpi)
+        return getattr(reporting, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,7 +49,8 @@ class DemoConfig:
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:
     """Run the whole pipeline on the built-in methanol default; return the path of ``report.md``."""
     from .export import export_model
-    from .harness import HarnessConfig, compare, parse_state_points, summary_lines
+    from .harness import HarnessConfig, compare, summary_lines
+    from .statepoints import parse_state_points
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
     from .training import TrainConfig, train

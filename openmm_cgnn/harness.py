@@ -1,20 +1,13 @@
 """Comparison harness: a CG model against all-atom references at several state points.
 
-For every state point the harness
-
-1. gets the all-atom reference: it runs ``reference.run_reference`` and ``mapping.map_reference``
-   (or reuses a CG data set given by the user whose ``metadata.state`` matches, or one that an
-   earlier harness run with the same settings left in the output folder);
-2. runs the CG model there with ``simulate.run_cg_simulation``, on the same OpenMM platform,
-   starting from the last mapped reference frame;
-3. compares the two with ``analysis``: the bead-bead RDF on one r grid up to the minimum-image
-   radius (half the box edge), the first-shell ADF with the shell cutoff at the first minimum of
-   the *reference* RDF (or at ``HarnessConfig.adf_shell_cutoff``), and (NPT) the block-averaged
-   density on both sides.
-
-A CG run that blows up (or stops with an OpenMM error) is recorded with ``status = "blew_up"``
-and its message; a state point the harness could not run at all (e.g. the all-atom run failed) is
-recorded as ``"failed"``. Neither stops the other state points.
+For every state point the harness gets the all-atom reference (runs it and maps it onto beads, or
+reuses a given or earlier one), runs the CG model there from the last mapped frame, and compares the
+two (RDF, first-shell ADF, density, pressure). A CG run that blows up is recorded as ``"blew_up"``, a
+state point that could not be run as ``"failed"``; neither stops the others. This module only
+orchestrates: state points are in :mod:`~openmm_cgnn.statepoints`, statistics in
+:mod:`~openmm_cgnn.analysis`, plots and Markdown in :mod:`~openmm_cgnn.reporting`. Each piece of a
+state point (:func:`reference_piece`, :func:`cg_piece`, :func:`analysis_piece`) is a module-level
+function of paths and plain settings, and :class:`RunCache` decides which finished pieces are reused.
 
 Use::
 
@@ -24,93 +17,28 @@ Use::
     print("\n".join(summary_lines(report)))
 
 or ``openmm-cgnn compare --model model.pt --state-points ... --out report/``. The model may also be
-a pair force field (``.json`` from ``openmm_cgnn.baselines``). ``notebooks/analysis.ipynb`` reads
-a report folder back (``load_report``, ``load_curves``).
+a pair force field (``.json`` from ``openmm_cgnn.baselines``).
 
-State points
-------------
-``"300K:0.787g/cm3"`` is NVT at 300 K and 0.787 g/cm^3 (``g/cm^3`` and ``g/cc`` are accepted
-too); ``"300K:1bar"`` is NPT at 300 K and 1 bar (``atm`` is accepted and converted to bar). A list
-is comma-separated: ``"300K:0.787g/cm3,400K:0.787g/cm3,300K:1bar"``. A TOML file holds either or
-both of::
-
-    state_points = ["300K:0.787g/cm3", "300K:1bar"]
-
-    [[state_point]]
-    temperature = 350.0   # K
-    density = 0.76        # g/cm^3 -> NVT
-
-    [[state_point]]
-    temperature = 350.0
-    pressure = 1.0        # bar -> NPT
-
-Outputs (in ``out_dir``; every file is written atomically)
-----------------------------------------------------------
-================  ============================================================================
-file              content
-================  ============================================================================
-config.json       the :class:`HarnessConfig` used (load it with ``HarnessConfig.from_json``)
-report.json       every metric, state point, provenance (keys below)
-report.md         the summary, a Markdown table of the metrics, and the three plots
-rdf.png           g(r) of reference and CG, one panel per state point
-adf.png           first-shell angle distribution P(theta), one panel per state point
-density.png       density against temperature, all-atom and CG, for the NPT state points
-                  (one more ``density-<P>bar.png`` per further pressure; a note if none is NPT)
-curves.npz        the curves, for replotting (keys below)
-state_points/     one folder per state point (``StatePoint.slug()``): reference-aa.npz (all-atom
-                  reference), reference-cg.npz (mapped), cg/ (the CG simulation folder, see
-                  ``simulate``; trajectory.dcd + topology.pdb for mdtraj; harness-run.json, the
-                  model and start-frame hashes that let a resumed comparison reuse it), error.txt
-                  (the traceback) when the state point failed
-================  ============================================================================
-
-``report.json`` keys (``REPORT_KEYS``): ``format``, ``version``, ``created``, ``config`` (the
-HarnessConfig), ``platform`` (OpenMM platform name of every run), ``device`` (CUDA device name
-or CPU model), ``versions``, ``model`` (provenance from the exported metadata: ``MODEL_KEYS``),
-``state_points`` (one entry per state point, below), ``summary`` (``n_state_points``,
-``n_complete``, ``n_blew_up``, ``n_failed``, ``lines``: the three lines of :func:`summary_lines`),
-``files`` (output file names), ``notes`` (warnings: an unused reference data set, a density
-still drifting, no ADF shell found),
-``units``, ``timing_s`` (``total``).
-
-Each ``state_points`` entry (``STATE_POINT_KEYS``): ``label`` (e.g. "300K:1bar"), ``slug``,
-``title``, ``state`` (``temperature_K``, ``density_g_cm3``, ``pressure_bar``, ``ensemble``),
-``status`` ("complete", "blew_up" or "failed"), ``message`` (None when complete),
-``in_training`` (the model was trained at this state point), ``reference`` (data provenance:
-``REFERENCE_KEYS``), ``cg`` (``CG_KEYS``), ``rdf`` (``RDF_KEYS``: the keys of
-``analysis.rdf_metrics`` plus ``r_max_nm`` and ``bin_width_nm``), ``adf`` (``ADF_KEYS``:
-``shell_cutoff_nm``, ``n_bins``, ``l1``), ``density`` (``DENSITY_KEYS``: ``ensemble``, ``fixed``
-(True for NVT: the density is imposed), ``ref_mean``, ``ref_se``, ``cg_mean``, ``cg_se`` in
-g/cm^3 (block averages for NPT), ``n_blocks`` and the keys of ``analysis.density_error``:
-``abs_error``, ``abs_error_se``, ``relative_error``, ``relative_error_se``, ``z``; None for NVT),
-``by_type`` (``composition``: bead type -> number of beads of the reference; with several bead
-types also ``rdf``: "A-B" -> the ``analysis.rdf_metrics`` of the partial RDF of that type pair, and
-``adf``: "A" -> ``l1`` of the ADF of angles centred on a bead of type A, in the same shell),
-``pressure`` (``PRESSURE_KEYS``: block-averaged mean and standard error, in bar, of the instantaneous
-pressure recorded with the all-atom frames (``ref_*``) and the CG frames (``cg_*``), both from
-OpenMM's finite-difference estimator, and ``difference`` = CG - all-atom with its error; None where a
-run recorded none), ``timing_s`` (``reference``, ``cg``, ``analysis``). A metric that could not be computed (the CG run
-blew up, ...) is None; every key is always present.
-
-``curves.npz``: ``labels`` (S,) str (the state-point labels, in order), ``slugs`` (S,) str and,
-for state point i, ``sp{i}_r`` (nm), ``sp{i}_g_ref``, ``sp{i}_g_cg``, ``sp{i}_theta`` (degrees),
-``sp{i}_p_ref``, ``sp{i}_p_cg`` (1/degree), ``sp{i}_density_ref``, ``sp{i}_density_cg``
-(per-frame densities, g/cm^3), ``sp{i}_pressure_ref``, ``sp{i}_pressure_cg`` (per-frame pressures, bar). Curves that do not exist (no reference, CG blew up) are absent;
-:func:`load_curves` returns them by label with None for the missing ones.
+The output folder holds ``config.json``, ``report.json``, ``report.md``, ``rdf.png``, ``adf.png``,
+``density.png``, ``curves.npz`` and ``state_points/``; ``report.json`` has the keys ``format``,
+``version``, ``created``, ``config``, ``platform``, ``device``, ``versions``, ``model``,
+``state_points``, ``summary``, ``files``, ``notes``, ``units``, ``timing_s``. Every file, key and
+unit is described in ``docs/formats.md``; :func:`load_report` and :func:`load_curves` read a report
+folder back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
-import re
 import time
 import traceback
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -119,11 +47,18 @@ from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic
 from ._io import check_writable, make_output_dir
 from . import validation as V
 from .errors import ConfigError, InputFileError, MissingInputError
+from .statepoints import (StatePoint, StatePointError, load_state_points, parse_state_point,  # noqa: F401
+                          parse_state_points)
+if TYPE_CHECKING:
+    from .reference import ReferenceConfig
+    from .simulate import CGSimulationConfig
+from .reporting import harness_markdown, metrics_table_markdown, summary_lines, write_harness_plots  # noqa: F401
 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
     "HarnessConfig", "compare", "summary_lines", "metrics_table_markdown", "load_report", "load_curves",
-    "device_name", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
+    "device_name", "RunCache", "reference_piece", "cg_piece", "analysis_piece",
+    "state_point_dir", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
     "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT",
 ]
 
@@ -147,185 +82,59 @@ PRESSURE_KEYS = ("ref_mean", "ref_se", "cg_mean", "cg_se", "difference", "differ
 UNITS = {"temperature": "K", "density": "g/cm^3", "pressure": "bar", "distance": "nm", "angle": "degree",
          "adf": "1/degree", "time": "ps", "timing": "s"}
 
-BAR_PER_ATM = 1.01325
-_T_TOL = 0.05            # K
-_RHO_TOL = 5e-4          # g/cm^3
-_P_TOL_REL = 1e-3
-
-
-# ---------------------------------------------------------------------------------------------
-# state points
-# ---------------------------------------------------------------------------------------------
-class StatePointError(ConfigError):
-    """A state point (or a list or file of them) cannot be read."""
-
-
-def _num(x: float) -> str:
-    return f"{float(x):g}"
-
-
-@dataclass(frozen=True)
-class StatePoint:
-    """A thermodynamic state: NVT (temperature K, density g/cm^3) or NPT (temperature K, pressure bar)."""
-
-    temperature: float
-    density: float | None = None
-    pressure: float | None = None
-
-    def __post_init__(self) -> None:
-        V.temperature(self.temperature, error=StatePointError)
-        if (self.density is None) == (self.pressure is None):
-            raise StatePointError("a state point needs exactly one of density (NVT) or pressure (NPT)")
-        if self.density is not None:
-            V.density(self.density, error=StatePointError)
-        V.pressure(self.pressure, error=StatePointError)
-
-    @property
-    def ensemble(self) -> str:
-        return "NPT" if self.pressure is not None else "NVT"
-
-    def label(self) -> str:
-        """The canonical text form, which ``parse_state_point`` reads back: "300K:0.787g/cm3", "300K:1bar"."""
-        if self.pressure is not None:
-            return f"{_num(self.temperature)}K:{_num(self.pressure)}bar"
-        return f"{_num(self.temperature)}K:{_num(self.density)}g/cm3"
-
-    def title(self) -> str:
-        """A human title for plots and tables: "300 K, 0.787 g/cm\u00b3 (NVT)"."""
-        second = f"{_num(self.pressure)} bar" if self.pressure is not None else f"{_num(self.density)} g/cm\u00b3"
-        return f"{_num(self.temperature)} K, {second} ({self.ensemble})"
-
-    def slug(self) -> str:
-        """A file-name-safe form: "300K_0.787gcm3", "300K_1bar"."""
-        second = f"{_num(self.pressure)}bar" if self.pressure is not None else f"{_num(self.density)}gcm3"
-        return f"{_num(self.temperature)}K_{second}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state in the form data sets and models record it (``metadata.state``)."""
-        return {"temperature_K": float(self.temperature),
-                "density_g_cm3": None if self.density is None else float(self.density),
-                "pressure_bar": None if self.pressure is None else float(self.pressure),
-                "ensemble": self.ensemble}
-
-    def matches(self, state: dict[str, Any] | None) -> bool:
-        """Whether a recorded state (``{"temperature_K", "density_g_cm3", "pressure_bar", ...}``) is this one
-        (within 0.05 K, 5e-4 g/cm^3, 0.1 % in pressure)."""
-        if not state or state.get("temperature_K") is None:
-            return False
-        if abs(float(state["temperature_K"]) - self.temperature) > _T_TOL:
-            return False
-        p = state.get("pressure_bar")
-        if self.pressure is not None:
-            return p is not None and abs(float(p) - self.pressure) <= _P_TOL_REL * self.pressure + 1e-9
-        rho = state.get("density_g_cm3")
-        return p is None and rho is not None and abs(float(rho) - self.density) <= _RHO_TOL
-
-
-_SYNTAX = "TEMPERATURE:DENSITY (NVT, e.g. 300K:0.787g/cm3) or TEMPERATURE:PRESSURE (NPT, e.g. 300K:1bar)"
-_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-_DENSITY_UNITS = ("g/cm3", "g/cm^3", "g/cc", "g/ml")
-_PRESSURE_UNITS = {"bar": 1.0, "atm": BAR_PER_ATM}
-
-
-def parse_state_point(text: str) -> StatePoint:
-    """Read one state point: "300K:0.787g/cm3" (NVT) or "300K:1bar" / "300K:1atm" (NPT).
-
-    Raises StatePointError with the accepted syntax when the text does not follow it.
-    """
-    raw = str(text).strip()
-    parts = raw.split(":")
-    if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-        raise StatePointError(f"state point '{raw}' does not read as {_SYNTAX}")
-    t_text, v_text = parts[0].strip().replace(" ", ""), parts[1].strip().replace(" ", "")
-    m = re.fullmatch(rf"({_NUMBER})(K?)", t_text, flags=re.IGNORECASE)
-    if m is None:
-        raise StatePointError(f"state point '{raw}': temperature '{t_text}' must be a number of kelvin such as 300K")
-    if not m.group(2):
-        raise StatePointError(f"state point '{raw}': temperature '{t_text}' needs its unit, e.g. {t_text}K")
-    temperature = float(m.group(1))
-    m = re.fullmatch(rf"({_NUMBER})(.*)", v_text)
-    if m is None:
-        raise StatePointError(f"state point '{raw}': '{v_text}' must be a density such as 0.787g/cm3 "
-                              "or a pressure such as 1bar")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    if not unit:
-        raise StatePointError(f"state point '{raw}': '{v_text}' needs a unit: g/cm3 (NVT density) "
-                              "or bar / atm (NPT pressure)")
-    if unit in _DENSITY_UNITS:
-        return StatePoint(temperature, density=value)
-    if unit in _PRESSURE_UNITS:
-        return StatePoint(temperature, pressure=value * _PRESSURE_UNITS[unit])
-    raise StatePointError(f"state point '{raw}': unknown unit '{m.group(2)}'; use g/cm3 for a density (NVT) "
-                          "or bar / atm for a pressure (NPT)")
-
-
-def parse_state_points(text: str | Sequence[str | StatePoint] | StatePoint) -> list[StatePoint]:
-    """State points from a comma-separated string, a TOML file path, or a list of strings/StatePoints.
-
-    Raises StatePointError for bad syntax, an empty list or a state point given twice.
-    """
-    if isinstance(text, StatePoint):
-        items: list[Any] = [text]
-    elif isinstance(text, (str, Path)):
-        s = str(text).strip()
-        if s.lower().endswith(".toml") or (Path(s).is_file() and ":" not in Path(s).name):
-            return load_state_points(s)
-        items = [p for p in re.split(r"[,;]", s) if p.strip()]
-    else:
-        items = list(text)
-    points = [p if isinstance(p, StatePoint) else parse_state_point(p) for p in items]
-    if not points:
-        raise StatePointError(f"no state points given; give a comma-separated list of {_SYNTAX}")
-    seen: set[str] = set()
-    for p in points:
-        if p.label() in seen:
-            raise StatePointError(f"state point {p.label()} is given twice")
-        seen.add(p.label())
-    return points
-
-
-def load_state_points(path: str | Path) -> list[StatePoint]:
-    """State points from a TOML file (format in the module docstring)."""
-    path = Path(path)
-    data = read_config_file(path, "state-point file", StatePointError, fmt="toml")
-    unknown = sorted(set(data) - {"state_points", "state_point"})
-    if unknown:
-        raise StatePointError(f"state-point file '{path}': unknown keys {unknown}; use 'state_points = [...]' "
-                              "and/or [[state_point]] tables")
-    items: list[Any] = []
-    strings = data.get("state_points", [])
-    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
-        raise StatePointError(f"state-point file '{path}': state_points must be a list of strings such as "
-                              "\"300K:1bar\"")
-    items.extend(strings)
-    tables = data.get("state_point", [])
-    if not isinstance(tables, list):
-        raise StatePointError(f"state-point file '{path}': write state points as [[state_point]] tables")
-    for k, t in enumerate(tables):
-        bad = sorted(set(t) - {"temperature", "density", "pressure"})
-        if bad or "temperature" not in t:
-            raise StatePointError(f"state-point file '{path}', [[state_point]] number {k + 1}: needs 'temperature' "
-                                  f"(K) and one of 'density' (g/cm^3) or 'pressure' (bar)"
-                                  + (f"; unknown keys {bad}" if bad else ""))
-        try:
-            items.append(StatePoint(float(t["temperature"]),
-                                    density=None if t.get("density") is None else float(t["density"]),
-                                    pressure=None if t.get("pressure") is None else float(t["pressure"])))
-        except (TypeError, ValueError) as exc:
-            raise StatePointError(f"state-point file '{path}', [[state_point]] number {k + 1}: {exc}") from None
-    if not items:
-        raise StatePointError(f"state-point file '{path}' holds no state points")
-    return parse_state_points(items)
-
 
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
+# The fields of the run templates that the harness sets itself for every state point; every other field
+# of ``HarnessConfig.reference`` (a ReferenceConfig) and ``HarnessConfig.cg`` (a CGSimulationConfig) is
+# used as it is.
+REFERENCE_PER_STATE_POINT = ("species", "n_molecules", "temperature", "density", "pressure", "cutoff", "seed",
+                             "platform", "components", "box", "system_xml", "forcefield_files")
+CG_PER_STATE_POINT = ("model", "temperature", "pressure", "seed", "platform", "start_dataset", "start_frame",
+                      "n_beads", "density")
+_SET_PER_STATE_POINT = "(set per state point)"
+# the flat keys of configurations written before the harness composed the run configurations
+_FLAT_KEYS = {"aa_cutoff": (None, "reference_cutoff"), "aa_forcefield": ("reference", "forcefield"),
+              "aa_timestep": ("reference", "timestep"), "aa_equilibration": ("reference", "equilibration"),
+              "aa_production": ("reference", "production"), "aa_frame_interval": ("reference", "frame_interval"),
+              "cg_timestep": ("cg", "timestep"), "cg_friction": ("cg", "friction"),
+              "cg_equilibration": ("cg", "equilibration"), "cg_production": ("cg", "production"),
+              "cg_frame_interval": ("cg", "frame_interval"), "cg_cuda_graphs": ("cg", "use_cuda_graphs"),
+              "cg_mts": ("cg", "mts"), "cg_mts_fast": ("cg", "mts_fast")}
+
+
+def default_reference_settings():
+    """The run settings of the all-atom references of the "default" preset (a ReferenceConfig whose
+    state and system fields are placeholders: the harness sets them per state point)."""
+    from .reference import ReferenceConfig
+
+    return ReferenceConfig(equilibration=10.0, production=50.0, frame_interval=0.5)
+
+
+def default_cg_settings():
+    """The run settings of the CG runs of the "default" preset (a CGSimulationConfig whose model, state and
+    start fields are placeholders: the harness sets them per state point)."""
+    from .simulate import CGSimulationConfig
+
+    return CGSimulationConfig(model=_SET_PER_STATE_POINT, start_dataset=_SET_PER_STATE_POINT, equilibration=5.0,
+                              production=30.0, frame_interval=0.25)
+
+
 @dataclass
 class HarnessConfig:
-    """Every setting of a comparison. Units: ps, nm, K; ``aa_*`` for the all-atom reference runs,
-    ``cg_*`` for the CG runs. See :meth:`preset` for "tiny" (tests), "default" (the CPU demo) and "full"
-    (a GPU study)."""
+    """Every setting of a comparison. Units: ps, nm, K.
+
+    ``reference`` holds the run settings of the all-atom references (a :class:`~openmm_cgnn.reference.
+    ReferenceConfig`: time step, equilibration, production, frame interval, force field, ...) and ``cg``
+    those of the CG runs (a :class:`~openmm_cgnn.simulate.CGSimulationConfig`: time step, friction,
+    equilibration, production, frame interval, CUDA graphs, multiple time stepping, ...); the harness
+    fills in their state, system, seed and platform per state point (``REFERENCE_PER_STATE_POINT``,
+    ``CG_PER_STATE_POINT``). The keywords of the older flat form (``aa_production=...``,
+    ``cg_timestep=...``, listed in ``docs/formats.md``) are accepted by the constructor, :meth:`preset`,
+    ``dataclasses.replace`` and :meth:`from_dict`, and read as attributes. See :meth:`preset` for "tiny"
+    (tests), "default" (the CPU demo) and "full" (a GPU study).
+    """
 
     name: str = "default"                # the preset it started from ("tiny", "default") or your own name
     species: str | None = None           # built-in liquid; None: the liquid the model was trained on
@@ -333,22 +142,9 @@ class HarnessConfig:
     system: dict | None = None           # the all-atom input instead of a species: keys components, box,
     #                                      system_xml, forcefield_files (as ReferenceConfig); None: the model's
     mapping: dict | None = None          # the CG map (residue -> beads); None: the model's training map
-    # all-atom reference
-    aa_cutoff: float | None = None       # nm; None: min(1.0, 0.46 x initial box edge) per state point
-    aa_forcefield: str | None = None     # None: the species' default
-    aa_timestep: float = 0.002
-    aa_equilibration: float = 10.0
-    aa_production: float = 50.0
-    aa_frame_interval: float = 0.5
-    # CG simulation
-    cg_timestep: float = 0.002
-    cg_friction: float = 1.0             # 1/ps
-    cg_equilibration: float = 5.0
-    cg_production: float = 30.0
-    cg_frame_interval: float = 0.25
-    cg_cuda_graphs: bool | None = None   # CUDA graphs for the model: None = on for the CUDA platform, off elsewhere
-    cg_mts: int = 1                      # multiple time stepping: the network every cg_mts steps of cg_timestep
-    cg_mts_fast: str = "prior"           # the fast force of the inner steps: "prior" or a pair force field (.json)
+    reference: ReferenceConfig = field(default_factory=default_reference_settings)  # all-atom run settings
+    reference_cutoff: float | None = None  # nm; None: min(1.0, 0.46 x initial box edge) per state point
+    cg: CGSimulationConfig = field(default_factory=default_cg_settings)             # CG run settings
     # analysis
     rdf_bin_width: float = 0.005         # nm
     adf_bins: int = 60                   # over 0..180 degrees
@@ -362,18 +158,44 @@ class HarnessConfig:
     reuse_references: bool = True        # reuse all-atom runs of an earlier harness run with the same settings
 
     def __post_init__(self) -> None:
-        self.validate()
+        from .reference import ReferenceConfig
+        from .simulate import CGSimulationConfig
+
+        # own copies of the run templates: dataclasses.replace hands the same objects to the new config
+        for name, cls in (("reference", ReferenceConfig), ("cg", CGSimulationConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigError(f"{name} must be a {cls.__name__}, got {value!r}", name)
+            object.__setattr__(self, name, copy.copy(value))
+
+    def __getattr__(self, name: str) -> Any:
+        """The older flat names (``aa_production``, ``cg_timestep``, ...) read the composed settings."""
+        where = _FLAT_KEYS.get(name)
+        if where is None or "reference" not in self.__dict__:
+            raise AttributeError(f"'HarnessConfig' object has no attribute {name!r}")
+        part, key = where
+        return getattr(self.__dict__[part] if part else self, key)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        where = _FLAT_KEYS.get(name)
+        if where is None:
+            object.__setattr__(self, name, value)
+        else:
+            part, key = where
+            setattr(getattr(self, part) if part else self, key, value)
 
     def validate(self) -> None:
         """Check every field (the rules of :mod:`openmm_cgnn.validation`, the same as those of the
-        reference and CG runs); ConfigError names the first bad one."""
-        V.positive(self.aa_equilibration, "aa_equilibration", "ps")
-        V.frame_schedule(self.aa_timestep, self.aa_equilibration, self.aa_production, self.aa_frame_interval, "aa_")
-        V.frame_schedule(self.cg_timestep, self.cg_equilibration, self.cg_production, self.cg_frame_interval, "cg_")
-        V.positive(self.cg_friction, "cg_friction", "1/ps")
+        reference and CG runs); ConfigError names the first bad one (run settings by their flat names,
+        e.g. ``cg_timestep``)."""
+        ref, cg = self.reference, self.cg
+        V.positive(ref.equilibration, "aa_equilibration", "ps")
+        V.frame_schedule(ref.timestep, ref.equilibration, ref.production, ref.frame_interval, "aa_")
+        V.frame_schedule(cg.timestep, cg.equilibration, cg.production, cg.frame_interval, "cg_")
+        V.positive(cg.friction, "cg_friction", "1/ps")
         V.positive(self.rdf_bin_width, "rdf_bin_width", "nm")
-        if self.aa_cutoff is not None:
-            V.cutoff(self.aa_cutoff, "aa_cutoff")
+        if self.reference_cutoff is not None:
+            V.cutoff(self.reference_cutoff, "aa_cutoff")
         V.integer(self.n_molecules, "n_molecules", 2)
         V.integer(self.adf_bins, "adf_bins", 3)
         if self.adf_shell_cutoff is not None:
@@ -389,14 +211,16 @@ class HarnessConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a table (dict) or None (the model's), got "
                                   f"{getattr(self, name)!r}", name)
-        V.integer(self.cg_mts, "cg_mts", 1)
-        outer = self.cg_mts * self.cg_timestep
-        if self.cg_mts > 1 and abs(self.cg_frame_interval / outer - round(self.cg_frame_interval / outer)) > 1e-6:
-            raise ConfigError(f"cg_frame_interval ({self.cg_frame_interval:g} ps) must be a whole number of MTS outer "
+        V.integer(cg.mts, "cg_mts", 1)
+        outer = cg.mts * cg.timestep
+        if cg.mts > 1 and abs(cg.frame_interval / outer - round(cg.frame_interval / outer)) > 1e-6:
+            raise ConfigError(f"cg_frame_interval ({cg.frame_interval:g} ps) must be a whole number of MTS outer "
                               f"steps (cg_mts x cg_timestep = {outer:g} ps)", "cg_frame_interval")
-        if self.cg_cuda_graphs is not None and not isinstance(self.cg_cuda_graphs, bool):
-            raise ConfigError(f"cg_cuda_graphs must be true, false or null (automatic), got {self.cg_cuda_graphs!r}",
+        if cg.use_cuda_graphs is not None and not isinstance(cg.use_cuda_graphs, bool):
+            raise ConfigError(f"cg_cuda_graphs must be true, false or null (automatic), got {cg.use_cuda_graphs!r}",
                               "cg_cuda_graphs")
+        ref.validate()
+        cg.validate()
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
@@ -404,7 +228,8 @@ class HarnessConfig:
         runs, 20 frames each; the numbers mean little). ``"default"``: the CPU demo, a few minutes per
         state point on 2 CPU cores for 64 molecules (10 + 50 ps all-atom with 100 frames, 5 + 30 ps
         CG with 120 frames). ``"full"``: a GPU study (512 molecules, 100 + 500 ps all-atom, 20 + 500 ps
-        CG, 500 frames each). Keyword ``overrides`` replace single fields."""
+        CG, 500 frames each). Keyword ``overrides`` replace single fields (flat names such as
+        ``aa_production`` too)."""
         if name == "default":
             cfg = cls(name="default")
         elif name == "full":
@@ -420,22 +245,56 @@ class HarnessConfig:
         return replace(cfg, **overrides) if overrides else cfg
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as JSON-ready data (``config.json``): the run templates without the fields set
+        per state point."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("reference", "cg")}
+        out["reference"] = {k: v for k, v in asdict(self.reference).items() if k not in REFERENCE_PER_STATE_POINT}
+        out["cg"] = {k: v for k, v in asdict(self.cg).items() if k not in CG_PER_STATE_POINT}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "HarnessConfig":
+        """Settings from :meth:`to_dict`'s form, or from the older flat form (``aa_*``/``cg_*`` keys)."""
         if not isinstance(data, dict):
             raise InputFileError("a harness configuration must be a JSON object of settings")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | set(_FLAT_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown harness configuration keys: {unknown}")
+        data = dict(data)
+        for part, template, fixed in (("reference", default_reference_settings, REFERENCE_PER_STATE_POINT),
+                                      ("cg", default_cg_settings, CG_PER_STATE_POINT)):
+            given = data.pop(part, None)
+            if given is None:
+                continue
+            if not isinstance(given, dict):
+                raise ConfigError(f"'{part}' of a harness configuration must be a table of run settings", part)
+            base = template()
+            bad = sorted(set(given) - (set(asdict(base)) - set(fixed)))
+            if bad:
+                raise ConfigError(f"unknown keys {bad} in the harness configuration's '{part}'", part)
+            data[part] = replace(base, **given)
         return cls(**data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HarnessConfig":
-        """Read a ``config.json`` written by :func:`compare` (or written by hand)."""
+        """Read a ``config.json`` written by :func:`compare` (or written by hand; the older flat form too)."""
         return cls.from_dict(read_config_file(path, "harness configuration", InputFileError, MissingInputError))
+
+
+_dataclass_init = HarnessConfig.__init__
+
+
+def _harness_config_init(self, *args: Any, **kwargs: Any) -> None:
+    """The dataclass constructor, also taking the flat keywords (``aa_production=...``)."""
+    flat = {k: kwargs.pop(k) for k in list(kwargs) if k in _FLAT_KEYS}
+    _dataclass_init(self, *args, **kwargs)
+    for key, value in flat.items():
+        setattr(self, key, value)        # into the config's own copies of the templates
+    self.validate()
+
+
+HarnessConfig.__init__ = _harness_config_init
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,8 +422,8 @@ def resolve_system(config: HarnessConfig, meta: dict[str, Any], notes: list[str]
             if notes is not None:
                 notes.append("the model records no all-atom system it was trained on; using the built-in "
                              "methanol (set species or system in the harness configuration to choose)")
-        if config.aa_forcefield is None and ref_cfg.get("forcefield"):
-            changes["aa_forcefield"] = ref_cfg["forcefield"]
+        if config.reference.forcefield is None and ref_cfg.get("forcefield"):
+            changes["reference"] = replace(config.reference, forcefield=ref_cfg["forcefield"])
     if config.mapping is None and spec:
         changes["mapping"] = spec
     if config.system is not None:
@@ -574,12 +433,12 @@ def resolve_system(config: HarnessConfig, meta: dict[str, Any], notes: list[str]
     return replace(config, **changes) if changes else config
 
 
-def reference_input(config: HarnessConfig, **state: Any):
-    """A ReferenceConfig for the all-atom input of ``config`` (state and run settings from ``state``)."""
-    from .reference import ReferenceConfig
-
-    return ReferenceConfig(species=config.species or "methanol", n_molecules=config.n_molecules,
-                           forcefield=config.aa_forcefield, **(config.system or {}), **state)
+def reference_input(config: HarnessConfig, **state: Any) -> "ReferenceConfig":
+    """The ReferenceConfig of an all-atom run of ``config``: its run settings (``config.reference``) with the
+    system of ``config`` and the state, cutoff, seed and platform given in ``state``."""
+    system = config.system or {}
+    return replace(config.reference, species=config.species or "methanol", n_molecules=config.n_molecules,
+                   **{k: system.get(k) for k in _INPUT_KEYS}, **state)
 
 
 def check_mapping(config: HarnessConfig, type_names: Sequence[str]) -> list[str]:
@@ -721,10 +580,10 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
             edge = _box_edge(1, mass, rho)
             where = f"{n_mol} molecules at {rho:g} g/cm^3"
             n = n_mol
-            if config.aa_cutoff is not None and 2.0 * config.aa_cutoff > edge:
+            if config.reference_cutoff is not None and 2.0 * config.reference_cutoff > edge:
                 raise ConfigError(
                     f"state point {sp.label()}: {where} make a {edge:.3f} nm box, smaller than twice the all-atom "
-                    f"cutoff ({config.aa_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
+                    f"cutoff ({config.reference_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
         if cutoff_nm and edge <= 2.0 * cutoff_nm:
             need = math.ceil(n * (2.0 * cutoff_nm / edge) ** 3 * 1.1)
             raise ConfigError(
@@ -739,7 +598,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
 
     :param model: exported model (``.pt`` from ``openmm-cgnn export``).
     :param state_points: StatePoints, strings ("300K:0.787g/cm3"), a comma-separated string or a TOML path.
-    :param out_dir: output folder (files in the module docstring).
+    :param out_dir: output folder (its files are described in ``docs/formats.md``).
     :param config: the settings (default ``HarnessConfig.preset("default")``).
     :param reference_datasets: CG data sets (from ``openmm-cgnn map``) to use as the reference where
         their ``metadata.state`` matches a state point, instead of running the all-atom simulation.
@@ -793,7 +652,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     files = _write_curves(out, points, curves)
     trained_temperatures = [s["temperature_K"] for s in model_info["training_state_points"] or []
                             if s.get("temperature_K") is not None]
-    files.update(_write_plots(out, results, curves, trained_temperatures, model_info["label"]))
+    files.update(write_harness_plots(out, results, curves, trained_temperatures, model_info["label"]))
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.to_dict(), "platform": platform, "device": device, "versions": versions(),
@@ -808,7 +667,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     report["files"] = files
     report["timing_s"] = {"total": time.perf_counter() - started}
     report = _clean(report)
-    write_text_atomic(out / "report.md", _markdown(report))
+    write_text_atomic(out / "report.md", harness_markdown(report))
     write_json_atomic(out / "report.json", report)
     _log(progress, f"done in {report['timing_s']['total']:.0f} s: {counts['complete']} complete, "
                    f"{counts['blew_up']} blew up, {counts['failed']} failed; report in {out / 'report.md'}")
@@ -849,7 +708,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     in_training = any(sp.matches(s) for s in model_info.get("training_state_points") or [])
     res = _empty_result(sp, in_training)
     curves: dict[str, np.ndarray] = {}
-    sp_dir = out / "state_points" / sp.slug()
+    sp_dir = state_point_dir(out, sp)
     sp_dir.mkdir(parents=True, exist_ok=True)
     tag = f"{i + 1}/{n} {sp.label()}"
 
@@ -862,7 +721,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     # 1. all-atom reference
     t0 = time.perf_counter()
     try:
-        ds_path, res["reference"] = _reference(sp, config, platform, out, sp_dir, given, tag, progress)
+        ds_path, res["reference"] = reference_piece(sp, config, platform, out, given, progress, tag)
     except Exception as exc:          # recorded, so that the other state points still run
         fail("the all-atom reference", exc)
         return res, curves
@@ -876,7 +735,7 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     try:
         # a freshly computed reference invalidates any interrupted CG run that started from the old one
         fresh = overwrite or res["reference"]["source"] == "computed"
-        res["cg"] = _cg_run(sp, model, model_info, config, platform, ds_path, sim_dir, out, fresh, tag, progress)
+        res["cg"] = cg_piece(sp, model, model_info["sha256"], config, platform, ds_path, out, fresh, progress, tag)
         if res["cg"]["status"] != "complete":
             res["status"] = "blew_up"
             res["message"] = res["cg"]["error"]
@@ -890,7 +749,9 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     t0 = time.perf_counter()
     _log(progress, f"{tag}: analysis (RDF, ADF, density)")
     try:
-        for note in _analyse(sp, config, ds_path, sim_dir if res["status"] == "complete" else None, res, curves):
+        _, _, found = analysis_piece(sp, config, ds_path, sim_dir if res["status"] == "complete" else None, res,
+                                     curves)
+        for note in found:
             notes.append(note)
             _log(progress, "note: " + note)
     except Exception as exc:
@@ -908,45 +769,48 @@ def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: di
     return res, curves
 
 
-def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, sp_dir: Path, given: Path | None,
-               tag: str, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """The mapped reference data set of a state point and its provenance."""
+def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, given: Path | None = None,
+                    progress: bool = False, tag: str = "") -> tuple[Path, dict[str, Any]]:
+    """The all-atom reference of one state point, mapped onto beads: run it (or reuse it) and map it.
+
+    :param sp: the state point.
+    :param config: the harness settings (already resolved against the model: :func:`resolve_system`).
+    :param platform: the OpenMM platform name of the all-atom run.
+    :param out: the report folder; the files go to ``state_points/<slug>/``: ``reference-aa.npz``
+        (all-atom) and ``reference-cg.npz`` (mapped). A finished run with the same settings is reused
+        (:class:`RunCache`).
+    :param given: a CG data set to use instead (its state must match ``sp``); nothing is run then.
+    :return: (path of the mapped CG data set, its provenance: the ``REFERENCE_KEYS`` entry of the report).
+    """
     from .dataset import CGDataset
     from .mapping import map_reference
-    from .reference import ReferenceConfig, load_reference, run_reference
-    from .species import get_species
+    from .reference import run_reference
 
     if given is not None:
         source, ds_path = "given", given
         _log(progress, f"{tag}: all-atom reference: the given data set {given.name}")
     else:
         rho0 = _initial_density(config, sp)
-        cutoff = config.aa_cutoff if config.aa_cutoff is not None else _auto_cutoff(
+        cutoff = config.reference_cutoff if config.reference_cutoff is not None else _auto_cutoff(
             _box_edge(1, _input_mass_and_count(config)[0], rho0))
         ref_cfg = reference_input(config, temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                  cutoff=cutoff, timestep=config.aa_timestep,
-                                  equilibration=config.aa_equilibration, production=config.aa_production,
-                                  frame_interval=config.aa_frame_interval, seed=config.seed, platform=platform)
+                                  cutoff=cutoff, seed=config.seed, platform=platform)
         want = asdict(ref_cfg)
+        sp_dir = state_point_dir(out, sp)
+        sp_dir.mkdir(parents=True, exist_ok=True)
         aa_path, ds_path = sp_dir / "reference-aa.npz", sp_dir / "reference-cg.npz"
         source = "computed"
-        if config.reuse_references and ds_path.exists() and \
-                _same_json((_dataset_metadata(ds_path).get("source") or {}).get("config"), want):
+        cache = RunCache(config.reuse_references)
+        if cache.mapped_reference_done(ds_path, want):
             source = "reused"
             _log(progress, f"{tag}: all-atom reference: reusing {_rel(ds_path, out)} (same settings)")
         else:
-            aa_ok = False
-            if config.reuse_references and aa_path.exists():
-                try:
-                    aa_ok = _same_json(load_reference(aa_path).metadata.get("config"), want)
-                except Exception:
-                    aa_ok = False
-            if aa_ok:
+            if cache.reference_run_done(aa_path, want):
                 source = "reused"
                 _log(progress, f"{tag}: all-atom reference: reusing {_rel(aa_path, out)} (same settings)")
             else:
                 _log(progress, f"{tag}: all-atom reference: {ref_cfg.ensemble}, {config.n_molecules} molecules, "
-                               f"{config.aa_equilibration:g} + {config.aa_production:g} ps, cutoff {cutoff:g} nm")
+                               f"{ref_cfg.equilibration:g} + {ref_cfg.production:g} ps, cutoff {cutoff:g} nm")
                 run_reference(ref_cfg, aa_path, overwrite=True, progress=progress)
             map_reference(aa_path, ds_path, config.mapping, overwrite=True)
             _log(progress, f"{tag}: mapped onto beads -> {_rel(ds_path, out)}")
@@ -961,36 +825,41 @@ def _reference(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, 
     return ds_path, info
 
 
-def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig, platform: str, ds_path: Path,
-            sim_dir: Path, out: Path, overwrite: bool, tag: str, progress: bool) -> dict[str, Any]:
-    """Run (or reuse) the CG simulation of a state point; its status, never raising on a blow-up."""
+def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConfig, platform: str, ds_path: Path,
+             out: Path, overwrite: bool = False, progress: bool = False, tag: str = "") -> dict[str, Any]:
+    """Run (or reuse) the CG simulation of one state point; its status, never raising on a blow-up.
+
+    :param model: the exported model (``.pt``) or pair force field (``.json``); ``model_sha256`` its hash.
+    :param ds_path: the mapped reference (from :func:`reference_piece`); the run starts from its last frame.
+    :param out: the report folder; the run goes to ``state_points/<slug>/cg/`` (see ``simulate``), with
+        ``harness-run.json``, the stamp by which :class:`RunCache` reuses a finished run.
+    :param overwrite: never reuse or resume an earlier run (e.g. because the reference was just recomputed).
+    :return: the ``CG_KEYS`` entry of the report (``status`` "complete" or "blew_up", ``error``, frames, speed).
+    """
     import openmm
 
-    from .simulate import CGSimulationBlowUp, CGSimulationConfig, load_cg_frames, run_cg_simulation
+    from .simulate import CGSimulationBlowUp, load_cg_frames, run_cg_simulation
 
-    cfg = CGSimulationConfig(model=str(model), temperature=sp.temperature, pressure=sp.pressure,
-                             timestep=config.cg_timestep, friction=config.cg_friction,
-                             equilibration=config.cg_equilibration, production=config.cg_production,
-                             frame_interval=config.cg_frame_interval, seed=config.seed, platform=platform,
-                             start_dataset=str(ds_path), start_frame=-1, use_cuda_graphs=config.cg_cuda_graphs,
-                             mts=config.cg_mts, mts_fast=config.cg_mts_fast)
-    marker = sim_dir / "harness-run.json"
+    cfg = replace(config.cg, model=str(model), temperature=sp.temperature, pressure=sp.pressure, seed=config.seed,
+                  platform=platform, start_dataset=str(ds_path), start_frame=-1, n_beads=None, density=None)
+    model = Path(model)
+    sim_dir = state_point_dir(out, sp) / "cg"
+    cache = RunCache()
     # the run's settings, with the paths of this machine made relative (model: its file name), so that a
     # moved report folder is still recognised; the files themselves are identified by their hashes
     portable = {**asdict(cfg), "model": model.name, "start_dataset": _rel(ds_path, out)}
-    stamp = {"model_sha256": model_info["sha256"], "start_sha256": _sha256(ds_path), "config": portable}
+    stamp = cache.cg_stamp(model_sha256, ds_path, portable)
     info_path = sim_dir / "simulation.json"
-    reuse = (not overwrite and info_path.exists() and marker.exists()
-             and _same_json(json.loads(marker.read_text()), stamp))
+    reuse = not overwrite and cache.cg_run_done(sim_dir, stamp)
     status, error = "complete", None
     if reuse:
         _log(progress, f"{tag}: CG simulation: reusing {_rel(sim_dir, out)} (same model and settings)")
     else:
-        marker.unlink(missing_ok=True)
+        cache.forget_cg_run(sim_dir)
         finished_before = info_path.exists()
         info_path.unlink(missing_ok=True)          # so that a run that stops with an error leaves none
-        _log(progress, f"{tag}: CG simulation: {cfg.ensemble}, {config.cg_equilibration:g} + "
-                       f"{config.cg_production:g} ps, dt {config.cg_timestep * 1000:g} fs, platform {platform}")
+        _log(progress, f"{tag}: CG simulation: {cfg.ensemble}, {cfg.equilibration:g} + "
+                       f"{cfg.production:g} ps, dt {cfg.timestep * 1000:g} fs, platform {platform}")
         try:
             # overwrite: never resume an interrupted run of an earlier --overwrite'd comparison
             run_cg_simulation(cfg, sim_dir, overwrite=overwrite or finished_before, progress=progress)
@@ -999,7 +868,7 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
         except openmm.OpenMMException as exc:
             # e.g. the model refusing a box that collapsed below twice its cutoff under the barostat
             status, error = "blew_up", f"the CG simulation stopped with an OpenMM error: {str(exc).strip()}"
-        write_json_atomic(marker, stamp)
+        cache.record_cg_run(sim_dir, stamp)
     info = {k: None for k in CG_KEYS}
     info.update({"folder": _rel(sim_dir, out), "config": portable})
     if info_path.exists():
@@ -1019,31 +888,81 @@ def _cg_run(sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig
     return info
 
 
-def _series_mean_se(x: np.ndarray, n_blocks: int) -> tuple[float, float | None, int | None]:
-    from .analysis import block_average
+def analysis_piece(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None = None,
+                   res: dict[str, Any] | None = None, curves: dict[str, np.ndarray] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str]]:
+    """Compare the CG run of one state point with its reference: RDF, ADF, density, pressure.
 
-    x = np.asarray(x, dtype=np.float64)
-    blocks = min(n_blocks, len(x) // 2)
-    if blocks < 2:
-        return float(np.mean(x)), None, None
-    mean, se = block_average(x, blocks)
-    return float(mean), float(se), blocks
+    :param ds_path: the mapped reference (from :func:`reference_piece`).
+    :param sim_dir: the CG simulation folder (``state_points/<slug>/cg``) of a completed run, or None to
+        analyse the reference side only (the CG run blew up or failed).
+    :param res: the state point's report entry to fill (default: a fresh one); it is filled as the
+        analysis goes, so that what was computed before an error stays in it.
+    :param curves: the dictionary to fill with the curves (default: a fresh one).
+    :return: (the state point's entry, whose ``rdf``, ``adf``, ``density``, ``by_type`` and ``pressure``
+        are filled; the curves: ``r`` nm, ``g_ref``, ``g_cg``, ``theta`` degrees, ``p_ref``, ``p_cg``
+        1/degree, each (n_bins,), and ``density_*`` g/cm^3, ``pressure_*`` bar, each (n_frames,); notes).
+    """
+    res = res if res is not None else _empty_result(sp, False)
+    curves = curves if curves is not None else {}
+    notes = _analyse(sp, config, ds_path, sim_dir, res, curves)
+    return res, curves, notes
 
 
-def _drift(x: np.ndarray, n_blocks: int, tolerance: float = 0.01) -> tuple[float, float] | None:
-    """(first, last) block mean when the block means change monotonically by more than ``tolerance``
-    (relative) over the run, else None. A stationary series has monotonic block means with
-    probability 2 / n_blocks! (2 % for 5 blocks)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = min(n_blocks, len(x) // 2)
-    if n < 3:
-        return None
-    length = len(x) // n
-    means = x[len(x) - n * length:].reshape(n, length).mean(axis=1)
-    steps = np.diff(means)
-    if (np.all(steps > 0) or np.all(steps < 0)) and abs(means[-1] - means[0]) > tolerance * abs(means.mean()):
-        return float(means[0]), float(means[-1])
-    return None
+def state_point_dir(out: str | Path, sp: StatePoint) -> Path:
+    """The folder of one state point's runs in a report folder: ``out/state_points/<slug>``."""
+    return Path(out) / "state_points" / sp.slug()
+
+
+class RunCache:
+    """Which finished pieces of a comparison may be reused on a rerun (resume).
+
+    A piece is reused only when it finished and was made with the same settings: the all-atom run and
+    its mapped data set record their ``ReferenceConfig`` (compared as JSON); a CG run folder holds a
+    stamp (``harness-run.json``: the sha256 of the model and of the start data set, and the run's
+    portable settings) written after the run ended. With ``reuse_references`` False no reference is
+    reused. The only state is that flag, so a piece run in another process builds its own.
+    """
+
+    MARKER = "harness-run.json"
+
+    def __init__(self, reuse_references: bool = True):
+        self.reuse_references = reuse_references
+
+    def mapped_reference_done(self, ds_path: Path, settings: dict[str, Any]) -> bool:
+        """Whether the mapped data set ``ds_path`` exists and came from an all-atom run with ``settings``."""
+        return bool(self.reuse_references and ds_path.exists()
+                    and _same_json((_dataset_metadata(ds_path).get("source") or {}).get("config"), settings))
+
+    def reference_run_done(self, aa_path: Path, settings: dict[str, Any]) -> bool:
+        """Whether the all-atom reference ``aa_path`` exists, loads, and was run with ``settings``."""
+        from .reference import load_reference
+
+        if not (self.reuse_references and aa_path.exists()):
+            return False
+        try:
+            return _same_json(load_reference(aa_path).metadata.get("config"), settings)
+        except Exception:
+            return False
+
+    @staticmethod
+    def cg_stamp(model_sha256: str, start_dataset: Path, settings: dict[str, Any]) -> dict[str, Any]:
+        """What identifies a CG run: the model's and the start data set's sha256 and the run settings."""
+        return {"model_sha256": model_sha256, "start_sha256": _sha256(start_dataset), "config": settings}
+
+    def cg_run_done(self, sim_dir: Path, stamp: dict[str, Any]) -> bool:
+        """Whether ``sim_dir`` holds a finished CG run (``simulation.json``) with this stamp."""
+        marker = sim_dir / self.MARKER
+        return ((sim_dir / "simulation.json").exists() and marker.exists()
+                and _same_json(json.loads(marker.read_text()), stamp))
+
+    def forget_cg_run(self, sim_dir: Path) -> None:
+        """Remove the stamp before a CG run starts (an interrupted run must not look finished)."""
+        (sim_dir / self.MARKER).unlink(missing_ok=True)
+
+    def record_cg_run(self, sim_dir: Path, stamp: dict[str, Any]) -> None:
+        """Write the stamp after a CG run ended (completed or blew up)."""
+        write_json_atomic(sim_dir / self.MARKER, stamp)
 
 
 def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None, res: dict[str, Any],
@@ -1097,13 +1016,13 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     dens = res["density"]
     pres = res["pressure"]
     if ds.pressure is not None:
-        m, se, nb = _series_mean_se(ds.pressure, config.density_blocks)
+        m, se, nb = A.series_mean_se(ds.pressure, config.density_blocks)
         pres.update(ref_mean=m, ref_se=se, n_blocks=nb)
         curves["pressure_ref"] = ds.pressure
     if sp.ensemble == "NVT":
         dens.update(ref_mean=float(np.mean(ref_rho)), ref_se=0.0)
     else:
-        m, se, nb = _series_mean_se(ref_rho, config.density_blocks)
+        m, se, nb = A.series_mean_se(ref_rho, config.density_blocks)
         dens.update(ref_mean=m, ref_se=se, n_blocks=nb)
     if cg is None:
         return notes
@@ -1114,7 +1033,7 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     cg_rho = np.asarray(cg["density"], dtype=np.float64)
     curves.update(g_cg=g_cg, density_cg=cg_rho)
     if "pressure" in cg:
-        m, se, nb = _series_mean_se(cg["pressure"], config.density_blocks)
+        m, se, nb = A.series_mean_se(cg["pressure"], config.density_blocks)
         pres.update(cg_mean=m, cg_se=se)
         curves["pressure_cg"] = np.asarray(cg["pressure"], dtype=np.float64)
         if pres["ref_mean"] is not None:
@@ -1132,10 +1051,10 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     if sp.ensemble == "NVT":
         dens.update(cg_mean=float(np.mean(cg_rho)), cg_se=0.0)
         return notes
-    m, se, nb = _series_mean_se(cg_rho, config.density_blocks)
+    m, se, nb = A.series_mean_se(cg_rho, config.density_blocks)
     dens.update(cg_mean=m, cg_se=se, n_blocks=min(nb, dens["n_blocks"]) if nb and dens["n_blocks"] else None)
     for side, series in (("all-atom", ref_rho), ("CG", cg_rho)):
-        drift = _drift(series, config.density_blocks)
+        drift = A.block_drift(series, config.density_blocks)
         if drift is not None:
             notes.append(f"{sp.label()}: the {side} density is still drifting (block means {drift[0]:.3f} -> "
                          f"{drift[1]:.3f} g/cm^3, steadily); its mean and error bar are not converged: run longer")
@@ -1211,207 +1130,3 @@ def load_report(folder: str | Path) -> dict[str, Any]:
         raise MissingInputError(f"no comparison report in '{folder}' (expected {path.name}); make one with "
                                 "'openmm-cgnn compare'")
     return json.loads(path.read_text())
-
-
-def _panel_title(res: dict[str, Any], extra: str | None = None) -> str:
-    title = res["title"]
-    if res.get("in_training"):
-        title += " [training]"
-    if extra:
-        title += "\n" + extra
-    if res["status"] == "blew_up":
-        title += "\nCG blew up"
-    elif res["status"] == "failed":
-        title += "\nfailed"
-    return title
-
-
-def _message_png(path: Path, text: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from ._io import atomic_write
-
-    fig = Figure(figsize=(5.2, 2.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    ax.axis("off")
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-
-
-def _write_plots(out: Path, results: list[dict[str, Any]], curves: list[dict[str, np.ndarray]],
-                 trained_temperatures: Sequence[float] = (), cg_label: str = "CG (GNN)") -> dict[str, str]:
-    from . import analysis as A
-
-    files = {"rdf_plot": "rdf.png", "adf_plot": "adf.png", "density_plot": "density.png"}
-    rdfs = {_panel_title(res): (c["r"], c["g_ref"], c.get("g_cg")) for res, c in zip(results, curves) if "r" in c}
-    if rdfs:
-        A.plot_rdfs(rdfs, out / "rdf.png", title="Bead-bead radial distribution function", cg_label=cg_label)
-    else:
-        _message_png(out / "rdf.png", "no RDF: no state point has a reference")
-    adfs = {_panel_title(res, f"shell < {res['adf']['shell_cutoff_nm']:.3f} nm"):
-            (c["theta"], c["p_ref"], c.get("p_cg")) for res, c in zip(results, curves) if "theta" in c}
-    if adfs:
-        A.plot_adfs(adfs, out / "adf.png", title="First-shell angle distribution", cg_label=cg_label)
-    else:
-        _message_png(out / "adf.png", "no ADF: no state point has a reference with a first RDF minimum")
-    groups: dict[float, list[dict[str, Any]]] = {}
-    for res in results:
-        if res["state"]["ensemble"] == "NPT" and res["density"]["ref_mean"] is not None:
-            d = res["density"]
-            groups.setdefault(res["state"]["pressure_bar"], []).append(
-                {"temperature_K": res["state"]["temperature_K"], "ref_mean": d["ref_mean"], "ref_se": d["ref_se"],
-                 "cg_mean": d["cg_mean"], "cg_se": d["cg_se"],
-                 "training": any(abs(res["state"]["temperature_K"] - t) <= _T_TOL for t in trained_temperatures)})
-    if not groups:
-        _message_png(out / "density.png", "No NPT state point: every density was imposed (NVT).\n"
-                                          "Add e.g. 300K:1bar to compare densities.")
-    for k, (pressure, rows) in enumerate(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))):
-        name = "density.png" if k == 0 else f"density-{_num(pressure)}bar.png"
-        A.plot_density_vs_temperature(rows, out / name, title=f"Density at {_num(pressure)} bar (NPT)",
-                                      ref_label="all-atom (mapped)", cg_label=cg_label)
-        if k:
-            files[f"density_plot_{_num(pressure)}bar"] = name
-    return files
-
-
-# ---------------------------------------------------------------------------------------------
-# summaries
-# ---------------------------------------------------------------------------------------------
-def _fmt(v: Any, spec: str, missing: str = "\u2014") -> str:
-    return missing if v is None else format(v, spec)
-
-
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """Three lines with the key errors: RDF, ADF, density (used by the demo and report.md)."""
-    sps = report["state_points"]
-    done = [s for s in sps if s["status"] == "complete" and s["rdf"]["mad"] is not None]
-    bad = [s for s in sps if s["status"] != "complete"]
-    head = ""
-    if bad:
-        head = (f"{len(sps) - len(bad)}/{len(sps)} state points complete ("
-                + ", ".join(f"{s['label']} {s['status'].replace('_', ' ')}" for s in bad) + "). ")
-    if done:
-        worst = max(done, key=lambda s: s["rdf"]["mad"])
-        mean_mad = float(np.mean([s["rdf"]["mad"] for s in done]))
-        dr = max(abs(s["rdf"]["peak_position_error"]) for s in done)
-        dg = max(abs(s["rdf"]["peak_height_error"]) for s in done)
-        line1 = (f"{head}RDF: mean |g_CG - g_AA| {mean_mad:.3f} (worst {worst['rdf']['mad']:.3f} at "
-                 f"{worst['label']}); first peak off by up to {dr:.3f} nm and {dg:.2f} in height.")
-    else:
-        line1 = f"{head}RDF: no CG run completed, nothing to compare."
-    with_adf = [s for s in done if s["adf"]["l1"] is not None]
-    if with_adf:
-        worst = max(with_adf, key=lambda s: s["adf"]["l1"])
-        line2 = (f"ADF: L1 distance {np.mean([s['adf']['l1'] for s in with_adf]):.3f} on average (worst "
-                 f"{worst['adf']['l1']:.3f} at {worst['label']}; 0 = identical, 2 = disjoint).")
-    else:
-        line2 = "ADF: no comparison (no completed CG run with a first-shell cutoff)."
-    npt = [s for s in done if s["state"]["ensemble"] == "NPT" and s["density"]["relative_error"] is not None]
-    if npt:
-        parts = [f"{s['label']} {100 * s['density']['relative_error']:+.1f}"
-                 + (f" \u00b1 {100 * s['density']['relative_error_se']:.1f}"
-                    if s["density"]["relative_error_se"] is not None else "") + " %" for s in npt]
-        line3 = "Density (NPT, CG vs all-atom): " + "; ".join(parts) + "."
-    elif any(s["state"]["ensemble"] == "NPT" for s in sps):
-        line3 = "Density: no NPT CG run completed, nothing to compare."
-    else:
-        line3 = "Density: no NPT state point (NVT densities are imposed, not predicted)."
-    nvt_p = [s for s in done if s["state"]["ensemble"] == "NVT" and (s.get("pressure") or {}).get("difference")
-             is not None]
-    if nvt_p:
-        line3 += " Pressure (NVT, CG - all-atom): " + "; ".join(
-            f"{s['label']} {s['pressure']['difference']:+.0f}"
-            + (f" \u00b1 {s['pressure']['difference_se']:.0f}" if s["pressure"]["difference_se"] is not None else "")
-            + " bar" for s in nvt_p) + "."
-    return [line1, line2, line3]
-
-
-def metrics_table_markdown(report: dict[str, Any]) -> str:
-    """The metrics of every state point as a Markdown table."""
-    head = ("| state point | ensemble | trained here | status | RDF MAD | RDF max \\|\u0394g\\| | peak \u0394r (nm) "
-            "| peak \u0394g | ADF L1 | \u03c1 AA (g/cm\u00b3) | \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) "
-            "| P AA (bar) | P CG (bar) |")
-    rows = [head, "|" + "---|" * 14]
-    for s in report["state_points"]:
-        r, a, d = s["rdf"], s["adf"], s["density"]
-        if d["fixed"]:
-            rho_aa = f"{_fmt(d['ref_mean'], '.3f')} (fixed)"
-            rho_cg = "(fixed)"
-            err = "\u2014"
-        else:
-            rho_aa = _fmt(d["ref_mean"], ".3f") + (f" \u00b1 {d['ref_se']:.3f}" if d["ref_se"] is not None else "")
-            rho_cg = _fmt(d["cg_mean"], ".3f") + (f" \u00b1 {d['cg_se']:.3f}" if d["cg_se"] is not None else "")
-            err = _fmt(None if d["relative_error"] is None else 100 * d["relative_error"], "+.2f")
-            if d["relative_error_se"] is not None:
-                err += f" \u00b1 {100 * d['relative_error_se']:.2f}"
-        rows.append("| " + " | ".join([
-            s["label"], s["state"]["ensemble"], "yes" if s["in_training"] else "no", s["status"].replace("_", " "),
-            _fmt(r["mad"], ".4f"), _fmt(r["max_abs_dev"], ".3f"), _fmt(r["peak_position_error"], "+.4f"),
-            _fmt(r["peak_height_error"], "+.3f"), _fmt(a["l1"], ".3f"), rho_aa, rho_cg, err,
-            _pressure_cell(s, "ref"), _pressure_cell(s, "cg")]) + " |")
-    return "\n".join(rows) + "\n"
-
-
-def _by_type_markdown(report: dict[str, Any]) -> list[str]:
-    """Composition, partial RDFs and per-centre ADFs, for models with several bead types."""
-    rows = []
-    for sp in report["state_points"]:
-        bt = sp.get("by_type") or {}
-        if not bt.get("rdf") and not bt.get("adf"):
-            continue
-        comp = ", ".join(f"{k} {v}" for k, v in (bt.get("composition") or {}).items())
-        rdfs = ", ".join(f"{k} {_fmt(v.get('mad'), '.3f')}" for k, v in bt["rdf"].items())
-        adfs = ", ".join(f"{k} {_fmt(v.get('l1'), '.3f')}" for k, v in bt.get("adf", {}).items())
-        rows.append(f"| {sp['label']} | {comp} | {rdfs} | {adfs or _fmt(None, '')} |")
-    if not rows:
-        return []
-    return ["## By bead type", "", "| state point | composition (beads) | partial RDF MAD | ADF L1 by centre type |",
-            "| --- | --- | --- | --- |", *rows, ""]
-
-
-def _pressure_cell(s: dict[str, Any], side: str) -> str:
-    p = s.get("pressure") or {}
-    mean, se = p.get(f"{side}_mean"), p.get(f"{side}_se")
-    return _fmt(mean, ".0f") + (f" \u00b1 {se:.0f}" if se is not None and mean is not None else "")
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    m = report["model"]
-    trained = ", ".join(StatePoint(s["temperature_K"], s.get("density_g_cm3") if s.get("pressure_bar") is None
-                                   else None, s.get("pressure_bar")).label()
-                        for s in m.get("training_state_points") or [] if s.get("temperature_K"))
-    cfg = report["config"]
-    kind = (f"{m.get('network_class')}, tensor order {m.get('tensor_order')}" if m.get("kind") != "pair"
-            else "pair force field, MS-CG")
-    lines = [
-        "# CG model vs all-atom reference", "",
-        f"Model `{m['file']}` ({kind}, cutoff {m.get('cutoff_nm')} nm, bead types "
-        f"{', '.join(m.get('type_names') or [])}), trained at "
-        f"{trained or 'unknown state points'}. Platform {report['platform']} ({report['device']}), settings "
-        f"`{cfg['name']}`: all-atom {cfg['aa_production']:g} ps, CG {cfg['cg_production']:g} ps per state point. "
-        f"Created {report['created']}.", "",
-        "## Summary", "", *[f"- {line}" for line in report["summary"]["lines"]], "",
-        "## Metrics", "", metrics_table_markdown(report),
-        "RDF MAD: mean |g_CG(r) - g_AA(r)| over the r grid (0 = identical); max |\u0394g|: the largest deviation; "
-        "peak \u0394r / \u0394g: CG minus all-atom position (nm) and height of the first RDF peak. ADF L1: "
-        "distance between the first-shell angle distributions (0 = identical, 2 = disjoint). Density: "
-        "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed. P: instantaneous "
-        "pressure (OpenMM's finite-difference estimator, molecular for all-atom), block-averaged mean \u00b1 "
-        "standard error.", "",
-    ]
-    lines += _by_type_markdown(report)
-    problems = [s for s in report["state_points"] if s["status"] != "complete"]
-    if problems:
-        lines += ["## Problems", ""] + [f"- **{s['label']}** ({s['status'].replace('_', ' ')}): {s['message']}"
-                                        for s in problems] + [""]
-    if report.get("notes"):
-        lines += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
-    lines += ["## Radial distribution functions", "", "![RDF](rdf.png)", "",
-              "## Angular distribution functions", "", "![ADF](adf.png)", "",
-              "## Density", "", "![density](density.png)", ""]
-    for k, v in report["files"].items():
-        if k.startswith("density_plot_"):
-            lines += [f"![density]({v})", ""]
-    return "\n".join(lines)

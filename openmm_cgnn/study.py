@@ -1,27 +1,9 @@
 """Transferability study: HIP-NN(-TS) variants against a pairwise force-matched CG force field.
 
 Every model is trained at the same state point(s) and evaluated with the comparison harness at
-other temperatures and pressures. The study writes, in its output folder:
-
-==================  ==========================================================================
-file                content
-==================  ==========================================================================
-study_config.json   the :class:`StudyConfig`
-data/               the all-atom training references and their CG data sets
-models/<name>/      one model per variant (model directory, exported ``model.pt`` or
-                    ``pair.json``) and its harness report in ``report/``
-study.json          one row per (model, state point): RDF MAD, first-peak height error, ADF L1,
-                    density relative error, the same relative to the model's own error at its
-                    training state point, status; plus the conclusion numbers
-study.md            the table, the plots and a short written conclusion
-rdf_mad_vs_T.png    RDF mean absolute deviation against temperature, one line per model (NVT)
-adf_l1_vs_T.png     ADF L1 distance against temperature (NVT)
-relative_error.png  RDF MAD divided by the model's own MAD at its training state point
-==================  ==========================================================================
-
-"How to read it": a model transfers well when its error away from the training state point grows
-little beyond its error at the training point (relative error near 1), and it is accurate when the
-absolute error is small. The paper's claim is that HIP-NN-TS does both better than a pair potential.
+other temperatures and pressures. The output folder (``study_config.json``, ``data/``,
+``models/<name>/``, ``study.json``, ``study.md`` and three plots) and how to read it are described
+in ``docs/formats.md``; the plots and ``study.md`` are written by :mod:`~openmm_cgnn.reporting`.
 """
 
 from __future__ import annotations
@@ -34,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write, write_json_atomic, write_text_atomic
+from ._io import write_json_atomic, write_text_atomic
+from .reporting import study_markdown, write_study_plots
 
 
 @dataclass
@@ -96,7 +79,7 @@ def _harness_config(config: StudyConfig):
 
 def _training_references(config: StudyConfig, data: Path, progress: bool) -> dict[str, Path]:
     """All-atom runs and CG data sets at every training state point (reused when present)."""
-    from .harness import parse_state_point
+    from .statepoints import parse_state_point
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
 
@@ -109,12 +92,13 @@ def _training_references(config: StudyConfig, data: Path, progress: bool) -> dic
         aa, cg = data / f"{slug}-aa.npz", data / f"{slug}-cg.npz"
         if not cg.exists():
             if not aa.exists():
-                cutoff = hc.aa_cutoff or _auto_aa_cutoff(config, sp)
+                cutoff = hc.reference_cutoff or _auto_aa_cutoff(config, sp)
                 run_reference(ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
                                               temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                              cutoff=cutoff, timestep=hc.aa_timestep,
-                                              equilibration=hc.aa_equilibration, production=hc.aa_production,
-                                              frame_interval=hc.aa_frame_interval, platform=config.platform,
+                                              cutoff=cutoff, timestep=hc.reference.timestep,
+                                              equilibration=hc.reference.equilibration,
+                                              production=hc.reference.production,
+                                              frame_interval=hc.reference.frame_interval, platform=config.platform,
                                               seed=hc.seed), aa, progress=progress)
             map_reference(aa, cg)
         out[label] = cg
@@ -172,7 +156,8 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
 
 def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the study into ``out``; return the content of ``study.json``. Finished parts are reused."""
-    from .harness import compare, parse_state_points
+    from .harness import compare
+    from .statepoints import parse_state_points
     from .system import CGModel
 
     config = config or StudyConfig()
@@ -220,8 +205,8 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
               "units": {"rdf_mad": "1 (g(r) is dimensionless)", "adf_l1": "1", "density_relative_error": "1",
                         "temperature": "K"}}
     write_json_atomic(out / "study.json", result)
-    _plots(rows, out)
-    write_text_atomic(out / "study.md", _markdown(result))
+    write_study_plots(rows, out)
+    write_text_atomic(out / "study.md", study_markdown(result))
     if progress:
         print(f"[study] {out / 'study.md'}")
         for line in summary["lines"]:
@@ -284,56 +269,3 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
         lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and a small network; "
                      "differences of this size can be noise. Use --preset full on a GPU for a conclusion.")
     return {"per_model": per_model, "lines": lines}
-
-
-def _plots(rows: list[dict[str, Any]], out: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    nvt = [r for r in rows if r["ensemble"] == "NVT" and r["status"] == "complete"]
-    specs = [("rdf_mad", "RDF mean |g_CG - g_AA|", "rdf_mad_vs_T.png"),
-             ("adf_l1", "ADF L1 distance", "adf_l1_vs_T.png"),
-             ("rdf_mad_relative_to_training", "RDF MAD / MAD at training point", "relative_error.png")]
-    for key, ylabel, fname in specs:
-        fig = Figure(figsize=(6.4, 4.2))
-        ax = fig.add_subplot(111)
-        for name in dict.fromkeys(r["model"] for r in rows):
-            pts = sorted((r["temperature_K"], r[key]) for r in nvt if r["model"] == name and r[key] is not None)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "pair-fm" else "-")
-        trained = sorted({r["temperature_K"] for r in rows if r["in_training"]})
-        for t in trained:
-            ax.axvline(t, color="0.8", zorder=0)
-        ax.set_xlabel("temperature (K)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel} across temperature (NVT; grey: training)", fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        atomic_write(out / fname, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
-
-
-def _fmt(v: Any, spec: str = ".4f") -> str:
-    return "—" if v is None else format(v, spec)
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    rows = result["rows"]
-    lines = ["# Transferability study", "",
-             f"Preset `{result['config']['preset']}`, {result['config']['n_molecules']} molecules, "
-             f"{result['seconds'] / 60:.1f} min.", "", "## Conclusion", ""]
-    lines += [f"- {line}" for line in result["conclusion"]["lines"]]
-    lines += ["", "![RDF MAD vs T](rdf_mad_vs_T.png)", "", "![ADF L1 vs T](adf_l1_vs_T.png)", "",
-              "![relative error](relative_error.png)", "", "## Every model at every state point", "",
-              "| model | state | trained here | status | RDF MAD | RDF MAD / training | peak height err | "
-              "ADF L1 | density rel. err |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        dens = "—" if r["density_relative_error"] is None else \
-            f"{r['density_relative_error']:+.3f} ± {r['density_relative_error_se'] or 0:.3f}"
-        lines.append(f"| {r['model']} | {r['state']} | {'yes' if r['in_training'] else ''} | {r['status']} | "
-                     f"{_fmt(r['rdf_mad'])} | {_fmt(r['rdf_mad_relative_to_training'], '.2f')} | "
-                     f"{_fmt(r['rdf_peak_height_error'], '+.3f')} | {_fmt(r['adf_l1'])} | {dens} |")
-    lines += ["", "RDF MAD: mean |g_CG(r) - g_AA(r)| over bins where either is non-zero. ADF L1: "
-              "integral of |P_CG - P_AA| over angle (0 same, 2 disjoint). Density relative error: "
-              "rho_CG / rho_AA - 1 for NPT state points, with its standard error.", ""]
-    return "\n".join(lines)

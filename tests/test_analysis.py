@@ -433,3 +433,22 @@ def test_first_peak_of_a_split_shell_is_the_inner_peak_even_when_lower():
         + 1.9 * np.exp(-((r - 0.45) / 0.03) ** 2)
     r_peak, g_peak = first_peak(r, g)
     assert abs(r_peak - 0.34) < 0.005 and g_peak == pytest.approx(2.6, abs=0.1)
+
+
+def test_series_mean_se_uses_at_most_half_as_many_blocks_as_samples():
+    # 4 samples: 2 blocks of means 1.5 and 3.5 -> mean 2.5, se = std([1.5, 3.5], ddof=1) / sqrt(2) = 1
+    assert A.series_mean_se(np.array([1.0, 2.0, 3.0, 4.0]), 10) == (2.5, pytest.approx(1.0), 2)
+    assert A.series_mean_se(np.array([1.0, 2.0, 6.0]), 5) == (3.0, None, None)
+    mean, se, blocks = A.series_mean_se(np.arange(100.0), 5)
+    assert blocks == 5 and mean == pytest.approx(49.5) and se == pytest.approx(np.std(
+        np.arange(100.0).reshape(5, 20).mean(axis=1), ddof=1) / math.sqrt(5))
+
+
+def test_block_drift_flags_a_steady_ramp_and_not_a_stationary_series():
+    ramp = np.linspace(0.70, 0.80, 100)                 # g/cm^3, still rising
+    first, last = A.block_drift(ramp, 5)
+    assert first == pytest.approx(ramp[:20].mean()) and last == pytest.approx(ramp[80:].mean())
+    flat = 0.787 + 0.001 * np.tile([1.0, -1.0, 0.5, -0.5, 0.0], 20)   # block means all equal
+    assert A.block_drift(flat, 5) is None
+    assert A.block_drift(ramp * 0 + 0.787 + np.linspace(0, 1e-4, 100), 5) is None   # below the 1 % tolerance
+    assert A.block_drift(ramp[:4], 5) is None                                      # fewer than 3 blocks

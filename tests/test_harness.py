@@ -137,6 +137,35 @@ def test_config_presets_round_trip_and_refuse_bad_values(tmp_path):
         H.HarnessConfig(cg_production=1.0, cg_frame_interval=2.0)
 
 
+def test_config_composes_the_run_configs_and_reads_the_flat_form(tmp_path):
+    """HarnessConfig holds a ReferenceConfig and a CGSimulationConfig; a config.json of the older flat form
+    (aa_*/cg_* keys) loads to an equal configuration, and the flat names still read and set the settings."""
+    from openmm_cgnn.reference import ReferenceConfig
+    from openmm_cgnn.simulate import CGSimulationConfig
+
+    cfg = H.HarnessConfig.preset("tiny", cg_mts=2, cg_frame_interval=0.02, aa_cutoff=0.8, aa_forcefield="spce")
+    assert isinstance(cfg.reference, ReferenceConfig) and isinstance(cfg.cg, CGSimulationConfig)
+    assert (cfg.reference.production, cfg.cg.production, cfg.cg.mts, cfg.cg.frame_interval) == (1.0, 0.5, 2, 0.02)
+    assert (cfg.aa_production, cfg.cg_mts, cfg.aa_cutoff, cfg.reference_cutoff) == (1.0, 2, 0.8, 0.8)
+    assert cfg.reference.forcefield == cfg.aa_forcefield == "spce"
+    flat = {"name": "tiny", "species": None, "n_molecules": 64, "system": None, "mapping": None,
+            "aa_cutoff": 0.8, "aa_forcefield": "spce", "aa_timestep": 0.002, "aa_equilibration": 0.5,
+            "aa_production": 1.0, "aa_frame_interval": 0.05, "cg_timestep": 0.002, "cg_friction": 1.0,
+            "cg_equilibration": 0.1, "cg_production": 0.5, "cg_frame_interval": 0.02, "cg_cuda_graphs": None,
+            "cg_mts": 2, "cg_mts_fast": "prior", "rdf_bin_width": 0.01, "adf_bins": 36, "adf_shell_cutoff": None,
+            "density_blocks": 4, "platform": None, "torch_threads": 1, "seed": 2024, "reuse_references": True}
+    (tmp_path / "old.json").write_text(json.dumps(flat))
+    assert H.HarnessConfig.from_json(tmp_path / "old.json") == cfg
+    (tmp_path / "new.json").write_text(json.dumps(cfg.to_dict()))
+    assert H.HarnessConfig.from_json(tmp_path / "new.json") == cfg
+    assert "aa_production" not in cfg.to_dict() and cfg.to_dict()["cg"]["mts"] == 2
+    other = dataclasses.replace(cfg, n_molecules=100)
+    other.cg_production = 2.0                         # the copy has its own run settings
+    assert (other.cg.production, cfg.cg.production) == (2.0, 0.5)
+    with pytest.raises(ValueError, match="unknown keys"):
+        H.HarnessConfig.from_dict({"cg": {"model": "elsewhere.pt"}})     # set per state point, not here
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end on a tiny system
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +282,38 @@ def test_markdown_report_and_curves(tiny_report):
         assert all(c[k] is not None for k in ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_cg"))
         assert c["r"].shape == c["g_ref"].shape == c["g_cg"].shape
         assert np.sum(c["p_ref"]) * (c["theta"][1] - c["theta"][0]) == pytest.approx(1.0)
+
+
+def test_state_point_pieces_run_alone_and_reuse_finished_runs(tiny_report, tiny_model):
+    """The pieces of a state point are module-level functions of paths and settings (picklable, for a task
+    scheduler); run alone on a finished report folder they reuse its runs and reproduce its numbers."""
+    import pickle
+
+    out, report = tiny_report
+    for piece in (H.reference_piece, H.cg_piece, H.analysis_piece, H.RunCache):
+        assert pickle.loads(pickle.dumps(piece)) is piece
+    config = pickle.loads(pickle.dumps(H.HarnessConfig.from_json(out / "config.json")))
+    sp = H.parse_state_point("300K:1bar")
+    entry = next(s for s in report["state_points"] if s["label"] == sp.label())
+    ds_path, ref = H.reference_piece(sp, config, report["platform"], out)
+    assert ref["source"] == "reused" and ref["sha256"] == entry["reference"]["sha256"]
+    sim_dir = H.state_point_dir(out, sp) / "cg"
+    stamp = json.loads((sim_dir / H.RunCache.MARKER).read_text())
+    cache = H.RunCache()
+    assert cache.cg_run_done(sim_dir, stamp)
+    assert not cache.cg_run_done(sim_dir, {**stamp, "model_sha256": "0" * 64})          # another model
+    assert not H.RunCache(reuse_references=False).mapped_reference_done(ds_path, ref["config"])
+    assert cache.mapped_reference_done(ds_path, ref["config"])
+    assert not cache.mapped_reference_done(ds_path, {**ref["config"], "seed": 1})         # other settings
+    before = (sim_dir / "frames.npz").stat().st_mtime_ns
+    cg = H.cg_piece(sp, tiny_model, report["model"]["sha256"], config, report["platform"], ds_path, out)
+    assert (sim_dir / "frames.npz").stat().st_mtime_ns == before                             # reused, not rerun
+    for key in ("folder", "status", "n_frames", "ns_per_day"):
+        assert cg[key] == entry["cg"][key], key
+    res, curves, notes = H.analysis_piece(sp, config, ds_path, sim_dir)
+    assert res["rdf"]["mad"] == pytest.approx(entry["rdf"]["mad"], rel=1e-12)
+    assert res["density"]["cg_mean"] == pytest.approx(entry["density"]["cg_mean"], rel=1e-12)
+    np.testing.assert_array_equal(curves["g_cg"], H.load_curves(out)[sp.label()]["g_cg"])
 
 
 def test_existing_report_is_refused_and_references_are_reused(tiny_report, tiny_model, tmp_path, capsys):
