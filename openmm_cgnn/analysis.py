@@ -1072,6 +1072,12 @@ def comparison_uncertainty(ref: Mapping[str, FrameSums], cg: Mapping[str, FrameS
                 f"inefficiency {plans[side].statistical_inefficiency:.1f} frames): its {min_blocks} blocks are shorter "
                 f"than {factor:g} correlation times, so the error bars are too small; run longer")
     p_ref, p_cg = plans["reference"], plans["cg"]
+    if p_ref is not None and p_ref.n_blocks // 2 < 2:
+        out["notes"].append(f"no noise floor: {p_ref.n_blocks} blocks cannot be split into two halves of at least "
+                            "2 blocks; record more frames")
+        p_floor = None
+    else:
+        p_floor = p_ref
     for name, sums in ref.items():
         entry = out["metrics"][name]
         comparison, distance = _metric_functions(name, sums.x)
@@ -1084,13 +1090,10 @@ def comparison_uncertainty(ref: Mapping[str, FrameSums], cg: Mapping[str, FrameS
                     break
                 except ValueError:
                     continue
-        if distance is not None and p_ref is not None:
+        if distance is not None and p_floor is not None:
             try:
-                floor = noise_floor(distance, sums, p_ref, cg_plan=p_cg, n_resamples=n_resamples, seed=seed)
-            except ValueError as exc:
-                note = f"no noise floor: {exc}"
-                if note not in out["notes"]:
-                    out["notes"].append(note)
+                floor = noise_floor(distance, sums, p_floor, cg_plan=p_cg, n_resamples=n_resamples, seed=seed)
+            except ValueError:       # the metric itself failed (e.g. an ADF without angles): no floor
                 continue
             entry["noise_floor"], entry["noise_floor_se"] = floor["value"], floor["se"]
             out["floor_method"], out["floor_scale"] = floor["method"], floor["scale"]

@@ -453,3 +453,40 @@ def test_analysis_notebook_runs_on_a_report(tiny_report, tmp_path, monkeypatch):
     assert len(images) == 4            # RDF, ADF, density, MSD
     text_out = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "64 beads" in text_out and "self-diffusion" in text_out
+
+
+def test_report_has_error_bars_and_noise_floors(tiny_report):
+    """Every metric of a completed state point carries its block-bootstrap standard error, every distance
+    its noise floor (two halves of the reference), and report.md shows both."""
+    out, report = tiny_report
+    for sp in report["state_points"]:
+        r, a, u = sp["rdf"], sp["adf"], sp["uncertainty"]
+        assert set(H.UNCERTAINTY_KEYS) <= set(u)
+        assert u["method"] == "block bootstrap" and u["n_resamples"] == 200 and u["n_sigma"] == 2.0
+        assert u["blocks"]["reference"]["n_blocks"] >= 8 and u["blocks"]["cg"]["n_blocks"] >= 8
+        assert u["noise_floor_method"] == "halves" and 0 < u["noise_floor_scale"] < 1
+        for key in H.RDF_UNCERTAINTY_KEYS:
+            assert r[key] is not None and r[key] >= 0, key
+        assert r["mad_se"] > 0 and r["mad_noise_floor"] > 0 and r["mad_noise_floor_se"] > 0
+        # a floor is a distance between two samples of one distribution: below the largest
+        # deviation it is measured against, and the same for every model of this state point
+        assert r["mad_noise_floor"] < r["max_abs_dev_noise_floor"]
+        for key in H.ADF_UNCERTAINTY_KEYS:
+            assert a[key] is not None and a[key] > 0, key
+    nvt, npt = report["state_points"]
+    assert nvt["density"]["abs_error_se_bootstrap"] is None          # NVT: the density is imposed
+    assert npt["density"]["abs_error_se_bootstrap"] > 0 and npt["density"]["relative_error_se_bootstrap"] > 0
+    md = (out / "report.md").read_text()
+    assert "| RDF MAD | RDF MAD floor |" in md and "| ADF L1 | ADF L1 floor |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 300K:1bar |"))
+    assert f"{npt['rdf']['mad']:.4f} \u00b1 {npt['rdf']['mad_se']:.4f}" in row
+    assert f"{npt['rdf']['mad_noise_floor']:.4f} \u00b1 {npt['rdf']['mad_noise_floor_se']:.4f}" in row
+    assert "Noise floor" in report["summary"]["lines"][0]
+
+
+def test_error_bars_can_be_switched_off_and_are_checked():
+    assert H.HarnessConfig.preset("tiny", bootstrap_resamples=0).bootstrap_resamples == 0
+    with pytest.raises(ValueError, match="bootstrap_min_blocks"):
+        H.HarnessConfig.preset("tiny", bootstrap_min_blocks=3)
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        H.HarnessConfig.preset("tiny", bootstrap_resamples=-1)

@@ -352,3 +352,7 @@ def test_comparison_uncertainty_gives_every_metric_an_se_and_every_distance_a_fl
                                      {k: v.frames(0, 5) for k, v in cg.items()}, n_resamples=20)
     assert short["metrics"]["rdf"]["se"] == {} and short["metrics"]["rdf"]["noise_floor"] == {}
     assert any("cannot make 8 blocks" in n for n in short["notes"])
+    few = A.comparison_uncertainty({"rdf": ref["rdf"].frames(0, 9)}, {"rdf": cg["rdf"].frames(0, 9)},
+                                   n_resamples=20, min_blocks=2)
+    assert few["blocks"]["reference"]["n_blocks"] < 4 and few["metrics"]["rdf"]["se"]["mad"] > 0
+    assert few["metrics"]["rdf"]["noise_floor"] == {} and any("no noise floor" in n for n in few["notes"])
