@@ -315,7 +315,7 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
             "n_blew_up": sum(1 for r in mine if r["status"] != "complete"),
         }
     lines = []
-    claim = None
+    claim = ratio = ratio_se = None
     gnn = per_model.get("hipnn-ts-l2")
     pair = per_model.get("pair-fm")
     if gnn and pair and gnn["off_rdf_mad_mean"] is not None and pair["off_rdf_mad_mean"] is not None:
@@ -330,8 +330,10 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
                "whether the paper's claim holds",
             None: "without error bars on both sides the data cannot tell whether the paper's claim holds",
         }[claim]
+        ratio, ratio_se = (g / p, _ratio_se(g, g_se, p, p_se)) if p else (None, None)
         lines.append(f"Away from training, HIP-NN-TS (l=2) RDF MAD {_pm(g, g_se)} vs pair {_pm(p, p_se)} "
-                     f"(difference {_pm(g - p, combined, '+.4f')}): {verdict}.")
+                     f"(difference {_pm(g - p, combined, '+.4f')}"
+                     + (f", ratio {_pm(ratio, ratio_se, '.2f')}" if ratio is not None else "") + f"): {verdict}.")
         lines.append(_per_state_verdicts(rows))
     for name, m in per_model.items():
         if m["off_rdf_mad_mean"] is None:
@@ -358,7 +360,8 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
         lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and small networks. "
                      "The error bars cover the sampling noise of the runs only, not the spread between networks "
                      "trained again (compare the variants); use --preset full on a GPU for a conclusion.")
-    return {"per_model": per_model, "lines": lines, "n_sigma": N_SIGMA, "claim": claim}
+    return {"per_model": per_model, "lines": lines, "n_sigma": N_SIGMA, "claim": claim,
+            "gnn_to_pair_ratio": ratio, "gnn_to_pair_ratio_se": ratio_se}
 
 
 def _per_state_verdicts(rows: list[dict[str, Any]]) -> str:

@@ -58,6 +58,8 @@ def test_conclusion_states_a_difference_only_beyond_two_combined_sigma():
     assert "0.0950 \u00b1 0.0021" in inside["lines"][0] and "-0.0050 \u00b1 0.0030" in inside["lines"][0]
     outside = conclude(_rows(0.093, 0.100), cfg)                   # 0.007 > 0.006
     assert outside["claim"] == -1 and "the paper's claim holds here" in outside["lines"][0]
+    assert outside["gnn_to_pair_ratio"] == pytest.approx(0.93)
+    assert "ratio 0.93 \u00b1 0.03" in outside["lines"][0]
     reverse = conclude(_rows(0.107, 0.100), cfg)
     assert reverse["claim"] == 1 and "the paper's claim does not hold here" in reverse["lines"][0]
     # per state point: 0.007 apart with SE 0.003 each (2 sigma = 0.0085): cannot tell at either
