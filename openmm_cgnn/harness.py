@@ -987,11 +987,11 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     sums_ref: dict[str, Any] = {}
     sums_cg: dict[str, Any] = {}
     notes = _analyse_metrics(sp, config, ds_path, sim_dir, res, curves, sums_ref, sums_cg)
-    return notes + _uncertainty(sp, config, sums_ref, sums_cg, res)
+    return notes + _uncertainty(sp, config, sums_ref, sums_cg, res, curves)
 
 
 def _uncertainty(sp: StatePoint, config: HarnessConfig, sums_ref: dict[str, Any], sums_cg: dict[str, Any],
-                 res: dict[str, Any]) -> list[str]:
+                 res: dict[str, Any], curves: dict[str, np.ndarray] | None = None) -> list[str]:
     """Block-bootstrap standard errors of every metric and the noise floors of the distances
     (``analysis.comparison_uncertainty``) into ``res``'s new ``*_se`` / ``*_noise_floor`` keys and its
     ``uncertainty`` entry; returns notes (too few frames for independent blocks, ...)."""
@@ -1004,6 +1004,11 @@ def _uncertainty(sp: StatePoint, config: HarnessConfig, sums_ref: dict[str, Any]
     res["uncertainty"].update(method="block bootstrap", n_resamples=unc["n_resamples"], seed=unc["seed"],
                               n_sigma=N_SIGMA, blocks=unc["blocks"], noise_floor_method=unc["floor_method"],
                               noise_floor_scale=unc["floor_scale"], notes=unc["notes"])
+    for name, prefix in (("rdf", "g"), ("adf", "p")):
+        for side, tag in (("reference", "ref"), ("cg", "cg")):
+            se = unc["curve_se"].get(name, {}).get(side)
+            if curves is not None and se is not None:
+                curves[f"{prefix}_{tag}_se"] = se
     bt = res["by_type"]
     for name, m in unc["metrics"].items():
         if name == "density":
@@ -1180,7 +1185,7 @@ def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float
 # outputs
 # ---------------------------------------------------------------------------------------------
 _CURVE_NAMES = ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_ref", "density_cg", "pressure_ref",
-                "pressure_cg")
+                "pressure_cg", "g_ref_se", "g_cg_se", "p_ref_se", "p_cg_se")
 
 
 def _write_curves(out: Path, points: list[StatePoint], curves: list[dict[str, np.ndarray]]) -> dict[str, str]:

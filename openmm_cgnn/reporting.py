@@ -99,13 +99,20 @@ def _note(ax, text: str) -> None:
               framealpha=0.9, edgecolor="0.8", borderpad=0.4, labelspacing=0.2)
 
 
-def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, decorate, note, extra=None) -> Path:
+_BAND_LABEL = "noise band: \u00b12\u03c3 of g_CG \u2212 g_AA"
+
+
+def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, decorate, note, extra=None,
+                    bands=None) -> Path:
     """Shared layout of plot_rdfs/plot_adfs: one panel per entry, one legend for the figure."""
     if not curves:
         raise ValueError("no curves to plot")
     fig, axes = _figure(len(curves), ncols, (4.2, 3.2))
     handles: dict[str, Any] = {}
     for ax, (label, (x, y_ref, y_cg)) in zip(axes, curves.items()):
+        if bands and bands.get(label) is not None:
+            lo, hi = bands[label]
+            handles[_BAND_LABEL] = ax.fill_between(x, lo, hi, color="0.82", lw=0, zorder=0)
         if y_ref is not None:
             handles[ref_label], = ax.plot(x, y_ref, **_REF_STYLE)
         if y_cg is not None:
@@ -131,12 +138,15 @@ def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, dec
 
 def plot_rdfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
               ref_label: str = "all-atom (mapped)", cg_label: str = "CG (GNN)", title: str | None = None,
-              ncols: int | None = None, dpi: int = 150, extra: Mapping[str, str] | None = None) -> Path:
+              ncols: int | None = None, dpi: int = 150, extra: Mapping[str, str] | None = None,
+              bands: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     """One panel per state point: reference and CG g(r) overlaid, written as a PNG.
 
     curves : {panel title (e.g. "300 K, 0.79 g/cm3") -> (r nm, g_ref, g_cg)}; either g may be None.
     Panels with both curves show ``rdf_metrics``' MAD and first-peak errors; ``extra`` {panel title ->
-    text} adds lines to a panel's box (the harness: standard error and noise floor). Returns ``path``.
+    text} adds lines to a panel's box (the harness: standard error and noise floor); ``bands`` {panel
+    title -> (lower, upper) on the panel's r} draws a grey band behind the curves (the harness: g_AA
+    \u00b1 2 sqrt(SE_AA\u00b2 + SE_CG\u00b2) per bin, where the CG curve is within noise). Returns ``path``.
     """
     def decorate(ax, r):
         ax.axhline(1.0, color="0.6", lw=0.7, ls=":")
@@ -152,7 +162,7 @@ def plot_rdfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarr
                 f"peak \u0394g {m['peak_height_error']:+.2f}")
 
     return _overlay_panels(curves, path, ref_label=ref_label, cg_label=cg_label, title=title,
-                           ncols=ncols, dpi=dpi, decorate=decorate, note=note, extra=extra)
+                           ncols=ncols, dpi=dpi, decorate=decorate, note=note, extra=extra, bands=bands)
 
 
 def plot_adfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
@@ -265,9 +275,11 @@ def write_harness_plots(out: Path, results: list[dict[str, Any]], curves: list[d
     files = {"rdf_plot": "rdf.png", "adf_plot": "adf.png", "density_plot": "density.png"}
     rdfs = {_panel_title(res): (c["r"], c["g_ref"], c.get("g_cg")) for res, c in zip(results, curves) if "r" in c}
     rdf_extra = {_panel_title(res): _error_note(res["rdf"], "mad") for res in results}
+    rdf_bands = {_panel_title(res): _noise_band(c.get("g_ref"), c.get("g_ref_se"), c.get("g_cg_se"))
+                 for res, c in zip(results, curves)}
     if rdfs:
         plot_rdfs(rdfs, out / "rdf.png", title="Bead-bead radial distribution function", cg_label=cg_label,
-                  extra=rdf_extra)
+                  extra=rdf_extra, bands=rdf_bands)
     else:
         _message_png(out / "rdf.png", "no RDF: no state point has a reference")
     adfs = {_panel_title(res, f"shell < {res['adf']['shell_cutoff_nm']:.3f} nm"):
@@ -296,6 +308,16 @@ def write_harness_plots(out: Path, results: list[dict[str, Any]], curves: list[d
         if k:
             files[f"density_plot_{_num(pressure)}bar"] = name
     return files
+
+
+def _noise_band(y_ref: np.ndarray | None, se_ref: np.ndarray | None, se_cg: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lower, upper): y_ref \u00b1 2 sqrt(se_ref\u00b2 + se_cg\u00b2) per bin (the CG side's error 0 when it has
+    none; the lower edge not below 0); None without the reference's errors."""
+    if y_ref is None or se_ref is None:
+        return None
+    half = 2.0 * np.sqrt(np.asarray(se_ref) ** 2 + (np.asarray(se_cg) ** 2 if se_cg is not None else 0.0))
+    return np.maximum(np.asarray(y_ref) - half, 0.0), np.asarray(y_ref) + half
 
 
 def _error_note(metrics: Mapping[str, Any], key: str) -> str | None:

@@ -482,6 +482,11 @@ def test_report_has_error_bars_and_noise_floors(tiny_report):
     assert f"{npt['rdf']['mad']:.4f} \u00b1 {npt['rdf']['mad_se']:.4f}" in row
     assert f"{npt['rdf']['mad_noise_floor']:.4f} \u00b1 {npt['rdf']['mad_noise_floor_se']:.4f}" in row
     assert "Noise floor" in report["summary"]["lines"][0]
+    # per-bin errors for the noise band of rdf.png, kept in curves.npz
+    for c in H.load_curves(out).values():
+        assert c["g_ref_se"].shape == c["g_cg_se"].shape == c["r"].shape
+        assert np.all(c["g_ref_se"] >= 0) and c["g_ref_se"].max() > 0
+        assert c["p_ref_se"].shape == c["theta"].shape
 
 
 def test_error_bars_can_be_switched_off_and_are_checked():

@@ -344,7 +344,15 @@ def test_comparison_uncertainty_gives_every_metric_an_se_and_every_distance_a_fl
     assert set(m["density"]["se"]) == {"abs_error", "relative_error"} and m["density"]["noise_floor"] == {}
     assert m["density"]["se"]["abs_error"] == pytest.approx(0.01 * math.sqrt(2 / n_frames), rel=0.4)
     assert out["floor_method"] == "halves" and 0.5 < out["floor_scale"] < 1.0
-    assert out == A.comparison_uncertainty(ref, cg, n_resamples=50, seed=2)          # deterministic
+    again = A.comparison_uncertainty(ref, cg, n_resamples=50, seed=2)                 # deterministic
+    assert again["metrics"] == out["metrics"] and again["blocks"] == out["blocks"]
+    np.testing.assert_array_equal(again["curve_se"]["rdf"]["cg"], out["curve_se"]["rdf"]["cg"])
+    # per-bin errors of an ideal-gas g(r): counting noise, 1 / sqrt(pairs expected in the bin over all frames)
+    r = ref["rdf"].x
+    expected = 1 / np.sqrt(60 * 59 / 2 * 4 * np.pi * r ** 2 * 0.05 / L ** 3 * n_frames)
+    ratio = out["curve_se"]["rdf"]["reference"] / expected
+    assert out["curve_se"]["rdf"]["reference"].shape == r.shape
+    assert np.mean(ratio[(r > 0.3) & (r < 0.95)]) == pytest.approx(1.0, abs=0.25)
     # no CG run: floors only; too few frames: no error bars, and a note that says why
     alone = A.comparison_uncertainty(ref, None, n_resamples=20)
     assert alone["metrics"]["rdf"]["se"] == {} and alone["metrics"]["rdf"]["noise_floor"]["mad"] > 0
