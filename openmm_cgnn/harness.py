@@ -999,8 +999,12 @@ def _uncertainty(sp: StatePoint, config: HarnessConfig, sums_ref: dict[str, Any]
 
     if not config.bootstrap_resamples or not sums_ref:
         return []
-    unc = A.comparison_uncertainty(sums_ref, sums_cg or None, n_resamples=config.bootstrap_resamples,
-                                   seed=config.seed, min_blocks=config.bootstrap_min_blocks)
+    try:
+        unc = A.comparison_uncertainty(sums_ref, sums_cg or None, n_resamples=config.bootstrap_resamples,
+                                       seed=config.seed, min_blocks=config.bootstrap_min_blocks)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:   # the metrics stand without error bars
+        res["uncertainty"]["notes"] = [f"no error bars: {exc}"]
+        return [f"{sp.label()}: no error bars: {exc}"]
     res["uncertainty"].update(method="block bootstrap", n_resamples=unc["n_resamples"], seed=unc["seed"],
                               n_sigma=N_SIGMA, blocks=unc["blocks"], noise_floor_method=unc["floor_method"],
                               noise_floor_scale=unc["floor_scale"], notes=unc["notes"])
