@@ -495,3 +495,27 @@ def test_error_bars_can_be_switched_off_and_are_checked():
         H.HarnessConfig.preset("tiny", bootstrap_min_blocks=3)
     with pytest.raises(ValueError, match="bootstrap_resamples"):
         H.HarnessConfig.preset("tiny", bootstrap_resamples=-1)
+
+
+def test_analysis_reproduces_its_error_bars_and_survives_their_failure(tiny_report, monkeypatch):
+    """The error bars of a finished state point come out the same when its analysis is rerun (seeded
+    bootstrap); if the bootstrap fails, the metrics stay and a note says why there are no error bars."""
+    from openmm_cgnn import analysis as A
+
+    out, report = tiny_report
+    config = H.HarnessConfig.from_json(out / "config.json")
+    sp = H.parse_state_point("300K:1bar")
+    entry = next(s for s in report["state_points"] if s["label"] == sp.label())
+    ds_path = H.state_point_dir(out, sp) / "reference-cg.npz"
+    sim_dir = H.state_point_dir(out, sp) / "cg"
+    res, _, _ = H.analysis_piece(sp, config, ds_path, sim_dir)
+    for key in H.RDF_UNCERTAINTY_KEYS:
+        assert res["rdf"][key] == pytest.approx(entry["rdf"][key], rel=1e-9), key
+
+    def broken(*args, **kwargs):
+        raise ValueError("no frames")
+
+    monkeypatch.setattr(A, "comparison_uncertainty", broken)
+    res, _, notes = H.analysis_piece(sp, config, ds_path, sim_dir)
+    assert res["rdf"]["mad"] == pytest.approx(entry["rdf"]["mad"]) and res["rdf"]["mad_se"] is None
+    assert any("no error bars: no frames" in n for n in notes)
