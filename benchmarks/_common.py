@@ -520,7 +520,7 @@ class Models:
                               {"source": str(self.user_model_dir), "preset": cfg.name, **_arch_facts(cfg)},
                               export_dir=self.workdir)
         info_file = self.workdir / f"model-{arch}.info.json"
-        if (self.workdir / f"model-{arch}" / "model.pt").exists() and info_file.exists():
+        if (self.workdir / f"model-{arch}" / "hippynn_weights.pt").exists() and info_file.exists():
             info = json.loads(info_file.read_text())  # a kept --workdir: reuse its models
             info["reused"] = True
             return ModelEntry(arch, self.workdir / f"model-{arch}", self.device, info)

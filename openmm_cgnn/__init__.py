@@ -5,7 +5,19 @@ Pipeline, one module per stage: ``reference`` (all-atom data) -> ``mapping`` (be
 -> ``simulate`` (CG MD) -> ``analysis``/``harness`` (comparison with the all-atom reference).
 
 Importing the package registers vesin's TorchScript neighbour list, which exported models use, so
-a plain OpenMM script that does ``import openmm_cgnn`` can load them.
+a plain OpenMM script that does ``import openmm_cgnn`` can load them. The models are OpenMM-ML
+potentials: ``MLPotential("cgnn", model="model.pt")`` (exported HIP-NN-TS models) and
+``MLPotential("cgpair", model="pair.json")`` (pair force fields).
+
+The names a script needs::
+
+    import openmm_cgnn
+    ds = openmm_cgnn.CGDataset.load("cg.npz")                      # a mapped (CG) data set
+    topology = openmm_cgnn.cg_topology_from_dataset(ds)            # beads named by type, periodic box
+    system = openmm_cgnn.create_system(topology, "model.pt")       # or "pair.json", masses=ds.bead_masses
+    module, metadata = openmm_cgnn.load_exported("model.pt")       # the TorchScript model and its metadata
+
+Every error caused by the input derives from ``openmm_cgnn.CGNNError``.
 """
 
 import logging as _logging
@@ -22,12 +34,19 @@ def _drop_simtk_warning(record: _logging.LogRecord) -> bool:
 _logging.getLogger().addFilter(_drop_simtk_warning)
 
 import vesin_torch as _vesin_torch  # noqa: E402,F401  (registers torch.classes.vesin)
+import openmmml as _openmmml  # noqa: E402,F401  (first, so that its loading of our potentials finds whole modules)
+
+from .dataset import CGDataset  # noqa: E402
+from .errors import CGNNError  # noqa: E402
+from .export import load_exported  # noqa: E402
+from .system import cg_topology_from_dataset, create_system  # noqa: E402
 
 __version__ = "0.1.0"
 
-
-def create_system(*args, **kwargs):
-    """See :func:`openmm_cgnn.system.create_system`."""
-    from .system import create_system as _create_system
-
-    return _create_system(*args, **kwargs)
+__all__ = [
+    "CGDataset",
+    "CGNNError",
+    "cg_topology_from_dataset",
+    "create_system",
+    "load_exported",
+]

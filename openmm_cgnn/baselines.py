@@ -19,9 +19,11 @@ onset) and only the prior acts where the data are empty. With ``zero_force_at_cu
 force also goes to zero at the cutoff, so the force is continuous there.
 
 The energy table integrates the force inward from ``U(cutoff) = 0`` (exact for piecewise-linear
-forces). The simulated model (OpenMM and :meth:`PairForceField.energy_forces`) interpolates that
-energy with a natural cubic spline on a grid ``table_points_per_bin`` times finer than the fit
-grid (OpenMM's ``Continuous1DFunction``), plus the analytic prior.
+forces). The simulated model (:mod:`openmm_cgnn.cgpair`: the OpenMM System, ``MLPotential("cgpair")``
+and :meth:`~openmm_cgnn.cgpair.PairModel.energy_forces`) interpolates that energy with a natural cubic
+spline on a grid ``table_points_per_bin`` times finer than the fit grid (OpenMM's
+``Continuous1DFunction``), plus the analytic prior. This module fits the tables and reads and writes
+their file.
 
 File format (JSON, written atomically; every number in the units named in its ``units`` entry):
 
@@ -50,18 +52,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._io import versions, write_json_atomic
+from .cgpair import FORMAT, PairForceFieldFormatError, PairModel, check_type_names, pair_index_matrix
 from .dataset import CGDataset
-from .errors import CGNNError, MissingInputError
+from .errors import MissingInputError
+from .geometry import box_widths, cutoff_fits
 from .prior import PriorParams, fit_prior, pair_distances
 
-FORMAT = "openmm-cgnn/pair-force-field"
 FORMAT_VERSION = 1
 UNITS = {
     "r": "nm", "cutoff": "nm", "bin_width": "nm", "onset": "nm",
@@ -77,50 +79,7 @@ __all__ = ["PairForceField", "PairForceFieldFormatError", "fit_pair_force_matchi
 _DENSE_LIMIT = 8_000_000  # entries of the per-frame design matrix above which it is built sparse
 
 
-class PairForceFieldFormatError(CGNNError, ValueError):
-    """The file is not an openmm-cgnn pair force field, or it is inconsistent."""
-
-
 # -- helpers -----------------------------------------------------------------------------------
-
-def _pair_index_matrix(n_types: int) -> np.ndarray:
-    """(T, T) symmetric matrix of pair-type indices, pairs (a, b) with a <= b in row order."""
-    idx = np.empty((n_types, n_types), dtype=np.int64)
-    p = 0
-    for a in range(n_types):
-        for b in range(a, n_types):
-            idx[a, b] = idx[b, a] = p
-            p += 1
-    return idx
-
-
-def _box_matrix(box: np.ndarray) -> np.ndarray:
-    box = np.asarray(box, dtype=np.float64)
-    if box.shape == (3,):
-        return np.diag(box)
-    if box.shape != (3, 3):
-        raise ValueError(f"box must be (3, 3) rows of box vectors or (3,) edge lengths, got {box.shape}")
-    return box
-
-
-def _min_width(box: np.ndarray) -> float:
-    """Smallest distance between opposite faces of the periodic cell, nm."""
-    a, b, c = box
-    vol = abs(float(np.dot(a, np.cross(b, c))))
-    return vol / max(np.linalg.norm(np.cross(b, c)), np.linalg.norm(np.cross(c, a)),
-                     np.linalg.norm(np.cross(a, b)))
-
-
-def _hat_energy(r: np.ndarray, grid_r: np.ndarray, force: np.ndarray, energy: np.ndarray) -> np.ndarray:
-    """Exact integral of the piecewise-linear force: U(r) = U(r_{k+1}) + int_r^{r_{k+1}} f ds."""
-    r = np.asarray(r, dtype=np.float64)
-    h = grid_r[1] - grid_r[0]
-    kmax = len(grid_r) - 2
-    k = np.clip(np.floor(r / h).astype(np.int64), 0, kmax)
-    t = r / h - k
-    out = energy[k + 1] + h * (force[k] * (1.0 - t) ** 2 / 2.0 + force[k + 1] * (1.0 - t ** 2) / 2.0)
-    return np.where((r >= 0) & (r < grid_r[-1]), out, 0.0)
-
 
 def _integrate_inward(force: np.ndarray, h: float) -> np.ndarray:
     """Energy at the nodes from a node force table, U(cutoff) = 0 (trapezoid = exact for hats)."""
@@ -130,273 +89,13 @@ def _integrate_inward(force: np.ndarray, h: float) -> np.ndarray:
     return energy
 
 
-# -- the model ---------------------------------------------------------------------------------
+# -- the file ----------------------------------------------------------------------------------
 
-@dataclass
-class PairForceField:
-    """A tabulated pair force field (per pair of bead types) plus the analytic repulsive prior.
-
-    Arrays follow the table in the module docstring. ``force``/``energy`` exclude the prior.
+class PairForceField(PairModel):
+    """A fitted pair force field: the :class:`~openmm_cgnn.cgpair.PairModel` (tables, NumPy evaluator,
+    OpenMM System) with its JSON file (the table in the module docstring).
     """
 
-    r: np.ndarray
-    force: np.ndarray
-    energy: np.ndarray
-    prior: PriorParams
-    type_names: list[str]
-    cutoff: float
-    onset: np.ndarray
-    pair_counts: np.ndarray | None = None
-    table_points_per_bin: int = 4
-    provenance: dict[str, Any] = field(default_factory=dict)
-    volume: Any = None     # openmm_cgnn.volume.VolumeTermParams or None (same treatment as the GNN)
-    _splines: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.r = np.asarray(self.r, dtype=np.float64)
-        self.force = np.atleast_2d(np.asarray(self.force, dtype=np.float64))
-        self.energy = np.atleast_2d(np.asarray(self.energy, dtype=np.float64))
-        self.onset = np.atleast_1d(np.asarray(self.onset, dtype=np.float64))
-        self.type_names = [str(t) for t in self.type_names]
-        self.cutoff = float(self.cutoff)
-        self.table_points_per_bin = int(self.table_points_per_bin)
-        if self.pair_counts is not None:
-            self.pair_counts = np.atleast_2d(np.asarray(self.pair_counts, dtype=np.int64))
-        p, nk = self.n_pair_types, len(self.r)
-        if nk < 2 or not np.allclose(np.diff(self.r), self.r[1] - self.r[0], rtol=1e-9, atol=1e-12):
-            raise PairForceFieldFormatError("r must be a uniform grid of at least two nodes")
-        if abs(self.r[0]) > 1e-12 or abs(self.r[-1] - self.cutoff) > 1e-9:
-            raise PairForceFieldFormatError(f"r must run from 0 to the cutoff ({self.cutoff} nm)")
-        for name in ("force", "energy"):
-            if getattr(self, name).shape != (p, nk):
-                raise PairForceFieldFormatError(
-                    f"'{name}' has shape {getattr(self, name).shape}, expected {(p, nk)}")
-        if self.pair_counts is not None and self.pair_counts.shape != (p, nk - 1):
-            raise PairForceFieldFormatError(
-                f"'pair_counts' has shape {self.pair_counts.shape}, expected {(p, nk - 1)}")
-        if self.onset.shape != (p,):
-            raise PairForceFieldFormatError(f"'onset' has shape {self.onset.shape}, expected {(p,)}")
-        if self.table_points_per_bin < 1:
-            raise PairForceFieldFormatError("table_points_per_bin must be >= 1")
-        if self.prior.cutoff > self.cutoff:
-            raise PairForceFieldFormatError(
-                f"the prior's cutoff ({self.prior.cutoff} nm) exceeds the table cutoff ({self.cutoff} nm)")
-
-    # -- pair types ------------------------------------------------------------------------------
-    @property
-    def bin_width(self) -> float:
-        return float(self.r[1] - self.r[0])
-
-    @property
-    def n_pair_types(self) -> int:
-        t = len(self.type_names)
-        return t * (t + 1) // 2
-
-    @property
-    def pair_types(self) -> list[tuple[str, str]]:
-        t = self.type_names
-        return [(t[a], t[b]) for a in range(len(t)) for b in range(a, len(t))]
-
-    def pair_index(self, type_a: str | int = 0, type_b: str | int | None = None) -> int:
-        """Index of the (a, b) pair type; types by name or index; ``type_b`` defaults to ``type_a``."""
-        def idx(x: str | int) -> int:
-            if isinstance(x, str):
-                if x not in self.type_names:
-                    raise KeyError(f"unknown bead type {x!r}; this force field has {self.type_names}")
-                return self.type_names.index(x)
-            return int(x)
-        a = idx(type_a)
-        b = a if type_b is None else idx(type_b)
-        return int(_pair_index_matrix(len(self.type_names))[a, b])
-
-    # -- pair functions --------------------------------------------------------------------------
-    def learned_force(self, r: np.ndarray, pair: int = 0) -> np.ndarray:
-        """The fitted (hat-interpolated) pair force without the prior, kJ/mol/nm; 0 beyond cutoff."""
-        r = np.asarray(r, dtype=np.float64)
-        out = np.interp(r, self.r, self.force[pair])
-        return np.where((r >= 0) & (r < self.cutoff), out, 0.0)
-
-    def learned_energy(self, r: np.ndarray, pair: int = 0) -> np.ndarray:
-        """Exact integral of :meth:`learned_force` from the cutoff inward, kJ/mol."""
-        return _hat_energy(r, self.r, self.force[pair], self.energy[pair])
-
-    def energy_table(self, pair: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The uniform table (r nm, U kJ/mol) handed to OpenMM's natural-spline Continuous1DFunction."""
-        n = (len(self.r) - 1) * self.table_points_per_bin + 1
-        rf = np.linspace(0.0, self.cutoff, n)
-        return rf, self.learned_energy(rf, pair)
-
-    def _spline(self, pair: int):
-        if pair not in self._splines:
-            from scipy.interpolate import CubicSpline
-
-            rf, uf = self.energy_table(pair)
-            self._splines[pair] = CubicSpline(rf, uf, bc_type="natural")
-        return self._splines[pair]
-
-    def pair_energy(self, r: np.ndarray, pair: int = 0, include_prior: bool = True) -> np.ndarray:
-        """Pair energy as simulated (spline of the table, plus the prior), kJ/mol."""
-        r = np.asarray(r, dtype=np.float64)
-        inside = (r >= 0) & (r <= self.cutoff)
-        u = np.where(inside, self._spline(pair)(np.clip(r, 0.0, self.cutoff)), 0.0)
-        return u + self.prior.energy(r) if include_prior else u
-
-    def pair_force(self, r: np.ndarray, pair: int = 0, include_prior: bool = True) -> np.ndarray:
-        """Pair force -dU/dr as simulated (positive = repulsive), kJ/mol/nm."""
-        r = np.asarray(r, dtype=np.float64)
-        inside = (r >= 0) & (r <= self.cutoff)
-        f = np.where(inside, -self._spline(pair)(np.clip(r, 0.0, self.cutoff), 1), 0.0)
-        return f + self.prior.force(r) if include_prior else f
-
-    # -- whole configurations --------------------------------------------------------------------
-    def _bead_types(self, n: int, bead_types: Sequence[int] | None) -> np.ndarray:
-        if bead_types is None:
-            if len(self.type_names) != 1:
-                raise ValueError(f"this force field has {len(self.type_names)} bead types "
-                                 f"{self.type_names}; pass bead_types")
-            return np.zeros(n, dtype=np.int64)
-        types = np.asarray(bead_types, dtype=np.int64)
-        if types.shape != (n,) or (n and (types.min() < 0 or types.max() >= len(self.type_names))):
-            raise ValueError(f"bead_types must be {n} indices into {self.type_names}")
-        return types
-
-    def energy_forces(self, positions: np.ndarray, box: np.ndarray,
-                      bead_types: Sequence[int] | None = None) -> tuple[float, np.ndarray]:
-        """Energy (kJ/mol) and forces ((N, 3) kJ/mol/nm) of one periodic frame (nm), as OpenMM computes.
-
-        ``box``: (3, 3) box vectors as rows or (3,) edge lengths, nm. ``bead_types``: (N,) indices
-        into ``type_names`` (may be omitted with a single bead type).
-        """
-        pos = np.asarray(positions, dtype=np.float64)
-        box = _box_matrix(box)
-        types = self._bead_types(len(pos), bead_types)
-        i, j, d = pair_distances(pos, box, self.cutoff)
-        r = np.linalg.norm(d, axis=1)
-        keep = r < self.cutoff
-        i, j, d, r = i[keep], j[keep], d[keep], r[keep]
-        pidx = _pair_index_matrix(len(self.type_names))[types[i], types[j]]
-        energy = float(self.prior.energy(r).sum())
-        fmag = self.prior.force(r)
-        for p in np.unique(pidx):
-            sel = pidx == p
-            energy += float(self.pair_energy(r[sel], int(p), include_prior=False).sum())
-            fmag[sel] += self.pair_force(r[sel], int(p), include_prior=False)
-        fvec = (fmag / np.maximum(r, 1e-12))[:, None] * d  # on j, along r_j - r_i
-        forces = np.zeros_like(pos)
-        np.add.at(forces, j, fvec)
-        np.add.at(forces, i, -fvec)
-        return energy, forces
-
-    def evaluate(self, datasets: Sequence[CGDataset]) -> dict[str, float]:
-        """Force errors against mapped forces (kJ/mol/nm): RMSE and MAE per component, all frames."""
-        sse, sae, n = 0.0, 0.0, 0
-        for ds in datasets:
-            _check_types(self.type_names, ds)
-            for f in range(ds.n_frames):
-                _, pred = self.energy_forces(ds.positions[f], ds.boxes[f], ds.bead_types)
-                err = pred - ds.forces[f]
-                sse += float(np.sum(err ** 2))
-                sae += float(np.sum(np.abs(err)))
-                n += err.size
-        if n == 0:
-            raise ValueError("no frames to evaluate")
-        return {"force_rmse": math.sqrt(sse / n), "force_mae": sae / n, "n_components": n}
-
-    # -- OpenMM ----------------------------------------------------------------------------------
-    def create_system(self, cg_topology, bead_masses: Sequence[float] | None = None,
-                      bead_types: Sequence[int] | None = None, temperature: float | None = None):
-        """An ``openmm.System`` for the beads of ``cg_topology`` with this pair force field.
-
-        One ``CustomNonbondedForce`` (CutoffPeriodic at ``cutoff``, no switching, no long-range
-        correction, no exclusions: the fit used every pair) whose energy is the tabulated learned
-        energy (natural-spline ``Continuous1DFunction`` per pair type) plus the analytic prior.
-        Masses (amu) come from ``bead_masses`` or else from the atoms' elements (CG topologies have
-        none); bead types from ``bead_types`` or else from the atom names matched to ``type_names``.
-        The periodic box comes from ``cg_topology.getPeriodicBoxVectors()``. A fitted volume term
-        (``self.volume``) is added as a box-only TorchForce; ``temperature`` (K) sets its run temperature.
-        """
-        import openmm
-        from openmm import unit
-
-        atoms = list(cg_topology.atoms())
-        n = len(atoms)
-        if bead_masses is not None:
-            masses = np.asarray(bead_masses, dtype=np.float64)
-            if masses.shape != (n,):
-                raise ValueError(f"bead_masses has shape {masses.shape}, the topology has {n} beads")
-        else:
-            if any(a.element is None for a in atoms):
-                raise ValueError("the CG topology's atoms have no element, so their masses are unknown; "
-                                 "pass bead_masses (amu), e.g. CGDataset.bead_masses")
-            masses = np.array([a.element.mass.value_in_unit(unit.dalton) for a in atoms])
-        if np.any(masses <= 0):
-            raise ValueError("bead masses must be positive")
-        if bead_types is None:
-            unknown = sorted({a.name for a in atoms if a.name not in self.type_names})
-            if unknown:
-                raise ValueError(f"topology atom names {unknown} are not bead types of this force field "
-                                 f"{self.type_names}; pass bead_types")
-            types = np.array([self.type_names.index(a.name) for a in atoms], dtype=np.int64)
-        else:
-            types = self._bead_types(n, bead_types)
-        vectors = cg_topology.getPeriodicBoxVectors()
-        if vectors is None:
-            raise ValueError("the CG topology has no periodic box vectors (topology.setPeriodicBoxVectors)")
-        box = np.array([[v.value_in_unit(unit.nanometer) for v in vec] for vec in vectors])
-        if self.cutoff > 0.5 * _min_width(box) + 1e-12:
-            raise ValueError(f"cutoff {self.cutoff} nm exceeds half the box width ({0.5 * _min_width(box):.4f} nm)")
-
-        system = openmm.System()
-        for m in masses:
-            system.addParticle(float(m))
-        system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) * unit.nanometer for row in box])
-
-        p_count = self.n_pair_types
-        terms = [f"cgpair_table{p}(r)" for p in range(p_count)]
-        if p_count == 1:
-            table = terms[0]
-        else:
-            table = terms[-1]
-            for p in reversed(range(p_count - 1)):
-                table = f"select(delta(cgpair_pidx - {p}), {terms[p]}, {table})"
-        expr = (f"{table} + step(cgpair_prc - r) * cgpair_pe0 * "
-                f"(exp(-cgpair_pa * (r - cgpair_ptaper)) - cgpair_pshift)")
-        if p_count > 1:
-            expr += "; cgpair_pidx = cgpair_types(btype1, btype2)"
-        force = openmm.CustomNonbondedForce(expr)
-        force.setName("CGPairTable")
-        pr = self.prior
-        force.addGlobalParameter("cgpair_prc", pr.cutoff)
-        force.addGlobalParameter("cgpair_pe0", pr.energy_at_taper)
-        force.addGlobalParameter("cgpair_pa", pr.a)
-        force.addGlobalParameter("cgpair_ptaper", pr.taper)
-        force.addGlobalParameter("cgpair_pshift", float(np.exp(-pr.a * (pr.cutoff - pr.taper))))
-        for p in range(p_count):
-            _, uf = self.energy_table(p)
-            force.addTabulatedFunction(f"cgpair_table{p}",
-                                       openmm.Continuous1DFunction(uf.tolist(), 0.0, self.cutoff))
-        if p_count > 1:
-            t = len(self.type_names)
-            force.addTabulatedFunction("cgpair_types", openmm.Discrete2DFunction(
-                t, t, _pair_index_matrix(t).T.ravel().astype(float).tolist()))
-            force.addPerParticleParameter("btype")
-            for ty in types:
-                force.addParticle([float(ty)])
-        else:
-            for _ in range(n):
-                force.addParticle([])
-        force.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic)
-        force.setCutoffDistance(self.cutoff)
-        force.setUseSwitchingFunction(False)
-        force.setUseLongRangeCorrection(False)
-        system.addForce(force)
-        if self.volume is not None and not self.volume.is_zero:
-            from .volume import volume_torch_force
-
-            system.addForce(volume_torch_force(self.volume, temperature))
-        return system
-
-    # -- files -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": FORMAT_VERSION, "units": UNITS,
@@ -461,14 +160,6 @@ def _volume_from(d: dict[str, Any] | None):
     return VolumeTermParams.from_dict(d)
 
 
-def _check_types(type_names: list[str], ds: CGDataset) -> None:
-    if list(ds.type_names) != list(type_names):
-        state = ds.metadata.get("state")
-        raise ValueError(f"data sets have mismatched bead type names: {list(ds.type_names)} "
-                         f"(state {state}) vs {list(type_names)}; all data sets (and the force field) "
-                         "must use the same type names in the same order")
-
-
 def _second_difference(free: np.ndarray) -> np.ndarray:
     """Rows (c_{k-1} - 2 c_k + c_{k+1}) for every run of three consecutive free coefficients."""
     n = len(free)
@@ -509,7 +200,7 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
         raise ValueError("no data sets to fit")
     type_names = list(datasets[0].type_names)
     for ds in datasets[1:]:
-        _check_types(type_names, ds)
+        check_type_names(type_names, ds)
     if not (bin_width > 0 and cutoff > 0):
         raise ValueError("cutoff and bin_width must be positive")
     n_bins = int(round(cutoff / bin_width))
@@ -524,7 +215,7 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
 
     h = cutoff / n_bins
     n_types = len(type_names)
-    pmat = _pair_index_matrix(n_types)
+    pmat = pair_index_matrix(n_types)
     n_pairs = n_types * (n_types + 1) // 2
     n_nodes = n_bins + 1
     m = n_pairs * n_nodes
@@ -541,9 +232,9 @@ def fit_pair_force_matching(datasets: Sequence[CGDataset], cutoff: float = 1.2, 
     for ds in datasets:
         for f in range(ds.n_frames):
             box = ds.boxes[f]
-            if cutoff > 0.5 * _min_width(box) + 1e-12:
+            if not cutoff_fits(box, cutoff):
                 raise ValueError(f"cutoff {cutoff} nm exceeds half the box width "
-                                 f"({0.5 * _min_width(box):.4f} nm) in frame {f} of state {ds.state}")
+                                 f"({0.5 * box_widths(box).min():.4f} nm) in frame {f} of state {ds.state}")
             pos, n = ds.positions[f], ds.n_beads
             i, j, d = pair_distances(pos, box, cutoff)
             r = np.linalg.norm(d, axis=1)

@@ -789,19 +789,28 @@ def _volume_params(model_dir: str | Path) -> VolumeTermParams | None:
     return VolumeTermParams.load(path) if path.exists() else None
 
 
+def check_model_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a file; MissingInputError when it does not exist, InputFileError
+    naming the file to give when it is a folder (a trained model directory, say)."""
+    from .errors import InputFileError, MissingInputError
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise InputFileError(f"model '{path}' is a folder; give the .pt file written by "
+                             f"'openmm-cgnn export {path} --out model.pt'")
+    return path
+
+
 def load_exported(path: str | Path,
                   map_location: str | torch.device | None = None) -> tuple[torch.jit.ScriptModule, dict]:
     """Load an exported CG potential: (ScriptModule, metadata dict of the file's ``metadata.json``)."""
     import vesin_torch  # noqa: F401  (files of format version 1 refer to vesin's TorchScript class)
 
-    from .errors import InputFileError, MissingInputError
+    from .errors import InputFileError
 
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"exported model '{path}' does not exist")
-    if path.is_dir():
-        raise InputFileError(f"exported model '{path}' is a folder; give the .pt file written by "
-                             f"'openmm-cgnn export {path} --out model.pt'")
+    path = check_model_file(path)
     extra = {"metadata.json": ""}
     try:
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)

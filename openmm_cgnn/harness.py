@@ -46,6 +46,8 @@ from .errors import CGNNError
 from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
 from ._io import check_writable, make_output_dir
 from . import validation as V
+from .geometry import aa_cutoff_for_edge, box_edge, cutoff_fits
+from .species import get_species
 from .errors import ConfigError, InputFileError, MissingInputError
 from .statepoints import (StatePoint, StatePointError, load_state_points, parse_state_point,  # noqa: F401
                           parse_state_points)
@@ -383,26 +385,6 @@ def _rel(path: Path, root: Path) -> str:
         return Path(path).name
 
 
-def _molecule_mass(species_name: str) -> float:
-    import openmm.app as app
-    import openmm.unit as u
-
-    from .species import get_species
-
-    sp = get_species(species_name)
-    return float(sum(app.Element.getBySymbol(e).mass.value_in_unit(u.dalton) for e in sp.elements))
-
-
-def _box_edge(n_molecules: int, molecule_mass: float, density: float) -> float:
-    from .units import volume_for_density_nm3
-
-    return volume_for_density_nm3(molecule_mass * n_molecules, density) ** (1.0 / 3.0)
-
-
-def _auto_cutoff(edge: float) -> float:
-    return min(1.0, math.floor(0.46 * edge * 100.0) / 100.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # which all-atom system: the model's (from its training metadata) unless the configuration says
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +465,7 @@ def _input_mass_and_count(config: HarnessConfig) -> tuple[float, int]:
     from .aa_input import total_mass_and_molecules
 
     if not config.system:
-        return _molecule_mass(config.species or "methanol") * config.n_molecules, config.n_molecules
+        return get_species(config.species or "methanol").molecular_mass * config.n_molecules, config.n_molecules
     return total_mass_and_molecules(reference_input(config))
 
 
@@ -512,30 +494,13 @@ def _initial_density(config: HarnessConfig, sp: StatePoint) -> float:
 # ---------------------------------------------------------------------------------------------
 # model provenance
 # ---------------------------------------------------------------------------------------------
-def _model_info(model: Path, kind: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Provenance of an exported GNN model (``kind`` "torchscript") or a pair baseline ("pair")."""
-    if kind == "pair":
-        prov = meta.get("provenance") or {}
-        states = [s for s in prov.get("state_points") or [] if s]
-        datasets = [{"name": None, "n_frames": f, "n_beads": b, "state": s}
-                    for s, f, b in zip(prov.get("state_points") or [], prov.get("n_frames") or [],
-                                       prov.get("n_beads") or [])]
-        return {"file": model.name, "sha256": _sha256(model), "kind": kind, "label": "CG (pair MS-CG)",
-                "format": "openmm-cgnn/pair-force-field", "type_names": meta.get("type_names"),
-                "cutoff_nm": meta.get("cutoff_nm"), "network_class": None, "tensor_order": None, "dtype": None,
-                "prior": meta.get("prior"), "training_state_points": states, "training_datasets": datasets,
-                "trained": None}
-    training = meta.get("training") or {}
-    datasets = [{"name": d.get("name"), "n_frames": d.get("n_frames"), "n_beads": d.get("n_beads"),
-                 "state": d.get("state")} for d in training.get("datasets", [])]
-    return {
-        "file": model.name, "sha256": _sha256(model), "kind": kind, "label": "CG (GNN)", "format": meta.get("format"),
-        "type_names": meta.get("type_names"), "cutoff_nm": meta.get("cutoff_nm"),
-        "network_class": meta.get("network_class"), "tensor_order": meta.get("tensor_order"),
-        "dtype": meta.get("dtype"), "prior": meta.get("prior"),
-        "training_state_points": training.get("state_points", [d["state"] for d in datasets if d.get("state")]),
-        "training_datasets": datasets, "trained": training.get("created"),
-    }
+def _model_info(model: Path, cg_model: Any) -> dict[str, Any]:
+    """Provenance of a model file (``MODEL_KEYS``): its file and hash, what its potential family says of
+    it (kind, label, format, network, training data) and the facts every model has."""
+    meta = cg_model.metadata
+    info = {"file": model.name, "sha256": _sha256(model), "type_names": meta.get("type_names"),
+            "cutoff_nm": meta.get("cutoff_nm"), "prior": meta.get("prior"), **cg_model.describe()}
+    return {key: info[key] for key in MODEL_KEYS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,14 +557,14 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
             n = ds.n_beads
         else:
             rho = _initial_density(config, sp)
-            edge = _box_edge(1, mass, rho)
+            edge = box_edge(1, mass, rho)
             where = f"{n_mol} molecules at {rho:g} g/cm^3"
             n = n_mol
-            if config.reference_cutoff is not None and 2.0 * config.reference_cutoff > edge:
+            if config.reference_cutoff is not None and not cutoff_fits(np.eye(3) * edge, config.reference_cutoff):
                 raise ConfigError(
                     f"state point {sp.label()}: {where} make a {edge:.3f} nm box, smaller than twice the all-atom "
                     f"cutoff ({config.reference_cutoff} nm); use more molecules or aa_cutoff <= {edge / 2:.3f} nm")
-        if cutoff_nm and edge <= 2.0 * cutoff_nm:
+        if cutoff_nm and not cutoff_fits(np.eye(3) * edge, cutoff_nm):
             need = math.ceil(n * (2.0 * cutoff_nm / edge) ** 3 * 1.1)
             raise ConfigError(
                 f"state point {sp.label()}: {where} make a {edge:.3f} nm box, too small for the model's cutoff "
@@ -611,7 +576,8 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
             progress: bool = True) -> dict[str, Any]:
     """Compare the exported CG ``model`` with all-atom references at ``state_points``; write ``out_dir``.
 
-    :param model: exported model (``.pt`` from ``openmm-cgnn export``).
+    :param model: a model file any registered potential reads: an exported model (``.pt`` from ``openmm-cgnn
+        export``, ``MLPotential("cgnn")``) or a pair force field (``.json``, ``MLPotential("cgpair")``).
     :param state_points: StatePoints, strings ("300K:0.787g/cm3"), a comma-separated string or a TOML path.
     :param out_dir: output folder (its files are described in ``docs/formats.md``).
     :param config: the settings (default ``HarnessConfig.preset("default")``).
@@ -637,7 +603,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     model = Path(model)
     cg_model = CGModel(model)
     meta = cg_model.metadata
-    model_info = _model_info(model, cg_model.kind, meta)
+    model_info = _model_info(model, cg_model)
     notes: list[str] = []
     config = resolve_system(config, meta, notes)
     given = _match_given(reference_datasets, points, notes, progress)
@@ -806,8 +772,8 @@ def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: P
         _log(progress, f"{tag}: all-atom reference: the given data set {given.name}")
     else:
         rho0 = _initial_density(config, sp)
-        cutoff = config.reference_cutoff if config.reference_cutoff is not None else _auto_cutoff(
-            _box_edge(1, _input_mass_and_count(config)[0], rho0))
+        cutoff = config.reference_cutoff if config.reference_cutoff is not None else aa_cutoff_for_edge(
+            box_edge(1, _input_mass_and_count(config)[0], rho0))
         ref_cfg = reference_input(config, temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
                                   cutoff=cutoff, seed=config.seed, platform=platform)
         want = asdict(ref_cfg)

@@ -32,6 +32,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
+from .cgpair import configure_cutoff_periodic
 from .errors import ConfigError
 from .prior import PriorParams
 
@@ -70,11 +71,7 @@ def _prior_force(prior: PriorParams, n_beads: int, sign: float) -> openmm.Custom
     force = openmm.CustomNonbondedForce(expr)
     for _ in range(n_beads):
         force.addParticle([])
-    force.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic)
-    force.setCutoffDistance(prior.cutoff)
-    force.setUseSwitchingFunction(False)
-    force.setUseLongRangeCorrection(False)
-    return force
+    return configure_cutoff_periodic(force, prior.cutoff)
 
 
 def _negate_energy(expression: str) -> str:

@@ -42,7 +42,7 @@ from .errors import CGNNError
 from .species import Species, get_species
 from .pressure import attach_pressure_probe, current_pressure, find_barostat_index
 from .topology_io import topology_from_arrays, topology_to_arrays
-from .units import volume_for_density_nm3
+from .geometry import box_edge
 
 REFERENCE_FORMAT = "openmm-cgnn/aa-reference"
 REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "potential_energy": "kJ/mol",
@@ -140,8 +140,8 @@ def build_box(species: Species, n_molecules: int, density: float,
     if not (0.0 < density < 3.0):
         raise ReferenceError(f"density {density} g/cm^3 is impossible for a molecular liquid; give a value in (0, 3)")
     top = build_topology(species, n_molecules)
-    masses = np.array([app.Element.getBySymbol(e).mass.value_in_unit(u.dalton) for e in species.elements])
-    edge = volume_for_density_nm3(masses.sum() * n_molecules, density) ** (1.0 / 3.0)
+    masses = species.atom_masses
+    edge = box_edge(n_molecules, species.molecular_mass, density)
     per_side = math.ceil(n_molecules ** (1.0 / 3.0) - 1e-9)
     spacing = edge / per_side
     centred = species.template - (masses[:, None] * species.template).sum(0) / masses.sum()

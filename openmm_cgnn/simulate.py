@@ -310,7 +310,8 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
     metadata = model.metadata
     topology, positions, masses = initial_configuration(config, metadata)
     platform = choose_platform(config.platform)
-    graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.kind != "pair"
+    # CUDA graphs capture a TorchScript model; a model without one (a pair force field) has nothing to capture
+    graphs = resolve_cuda_graphs(config.use_cuda_graphs, platform.getName()) and model.module is not None
     simulation, system, barostat = _build_simulation(config, model, topology, masses, platform, graphs)
     if graphs and config.use_cuda_graphs is None and not _capture_works(simulation, positions, config):
         _log(progress, "[simulate] CUDA graph capture failed for this model; running without CUDA graphs "
@@ -321,7 +322,7 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
                 "integrator": _integrator_info(config)}
     masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
     monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()),
-                       module=getattr(model, "module", None))
+                       module=model.module)
     _check_start(positions, topology, monitor, config)
     created = not out.exists()
     make_output_dir(out)   # only now: the run has really started

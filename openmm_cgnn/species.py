@@ -35,6 +35,19 @@ class Species:
     mixture_forcefield: str | None = None  # the force field to use in mixtures (compatible 1-4 scales)
     cg_map: dict | None = None             # a suggested multi-bead map (``openmm-cgnn map --mapping``)
 
+    @property
+    def atom_masses(self) -> np.ndarray:
+        """Masses (n_atoms,) of the molecule's atoms, amu (OpenMM's element masses)."""
+        import openmm.app as app
+        import openmm.unit as u
+
+        return np.array([app.Element.getBySymbol(e).mass.value_in_unit(u.dalton) for e in self.elements])
+
+    @property
+    def molecular_mass(self) -> float:
+        """Mass of one molecule, amu."""
+        return float(self.atom_masses.sum())
+
     def forcefield_files(self, name: str | None = None) -> list[str]:
         """Paths of the force-field XML files for ``name`` (default: the species' default)."""
         name = name or self.default_forcefield

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ._io import write_json_atomic, write_text_atomic
+from .geometry import aa_cutoff_for_edge, box_edge, box_widths
+from .species import get_species
 from .reporting import study_markdown, write_study_plots
 
 
@@ -107,14 +109,11 @@ def _training_references(config: StudyConfig, data: Path, progress: bool) -> dic
 
 
 def _auto_aa_cutoff(config: StudyConfig, sp) -> float:
-    from .species import get_species
-    from .units import volume_for_density_nm3
-    import openmm.app as app
-
+    """The all-atom cutoff of a training reference: the harness's rule for its box
+    (:func:`openmm_cgnn.geometry.aa_cutoff_for_edge`)."""
     species = get_species(config.species)
-    mass = sum(app.Element.getBySymbol(e).mass._value for e in species.elements) * config.n_molecules
-    edge = volume_for_density_nm3(mass, sp.density or species.default_density) ** (1 / 3)
-    return min(1.0, 0.46 * edge)
+    return aa_cutoff_for_edge(box_edge(config.n_molecules, species.molecular_mass,
+                                       sp.density or species.default_density))
 
 
 def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path) -> Path:
@@ -141,7 +140,7 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
     if path.exists():
         return path
     sets = [CGDataset.load(p) for p in datasets]
-    half_box = min(float(np.min(np.linalg.norm(ds.boxes, axis=2))) for ds in sets) / 2.0
+    half_box = min(float(box_widths(ds.boxes).min()) for ds in sets) / 2.0
     bin_width = 0.01
     cutoff = config.pair_cutoff or min(gnn_cutoff_nm, half_box)
     cutoff = np.floor(cutoff / bin_width - 1e-9) * bin_width

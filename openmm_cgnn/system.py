@@ -1,15 +1,22 @@
-"""The CG OpenMM System: bead masses, the periodic box, and the exported model as a TorchForce.
+"""The CG OpenMM System: bead masses, bead types and the periodic box, checked the same way for every
+model, and the exported model as a TorchForce.
 
-Two equivalent ways in, as OpenMM users expect::
+Every model file is read through the OpenMM-ML potential registered for it (entry points of the
+group ``openmmml.potentials``): ``cgnn`` for exported HIP-NN-TS models (``.pt``, :mod:`openmm_cgnn.mlpotential`),
+``cgpair`` for pair force fields (``.json``, :mod:`openmm_cgnn.cgpair`). Equivalent ways in, as OpenMM
+users expect::
 
-    system = openmm_cgnn.create_system(cg_topology, "model.pt")
-    system = openmmml.MLPotential("cgnn", model="model.pt").createSystem(cg_topology)
+    system = openmm_cgnn.create_system(cg_topology, "model.pt")          # or "pair.json"
+    system = openmmml.MLPotential("cgnn", model="model.pt").createSystem(cg_topology, removeCMMotion=False)
+    system = openmmml.MLPotential("cgpair", model="pair.json").createSystem(cg_topology, masses=bead_masses)
 
 Bead types are read from the CG topology's atom names (the bead type names of the mapping).
 """
 
 from __future__ import annotations
 
+import functools
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +26,8 @@ import openmm.app as app
 import openmm.unit as u
 
 from .dataset import CGDataset
-from .errors import CGNNError, InputFileError, MissingInputError
+from .errors import CGNNError, InputFileError
+from .geometry import box_vectors_nm, box_widths, cutoff_fits
 
 
 class CGSystemError(CGNNError, ValueError):
@@ -36,13 +44,7 @@ def _load_model(model: Any) -> tuple[Any, dict]:
     return module, metadata
 
 
-def _box_widths(box_vectors: np.ndarray) -> np.ndarray:
-    """Perpendicular widths (nm) of a box with vectors as rows (3, 3)."""
-    a, b, c = box_vectors
-    volume = abs(np.dot(a, np.cross(b, c)))
-    return np.array([volume / np.linalg.norm(np.cross(b, c)), volume / np.linalg.norm(np.cross(c, a)),
-                     volume / np.linalg.norm(np.cross(a, b))])
-
+# -- the checks every model family shares --------------------------------------------------------
 
 def bead_type_indices(topology: app.Topology, type_names: Sequence[str], atoms: Iterable[int] | None = None) -> np.ndarray:
     """Index into ``type_names`` of each bead (topology atom name); CGSystemError for a type the model never saw."""
@@ -54,24 +56,67 @@ def bead_type_indices(topology: app.Topology, type_names: Sequence[str], atoms: 
             continue
         if atom.name not in index:
             raise CGSystemError(
-                f"bead '{atom.name}' (atom {atom.index}) has a type the model was not trained on; the model knows "
-                f"{', '.join(type_names)}. Build the CG topology with the same mapping as the training data.")
+                f"bead '{atom.name}' (atom {atom.index}) has a type the model was not trained on: topology atom "
+                f"names ['{atom.name}'] are not bead types of the model ({', '.join(type_names)}). Build the CG "
+                "topology with the same mapping as the training data.")
         out.append(index[atom.name])
     return np.array(out, dtype=np.int64)
 
 
 def check_box(box_vectors: Any, cutoff_nm: float) -> np.ndarray:
-    """Box vectors as a (3, 3) array in nm; CGSystemError if any width is below twice the cutoff."""
+    """Box vectors as a (3, 3) array in nm; CGSystemError if the box has no vectors or if a
+    perpendicular width is below twice the cutoff (:func:`openmm_cgnn.geometry.cutoff_fits`)."""
     if box_vectors is None:
         raise CGSystemError("the CG topology has no periodic box; set one with topology.setPeriodicBoxVectors(...)")
-    box = np.array([[v.value_in_unit(u.nanometer) if u.is_quantity(v) else v for v in vec] for vec in box_vectors]) \
-        if not u.is_quantity(box_vectors) else np.array(box_vectors.value_in_unit(u.nanometer))
-    widths = _box_widths(box)
-    if np.any(widths < 2.0 * cutoff_nm):
+    box = box_vectors_nm(box_vectors)
+    if not cutoff_fits(box, cutoff_nm):
+        widths = box_widths(box)
         raise CGSystemError(
             f"the box (widths {', '.join(f'{w:.3f}' for w in widths)} nm) is smaller than twice the model cutoff "
-            f"({cutoff_nm:.3f} nm); use a larger box (more molecules)")
+            f"({cutoff_nm:.3f} nm): the cutoff exceeds half the box width ({0.5 * widths.min():.4f} nm); use a "
+            "larger box (more molecules)")
     return box
+
+
+def bead_masses(topology: app.Topology, masses: Sequence[float] | None = None,
+                type_masses: dict[str, float] | None = None, argument: str = "masses") -> np.ndarray:
+    """Masses (N,) in amu of the beads of ``topology``: ``masses`` as given (one per bead), else the
+    model's per-type masses ``type_masses`` (bead type name -> amu), else the atoms' element masses.
+    CGSystemError naming ``argument`` (the caller's name for ``masses``) when none of them gives them."""
+    n = topology.getNumAtoms()
+    if masses is not None:
+        out = np.asarray(masses, dtype=np.float64)
+        if out.shape != (n,):
+            raise CGSystemError(f"{argument} has shape {out.shape}: {out.size} masses for {n} beads; give one "
+                                "mass (amu) per bead")
+    else:
+        atoms = list(topology.atoms())
+        by_type = {str(k): float(v) for k, v in (type_masses or {}).items()}
+        if by_type and all(a.name in by_type for a in atoms):
+            out = np.array([by_type[a.name] for a in atoms])
+        elif all(a.element is not None for a in atoms):
+            out = np.array([a.element.mass.value_in_unit(u.dalton) for a in atoms])
+        else:
+            raise CGSystemError("the bead masses are unknown: the CG topology's atoms have no element and the model "
+                                f"records no masses for their types; pass {argument} (amu, one per bead), e.g. "
+                                "CGDataset.bead_masses")
+    if not np.all(out > 0):
+        raise CGSystemError(f"bead masses must be positive ({argument})")
+    return out
+
+
+def set_bead_masses(system: openmm.System, topology: app.Topology, masses: Sequence[float] | None = None,
+                    type_masses: dict[str, float] | None = None, argument: str = "masses") -> None:
+    """Give the particles of ``system`` (one per bead of ``topology``) the masses of :func:`bead_masses`."""
+    for i, m in enumerate(bead_masses(topology, masses, type_masses, argument)):
+        system.setParticleMass(i, float(m))
+
+
+def require_whole_topology(topology: app.Topology, atoms: Iterable[int] | None) -> None:
+    """CGSystemError unless a model acts on every bead (``atoms`` None or all of them): openmm-cgnn
+    models do not make mixed systems."""
+    if atoms is not None and len(list(atoms)) != topology.getNumAtoms():
+        raise CGSystemError("openmm-cgnn models act on the whole CG topology; mixed systems are not supported")
 
 
 def type_masses(metadata: dict) -> dict[str, float]:
@@ -137,13 +182,17 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
                   remove_cm_motion: bool = False, use_cuda_graphs: bool | None = None,
                   cuda_graph_warmup_steps: int | None = None, mts_fast: Any = None,
                   neighbour_capacity: int = 0, temperature: float | None = None) -> openmm.System:
-    """An OpenMM System for ``cg_topology`` driven by the CG model.
+    """An OpenMM System for ``cg_topology`` driven by the CG model, made by the OpenMM-ML potential
+    registered for the model (:func:`potential_for`).
 
     Parameters
     ----------
     cg_topology: Topology of beads (atom names = bead types) with periodic box vectors (nm).
-    model: path of an exported model (``openmm-cgnn export``) or a (ScriptModule, metadata) pair.
-    masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model.
+    model: path of an exported model (``openmm-cgnn export``, ``.pt``) or of a pair force field
+        (``.json``, :mod:`openmm_cgnn.baselines`), or such a model loaded: a (ScriptModule, metadata)
+        pair or a ``PairForceField``.
+    masses: bead masses in amu, one per bead; default: the per-type masses recorded in the model (a
+        pair force field records none: give them, e.g. ``CGDataset.bead_masses``).
     remove_cm_motion: add a CMMotionRemover.
     use_cuda_graphs: ask openmm-torch to capture the model in a CUDA graph (CUDA platform only);
         None (default): on where capture works, see :func:`resolve_cuda_graphs`.
@@ -151,35 +200,21 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
     mts_fast: None for one force group; ``"prior"``, a pair force field file (``.json``) or a
         ``PairForceField`` to split the forces for multiple time stepping (:mod:`openmm_cgnn.mts`):
         the fast pair force in group 0, the model minus that pair force in group 1. Integrate with
-        ``openmm_cgnn.mts.langevin_integrator`` (or any MTS integrator over groups 0 and 1).
+        ``openmm_cgnn.mts.langevin_integrator`` (or any MTS integrator over groups 0 and 1). Network
+        models only.
     neighbour_capacity: neighbours per bead the model's fixed neighbour table holds; 0 (default): the
         capacity recorded in the model at export (from the training data, with a margin). Raise it
         when a run stops with a neighbour-table overflow (a denser state than the training data).
     temperature: K, the run temperature seen by the model's volume term when it has a temperature
         trend (default: the temperature it was fitted at).
-    """
-    module, metadata = _load_model(model)
-    system = openmm.System()
-    box = check_box(cg_topology.getPeriodicBoxVectors(), float(metadata["cutoff_nm"]))
-    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) * u.nanometer for row in box])
-    if masses is None:
-        by_type = type_masses(metadata)
-        masses = [by_type.get(atom.name, 0.0) for atom in cg_topology.atoms()]
-    if len(masses) != cg_topology.getNumAtoms():
-        raise CGSystemError(f"got {len(masses)} masses for {cg_topology.getNumAtoms()} beads")
-    for m in masses:
-        system.addParticle(float(m))
-    model_force = system.addForce(make_torch_force(module, metadata, cg_topology, use_cuda_graphs=use_cuda_graphs,
-                                                   cuda_graph_warmup_steps=cuda_graph_warmup_steps,
-                                                   neighbour_capacity=neighbour_capacity, temperature=temperature))
-    if mts_fast is not None:
-        from .mts import add_fast_split
 
-        add_fast_split(system, [model_force], cg_topology, metadata, mts_fast)
-    add_model_bonded_forces(system, cg_topology, metadata)
-    if remove_cm_motion:
-        system.addForce(openmm.CMMotionRemover())
-    return system
+    Options a model family has no use for (CUDA graphs and the neighbour table for a pair force
+    field) are ignored.
+    """
+    return CGModel(model).create_system(cg_topology, masses=masses, remove_cm_motion=remove_cm_motion,
+                                        use_cuda_graphs=use_cuda_graphs,
+                                        cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast,
+                                        neighbour_capacity=neighbour_capacity, temperature=temperature)
 
 
 def add_model_bonded_forces(system: openmm.System, cg_topology: app.Topology, metadata: dict) -> list:
@@ -202,53 +237,89 @@ def cg_topology_from_dataset(ds: CGDataset, frame: int = 0) -> app.Topology:
                              box_vectors=[openmm.Vec3(*row) for row in ds.boxes[frame]] * u.nanometer)
 
 
-class CGModel:
-    """A CG force field file that makes OpenMM Systems: an exported HIP-NN-TS model (``.pt``) or a
-    pairwise force-matched baseline (``.json`` from :mod:`openmm_cgnn.baselines`).
+# -- the registry: which OpenMM-ML potential reads a model --------------------------------------
 
-    ``metadata`` holds at least ``type_names``, ``cutoff_nm`` and, where known, ``prior`` and
-    ``type_masses``.
+POTENTIAL_GROUP = "openmmml.potentials"
+
+
+@functools.lru_cache(maxsize=None)
+def _families() -> tuple[tuple[str, Any], ...]:
+    """(name, module) of the OpenMM-ML potentials this package registers (entry points of
+    ``openmmml.potentials`` whose module is ours); each module has ``reads(model)``, ``load(model)`` and
+    ``describe(metadata)``."""
+    from importlib.metadata import entry_points
+
+    package = __name__.split(".")[0]
+    found: dict[str, Any] = {}
+    for entry in entry_points(group=POTENTIAL_GROUP):
+        if entry.module.split(".")[0] == package and entry.name not in found:
+            found[entry.name] = import_module(entry.module)
+    return tuple(sorted(found.items()))
+
+
+def potential_for(model: Any) -> str:
+    """The name of the registered OpenMM-ML potential that reads ``model`` (a model file, or a model
+    loaded as its family loads it): ``"cgnn"`` for an exported model (``.pt``), ``"cgpair"`` for a pair
+    force field (``.json``). Each family's module recognises its own models (``reads``).
+
+    MissingInputError for a path that does not exist, InputFileError for a folder or a file no
+    registered potential reads.
+    """
+    if isinstance(model, (str, Path)):
+        from .export import check_model_file
+
+        check_model_file(model)
+    families = _families()
+    for name, family in families:
+        if family.reads(model):
+            return name
+    names = ", ".join(name for name, _ in families) or "none"
+    raise InputFileError(f"'{model}' is not an exported openmm-cgnn model (the TorchScript .pt written by "
+                         f"'openmm-cgnn export') nor a pair force field (.json); no registered potential "
+                         f"({names}) reads it (if one is missing, reinstall openmm-cgnn: pip install -e .)")
+
+
+def check_potential(name: str, model: Any) -> None:
+    """CGSystemError naming the potential to use when ``model`` is a file that the registered potential
+    ``name`` does not read but another one does (``MLPotential("cgpair", model="model.pt")``, say)."""
+    if not isinstance(model, (str, Path)):
+        return
+    try:
+        other = potential_for(model)
+    except CGNNError:
+        return   # no potential reads it: the loader says what is wrong with the file
+    if other != name:
+        raise CGSystemError(f"'{model}' is a model of the '{other}' potential, not of '{name}': use "
+                            f"MLPotential('{other}', model=...) or openmm_cgnn.create_system(topology, model)")
+
+
+class CGModel:
+    """A CG model read through the OpenMM-ML potential registered for it (:func:`potential_for`).
+
+    ``potential``: the potential's name (``MLPotential(potential, ...)``); ``model``: the loaded model
+    as that potential takes it (``model=``); ``metadata``: at least ``type_names``, ``cutoff_nm`` and,
+    where known, ``prior`` and ``type_masses``; ``module``: the TorchScript module the model runs
+    (None for a model without one, such as a pair force field); ``path``: the file (None for a model
+    given loaded).
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise MissingInputError(f"model file '{self.path}' does not exist")
-        if self.path.is_dir():
-            raise InputFileError(f"model '{self.path}' is a folder; give the exported model file (.pt): "
-                                 f"make it with 'openmm-cgnn export {self.path} --out model.pt'")
-        if self.path.suffix == ".json":
-            from .baselines import PairForceField
+    def __init__(self, model: Any):
+        self.path = Path(model) if isinstance(model, (str, Path)) else None
+        self.potential = potential_for(model)
+        family = dict(_families())[self.potential]
+        self.model, self.metadata, self.module = family.load(model)
+        self._family = family
 
-            self.kind = "pair"
-            self.pair = PairForceField.load(self.path)
-            self.metadata = {"type_names": list(self.pair.type_names), "cutoff_nm": float(self.pair.cutoff),
-                             "prior": self.pair.prior.to_dict(), "kind": "pair",
-                             "provenance": self.pair.provenance}
-        else:
-            from .export import load_exported
-
-            self.kind = "torchscript"
-            self.module, self.metadata = load_exported(self.path)
+    def describe(self) -> dict[str, Any]:
+        """What kind of model this is, for reports: ``kind``, ``label``, ``format`` and the network and
+        training facts the family records (see each family's ``describe``)."""
+        return self._family.describe(self.metadata)
 
     def create_system(self, topology: app.Topology, masses: Sequence[float] | None = None,
-                      use_cuda_graphs: bool | None = None, cuda_graph_warmup_steps: int | None = None,
-                      mts_fast: Any = None, neighbour_capacity: int = 0,
-                      temperature: float | None = None) -> openmm.System:
-        """The System for ``topology``; the options are those of :func:`create_system` (a pair
-        force field is cheap already: it takes no CUDA graph, MTS or neighbour-table options)."""
-        if self.kind == "pair":
-            if mts_fast is not None:
-                from .mts import MTSConfigError
+                      remove_cm_motion: bool = False, **options: Any) -> openmm.System:
+        """The System for ``topology`` from ``MLPotential(self.potential, model=self.model)``; the options
+        are those of :func:`create_system`."""
+        from openmmml import MLPotential
 
-                raise MTSConfigError("multiple time stepping splits a network model; a pair force field is cheap "
-                                     "already: run it without --mts")
-            if masses is None:
-                by_type = type_masses(self.metadata) if self.metadata.get("type_masses") else None
-                if by_type is None:
-                    raise CGSystemError("a pair force field records no masses; start from a CG data set")
-                masses = [by_type[a.name] for a in topology.atoms()]
-            return self.pair.create_system(topology, bead_masses=masses, temperature=temperature)
-        return create_system(topology, (self.module, self.metadata), masses=masses, use_cuda_graphs=use_cuda_graphs,
-                             cuda_graph_warmup_steps=cuda_graph_warmup_steps, mts_fast=mts_fast,
-                             neighbour_capacity=neighbour_capacity, temperature=temperature)
+        return MLPotential(self.potential, model=self.model).createSystem(
+            topology, removeCMMotion=remove_cm_motion, masses=masses, **options)

@@ -12,8 +12,11 @@ network hyperparameters of :class:`TrainConfig`, which are hippynn's own (distan
 Model directory written by :func:`train` (every file written atomically)::
 
     config.toml     the TrainConfig used
-    model.pt        torch.save'd dict (loads with weights_only=True): hippynn network and energy-head
-                    state_dicts plus their constructor arguments (see MODEL_FORMAT)
+    hippynn_weights.pt
+                    torch.save'd dict (loads with weights_only=True): hippynn network and energy-head
+                    state_dicts plus their constructor arguments (see MODEL_FORMAT); not a model
+                    OpenMM can run: ``openmm-cgnn export`` makes that. Directories written before
+                    this name was chosen hold the same file as ``model.pt``; they are still read.
     prior.json      PriorParams (nm, kJ/mol) and its fit settings
     metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
                     and pooled, plus the per-epoch training curve
@@ -51,11 +54,16 @@ from . import validation as V
 from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
+from .geometry import box_widths, cutoff_fits
 from .prior import PriorParams, fit_prior, prior_energy_forces
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
 MODEL_FORMAT = "openmm-cgnn/hipnn-model"
 MODEL_FORMAT_VERSION = 1
+#: the hippynn weights in a model directory; named so that nobody takes them for the exported model (``.pt``)
+WEIGHTS_FILE = "hippynn_weights.pt"
+#: the name of the weights file in model directories written before version 0.2; still read
+LEGACY_WEIGHTS_FILE = "model.pt"
 _NETWORK_CLASSES = {0: "Hipnn", 1: "HipnnVec", 2: "HipnnQuad"}
 # kcal/mol/angstrom -> kJ/mol/nm
 _FORCE_TO_KJ_NM = KJ_PER_KCAL * ANGSTROM_PER_NM
@@ -398,21 +406,10 @@ def prior_frames(prior: PriorParams, positions: np.ndarray, boxes: np.ndarray) -
 
 
 def _check_box(boxes: np.ndarray, cutoff_nm: float, what: str) -> None:
-    widths = perpendicular_widths(boxes)
-    if np.any(widths <= 2 * cutoff_nm):
+    if not cutoff_fits(boxes, cutoff_nm):
         raise ConfigError(
-            f"{what}: the box (smallest perpendicular width {widths.min():.4g} nm) must be wider than twice "
-            f"the cutoff ({cutoff_nm:.4g} nm); use a smaller dist_hard_max or a larger system")
-
-
-def perpendicular_widths(boxes: np.ndarray) -> np.ndarray:
-    """Perpendicular widths (..., 3) of boxes (..., 3, 3) given as row vectors (same length unit)."""
-    boxes = np.asarray(boxes, dtype=np.float64)
-    a, b, c = boxes[..., 0, :], boxes[..., 1, :], boxes[..., 2, :]
-    vol = np.abs(np.einsum("...i,...i->...", a, np.cross(b, c)))
-    return np.stack([vol / np.linalg.norm(np.cross(b, c), axis=-1),
-                     vol / np.linalg.norm(np.cross(c, a), axis=-1),
-                     vol / np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
+            f"{what}: the box (smallest perpendicular width {box_widths(boxes).min():.4g} nm) must be at least "
+            f"twice the cutoff ({cutoff_nm:.4g} nm) wide; use a smaller dist_hard_max or a larger system")
 
 
 def _hippynn_arrays(sets: list[CGDataset], residual_forces: list[np.ndarray],
@@ -519,7 +516,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             "pair_finder": config.pair_finder, "type_names": list(type_names),
             "units": {"length": "angstrom", "energy": "kcal/mol"},
         }
-        atomic_write(stage / "model.pt", lambda tmp: torch.save(blob, tmp))
+        atomic_write(stage / WEIGHTS_FILE, lambda tmp: torch.save(blob, tmp))
         write_json_atomic(stage / "prior.json", {
             **prior.to_dict(), "units": {"g": "kJ/mol", "a": "1/nm", "cutoff": "nm", "taper": "nm",
                                          "strength": "kJ/mol/nm"},
@@ -902,31 +899,44 @@ def read_prior(model_dir: str | Path) -> PriorParams:
     return PriorParams(**{k: float(d[k]) for k in ("g", "a", "cutoff", "taper", "strength")})
 
 
+def weights_file(model_dir: str | Path) -> Path:
+    """The hippynn weights file of the trained model directory ``model_dir`` (``hippynn_weights.pt``,
+    or ``model.pt`` in directories written before that name); MissingInputError naming what to give
+    instead when ``model_dir`` is not such a directory."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise MissingInputError(f"model directory '{model_dir}' does not exist")
+    if model_dir.is_file():
+        if model_dir.name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE) and (model_dir.parent / "config.toml").exists():
+            hint = f"it is the hippynn weights file: give its folder '{model_dir.parent}'"
+        else:
+            hint = "it is a file: give the folder written by 'openmm-cgnn train'"
+        raise MissingInputError(f"'{model_dir}' is not a trained model directory ({hint})")
+    for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE):
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise MissingInputError(f"'{model_dir}' is not a trained model directory (no {WEIGHTS_FILE}); make one with "
+                            "'openmm-cgnn train'")
+
+
 def load_trained(model_dir: str | Path, dtype: torch.dtype | str = torch.float64) -> TrainedModel:
     """Rebuild the trained hippynn modules (with weights), the prior and the metadata of ``model_dir``.
 
     :param dtype: floating dtype of the rebuilt modules (float64 by default: the reference).
     """
-    from .errors import InputFileError, MissingInputError
-
     model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise MissingInputError(f"model directory '{model_dir}' does not exist")
-    if not (model_dir / "model.pt").exists():
-        hint = (" (it is a file: give the folder written by 'openmm-cgnn train')" if model_dir.is_file()
-                else "; make one with 'openmm-cgnn train'")
-        raise MissingInputError(f"'{model_dir}' is not a trained model directory (no model.pt){hint}")
+    weights = weights_file(model_dir)
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     try:
-        blob = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+        blob = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:   # truncated, damaged or not a torch file
-        raise InputFileError(f"the hippynn weights file '{model_dir / 'model.pt'}' cannot be read "
+        raise InputFileError(f"the hippynn weights file '{weights}' cannot be read "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); it is truncated or "
                              "damaged: train the model again") from None
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise InputFileError(f"'{model_dir / 'model.pt'}' has format {got!r}, expected {MODEL_FORMAT!r} "
+        raise InputFileError(f"'{weights}' has format {got!r}, expected {MODEL_FORMAT!r} "
                              "(the weights written by 'openmm-cgnn train')")
     try:
         config = TrainConfig.from_toml((model_dir / "config.toml").read_text())

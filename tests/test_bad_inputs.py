@@ -32,7 +32,7 @@ def files(tmp_path_factory, methanol_reference, methanol_dataset, tiny_model_dir
     d = tmp_path_factory.mktemp("bad-inputs")
     f = {"reference": Path(methanol_reference), "dataset": Path(methanol_dataset),
          "model_dir": Path(tiny_model_dir), "model_pt": Path(tiny_model_pt),
-         "weights": Path(tiny_model_dir) / "model.pt"}
+         "weights": Path(tiny_model_dir) / "hippynn_weights.pt"}
     (d / "text.npz").write_text("time,energy\n0,1\n")
     (d / "empty.npz").write_bytes(b"")
     data = Path(methanol_dataset).read_bytes()
@@ -56,8 +56,8 @@ def files(tmp_path_factory, methanol_reference, methanol_dataset, tiny_model_dir
     (d / "a-file").write_text("in the way\n")
     truncated_dir = d / "truncated-model"
     shutil.copytree(tiny_model_dir, truncated_dir)
-    weights = (truncated_dir / "model.pt").read_bytes()
-    (truncated_dir / "model.pt").write_bytes(weights[: len(weights) // 3])
+    weights = (truncated_dir / "hippynn_weights.pt").read_bytes()
+    (truncated_dir / "hippynn_weights.pt").write_bytes(weights[: len(weights) // 3])
     model = Path(tiny_model_pt).read_bytes()
     (d / "truncated-model.pt").write_bytes(model[: len(model) // 2])
     for name in ("text.npz", "empty.npz", "truncated.npz", "nan-forces.npz", "overlap.npz", "nan-positions.npz",

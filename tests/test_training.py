@@ -16,7 +16,7 @@ from openmm_cgnn.training import (TrainConfig, load_datasets, load_trained, pred
 
 from ._synthetic import dataset_path_for_tests, make_synthetic_dataset, tiny_model
 
-MODEL_FILES = ("config.toml", "model.pt", "prior.json", "metrics.json", "metadata.json", "train.log")
+MODEL_FILES = ("config.toml", "hippynn_weights.pt", "prior.json", "metrics.json", "metadata.json", "train.log")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_tiny_training_writes_every_documented_file(model_dir, dataset_path):
     prior = read_prior(model_dir)
     assert prior.a > 0 and prior.cutoff > prior.taper > 0
 
-    blob = torch.load(model_dir / "model.pt", weights_only=True)
+    blob = torch.load(model_dir / "hippynn_weights.pt", weights_only=True)
     assert blob["network_class"] == "HipnnQuad" and blob["type_names"] == ds.type_names
 
 
