@@ -178,6 +178,12 @@ def _add_train(sub) -> None:
     p.add_argument("--volume-from", choices=["cg-nvt", "mapped"], default=None,
                    help="CG pressure for pressure matching: a short CG NVT run (cg-nvt, default of the paper "
                         "preset) or the mapped frames (mapped, default of the tiny preset)")
+    p.add_argument("--temperature-aware", action="store_true",
+                   help="train U(R, T) = E(R) - T S(R) on data sets at two or more temperatures; the exported "
+                        "model takes the run temperature as the TorchForce global parameter 'temperature'")
+    p.add_argument("--temperature-form", choices=["split", "input"], default=None,
+                   help="with --temperature-aware: split U into E(R) - T S(R) (split, default) or give T to the "
+                        "network as an input feature of every bead (input)")
     _add_device_options(p)
     p.add_argument("--out", required=True, help="model directory to create")
     p.add_argument("--overwrite", action="store_true")
@@ -211,6 +217,12 @@ def _cmd_train(args) -> None:
         cfg.fit_volume = False
     if args.volume_from is not None:
         cfg.volume_source = args.volume_from
+    if args.temperature_aware:
+        cfg.temperature_aware = True
+    if args.temperature_form is not None:
+        if not cfg.temperature_aware:
+            raise ConfigError("--temperature-form needs --temperature-aware", "temperature_form")
+        cfg.temperature_form = args.temperature_form
     _apply_device_options(cfg, args)
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -514,6 +514,17 @@ class CGPotential(torch.nn.Module):
     def network_energy(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor) -> Tensor:
         """Network energy (kcal/mol) from the neighbour table ``nbr`` (N, K) (empty slots = N), its
         components ``vec`` (3, N, K) of r_j - r_i and distances ``r`` (N, K) in angstrom; ``types`` (N,) 0-based."""
+        feats = self.network_features(types, vec, r, nbr)
+        energy = torch.zeros((), dtype=vec.dtype, device=vec.device)
+        for k, head in enumerate(self.heads):
+            energy = energy + head(feats[k]).sum()
+        return energy
+
+    def network_features(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
+                         extra_input: Optional[Tensor] = None) -> List[Tensor]:
+        """The features (N, nf) of every level (one-hot input, then each interaction block), the
+        arguments as for :meth:`network_energy`. ``extra_input``: a number appended to every bead's
+        one-hot input (a network trained with the temperature as an input, ``openmm_cgnn.thermal``)."""
         # Tensor components of each slot, as (N, C, K): 1, r-hat (l=1), traceless r-hat r-hat in 5
         # components (l=2)
         comps = [torch.ones_like(r)]
@@ -530,14 +541,14 @@ class CGPotential(torch.nn.Module):
                 comps += [xx - tr, x * y, x * z, yy - tr, y * z]
         comp = torch.stack(comps, dim=1)
         features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
+        if extra_input is not None:
+            column = extra_input.to(device=vec.device, dtype=vec.dtype).reshape(1, 1).expand(features.shape[0], 1)
+            features = torch.cat([features, column], dim=1)
         feats = [features]
         for block in self.blocks:
             features = block(features, r, comp, nbr)
             feats.append(features)
-        energy = torch.zeros((), dtype=vec.dtype, device=vec.device)
-        for k, head in enumerate(self.heads):
-            energy = energy + head(feats[k]).sum()
-        return energy
+        return feats
 
     def _reused_table(self, pos: Tensor, box: Tensor) -> Tuple[Tensor, Tensor]:
         """The neighbour table from the Verlet list, searched again only when the box changed or a bead
@@ -723,6 +734,10 @@ def potential_from_model_dir(model_dir: str | Path, dtype: str | torch.dtype = "
     cutoff_nm = max(float(loaded.network.dist_hard_max) / ANGSTROM_PER_NM,
                     float(loaded.prior.cutoff) if loaded.prior is not None else 0.0)
     capacity = training_neighbour_capacity(loaded.metadata, cutoff_nm)
+    if loaded.thermal is not None:  # U(R, T): forward takes the temperature too (openmm_cgnn.thermal)
+        from .thermal import thermal_potential_from_trained
+
+        return thermal_potential_from_trained(loaded, dtype, neighbour_capacity=capacity), loaded
     pot = potential_from_hippynn(loaded.network, loaded.energy, loaded.prior, dtype=dtype,
                                  neighbour_capacity=capacity)
     return pot, loaded
@@ -778,6 +793,11 @@ def export_model(model_dir: str | Path, out_path: str | Path, dtype: str = "floa
         "training": loaded.metadata,
         "volume_term": volume.to_dict() if volume is not None else None,
     }
+    if loaded.thermal is not None:  # the TorchForce global parameter "temperature" (openmm_cgnn.thermal)
+        meta["temperature_aware"] = loaded.thermal.to_dict()
+        meta["signature"] = ("forward(positions (N,3) nm, boxvectors (3,3) nm rows, temperature K) -> "
+                             "energy kJ/mol")
+        meta["global_parameters"] = {"temperature": "K"}
     extra = {"metadata.json": json.dumps(meta, default=str)}
     atomic_write(out_path, lambda tmp: torch.jit.save(scripted, str(tmp), _extra_files=extra))
     return out_path

@@ -154,7 +154,8 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
     ``use_cuda_graphs``: set the TorchForce property ``useCUDAGraphs`` (None: see
     :func:`resolve_cuda_graphs`); ``cuda_graph_warmup_steps``: its ``CUDAGraphWarmupSteps`` (model
     calls before capture; openmm-torch's default when None). ``temperature`` (K): the run temperature
-    of the model's volume term (``openmm_cgnn.volume``).
+    of the model's volume term (``openmm_cgnn.volume``) and, for a temperature-aware model, the
+    default of the TorchForce global parameter ``"temperature"`` (``openmm_cgnn.thermal``).
     """
     import openmmtorch
     import torch
@@ -169,6 +170,10 @@ def make_torch_force(module: Any, metadata: dict, topology: app.Topology, atoms:
         module.configure(len(types), torch.tensor(box, dtype=torch.float64), int(neighbour_capacity))
     force = openmmtorch.TorchForce(module)
     force.setUsesPeriodicBoundaryConditions(True)
+    if metadata.get("temperature_aware"):  # U(R, T): T is a global parameter, set with context.setParameter
+        from .thermal import add_temperature_parameter
+
+        add_temperature_parameter(force, metadata, temperature)
     if resolve_cuda_graphs(use_cuda_graphs):
         force.setProperty("useCUDAGraphs", "true")
         if cuda_graph_warmup_steps is not None:
@@ -206,7 +211,9 @@ def create_system(cg_topology: app.Topology, model: Any, masses: Sequence[float]
         capacity recorded in the model at export (from the training data, with a margin). Raise it
         when a run stops with a neighbour-table overflow (a denser state than the training data).
     temperature: K, the run temperature seen by the model's volume term when it has a temperature
-        trend (default: the temperature it was fitted at).
+        trend (default: the temperature it was fitted at); for a temperature-aware model also the
+        default of its TorchForce global parameter ``"temperature"`` (default: the middle of its
+        training temperatures), which ``context.setParameter("temperature", T)`` changes at run time.
 
     Options a model family has no use for (CUDA graphs and the neighbour table for a pair force
     field) are ignored.

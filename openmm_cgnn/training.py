@@ -17,11 +17,14 @@ Model directory written by :func:`train` (every file written atomically)::
                     state_dicts plus their constructor arguments (see MODEL_FORMAT); not a model
                     OpenMM can run: ``openmm-cgnn export`` makes that. Directories written before
                     this name was chosen hold the same file as ``model.pt``; they are still read.
+                    Temperature-aware models add ``thermal`` (temperature scale, form, second
+                    read-out; openmm_cgnn.thermal).
     prior.json      PriorParams (nm, kJ/mol) and its fit settings
     metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
                     and pooled, plus the per-epoch training curve
     metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
-                    their frame splits, package versions, timings
+                    their frame splits, package versions, timings; ``temperature_aware`` (training
+                    temperatures, form) for temperature-aware models
     train.log       hippynn's own console output
     volume.json     the volume term U_V fitted by pressure matching (``openmm_cgnn.volume``), when
                     every data set carries all-atom pressures and ``fit_volume`` is on
@@ -118,6 +121,10 @@ class TrainConfig:
     volume_nvt_ps: float = 10.0        # production of that CG NVT run, ps (after volume_nvt_equilibration_ps)
     volume_nvt_equilibration_ps: float = 2.0
     volume_max_frames: int = 100       # "mapped": frames per data set used for the CG virial pressure
+    # temperature-aware model U(R, T) = E(R) - T S(R) on data sets at two or more temperatures
+    # (openmm_cgnn.thermal); the volume term is not fitted for such models
+    temperature_aware: bool = False
+    temperature_form: str = "split"    # "split": U = E(R) - T S(R); "input": T is an input feature of the network
 
     def __post_init__(self) -> None:
         self.validate()
@@ -158,6 +165,7 @@ class TrainConfig:
         V.positive(self.volume_nvt_ps, "volume_nvt_ps")
         V.non_negative(self.volume_nvt_equilibration_ps, "volume_nvt_equilibration_ps")
         V.positive(self.volume_max_frames, "volume_max_frames")
+        V.one_of(self.temperature_form, "temperature_form", ("split", "input"))
 
     @property
     def cutoff_nm(self) -> float:
@@ -288,13 +296,19 @@ class _Graph:
     network: Any
     henergy: Any
     force: Any
+    temperature: Any = None   # temperature-aware models (openmm_cgnn.thermal): the per-frame T input (K) ...
+    hentropy: Any = None      # ... the second read-out B(R) of U = A(R) + tau(T) B(R) ...
+    total: Any = None         # ... and the node of U(R, T) whose gradient is the force
 
 
-def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str, cached_pairs: bool = False) -> _Graph:
+def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str, cached_pairs: bool = False,
+                 thermal: Any = None) -> _Graph:
     """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR.
 
     With ``cached_pairs`` the pairs come from the database arrays of :mod:`openmm_cgnn.pair_cache`
-    (training on fixed frames) instead of ``pair_finder`` (any positions).
+    (training on fixed frames) instead of ``pair_finder`` (any positions). With ``thermal`` (a
+    :class:`openmm_cgnn.thermal.TemperatureScale`) the energy is U(R, T) = E(R) - T S(R) with a
+    per-frame temperature input (:func:`openmm_cgnn.thermal.add_thermal_energy`).
     """
     _import_hippynn()
     from hippynn.graphs.nodes import networks as net_nodes
@@ -318,12 +332,24 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     else:
         pairs = PeriodicPairIndexer("pairs", (positions, enc, pdx, cells), dist_hard_max=cutoff)
     net_cls = getattr(net_nodes, network_class)
-    network = net_cls("HIPNN", (pdx, pairs), module_kwargs=dict(net_kwargs), periodic=True)
+    temperature = hentropy = None
+    features, module_kwargs = pdx, dict(net_kwargs)
+    if thermal is not None and thermal.form == "input":  # T as one more input feature of every bead
+        from .thermal import temperature_input_features
+
+        temperature, features = temperature_input_features(pdx, thermal)
+        module_kwargs.update(possible_species=None, n_input_features=len(net_kwargs["possible_species"]))
+    network = net_cls("HIPNN", (features, pairs), module_kwargs=module_kwargs, periodic=True)
     henergy = HEnergyNode("HEnergy", (network,))
-    grad = MultiGradientNode("forces", henergy.main_output, (positions,), signs=-1)
+    total = henergy.main_output
+    if thermal is not None and thermal.form == "split":
+        from .thermal import add_thermal_energy
+
+        temperature, hentropy, total = add_thermal_energy(network, henergy, thermal)
+    grad = MultiGradientNode("forces", total, (positions,), signs=-1)
     force = grad.children[0]
     force.db_name = "forces"
-    return _Graph(species, positions, cells, network, henergy, force)
+    return _Graph(species, positions, cells, network, henergy, force, temperature, hentropy, total)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -462,6 +488,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
 
     Training runs on ``config.device`` ("auto": the GPU when there is one). Each frame's neighbour
     pairs are found once before training when ``config.cache_pairs`` (:mod:`openmm_cgnn.pair_cache`).
+    With ``config.temperature_aware`` the model is U(R, T) (:mod:`openmm_cgnn.thermal`): the data sets
+    must span two or more state temperatures, and the volume term is not fitted.
     """
     out_dir = check_output_path(out_dir, overwrite)
     config.validate()
@@ -473,6 +501,11 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     n_types = len(type_names)
     for p, ds in zip(paths, sets):
         _check_box(ds.boxes, config.cutoff_nm, f"data set '{p}'")
+    thermal = None
+    if config.temperature_aware:  # U(R, T): data sets at two or more temperatures (openmm_cgnn.thermal)
+        from .thermal import temperature_scale
+
+        thermal = temperature_scale(sets, paths, form=config.temperature_form)
 
     splits = [split_frames(ds.n_frames, config.valid_fraction, config.test_fraction, config.seed, k)
               for k, ds in enumerate(sets)]
@@ -487,15 +520,20 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         residuals = [res - bonded_energy_forces(bonded, ds.positions, ds.boxes, ds.bead_types, ds.type_names,
                                                 ds.bead_residues)[1] for res, ds in zip(residuals, sets)]
 
+    arrays = _hippynn_arrays(sets, residuals, splits, np.float32)
+    if thermal is not None:  # each frame's temperature is an input of the graph
+        from .thermal import frame_temperatures
+
+        arrays["temperature"] = frame_temperatures(sets).astype(np.float32)
+
     torch.manual_seed(config.seed)
     out = sys.stdout
     log = io.StringIO()
     network_class = _NETWORK_CLASSES[config.tensor_order]
     net_kw = network_kwargs(config, n_types)
     with _quiet_hippynn(log):
-        curve, hippynn_test, model_state = _run_hippynn(
-            config, network_class, net_kw, _hippynn_arrays(sets, residuals, splits, np.float32),
-            out if verbose else None)
+        curve, hippynn_test, model_state = _run_hippynn(config, network_class, net_kw, arrays,
+                                                        out if verbose else None, thermal)
     train_seconds = time.perf_counter() - t_start
     if model_state is None:  # a process other than rank 0 of a distributed run: rank 0 writes the model
         return None
@@ -516,6 +554,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             "pair_finder": config.pair_finder, "type_names": list(type_names),
             "units": {"length": "angstrom", "energy": "kcal/mol"},
         }
+        if thermal is not None:
+            blob["thermal"] = {**thermal.to_dict(), "entropy_state": model_state.get("entropy")}
         atomic_write(stage / WEIGHTS_FILE, lambda tmp: torch.save(blob, tmp))
         write_json_atomic(stage / "prior.json", {
             **prior.to_dict(), "units": {"g": "kJ/mol", "a": "1/nm", "cutoff": "nm", "taper": "nm",
@@ -545,6 +585,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra_metadata or {}),
         }
+        if thermal is not None:
+            metadata["temperature_aware"] = thermal.to_dict()
         write_json_atomic(stage / "metadata.json", metadata)
         write_text_atomic(stage / "train.log", log.getvalue())
         # test metrics of the total model (network + prior) with hippynn's own prediction
@@ -552,7 +594,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         metrics = {"units": "kJ/mol/nm", "test": _test_metrics(loaded, sets, splits, paths),
                    "hippynn_final": hippynn_test, "curve": curve, "train_seconds": train_seconds}
         write_json_atomic(stage / "metrics.json", metrics)
-        volume = _fit_volume(loaded, sets, paths, config) if config.fit_volume else None
+        volume = _fit_volume(loaded, sets, paths, config) if config.fit_volume and thermal is None else None
         if volume is not None:
             volume.save(stage / "volume.json")
         if out_dir.exists():
@@ -567,6 +609,8 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         from .volume import describe
 
         print(f"volume term (pressure matching): {describe(volume)}", file=out, flush=True)
+    elif verbose and config.fit_volume and thermal is not None:
+        print("volume term: not fitted (not supported for temperature-aware models yet)", file=out, flush=True)
     elif verbose and config.fit_volume:
         print("volume term: not fitted (the data sets carry no all-atom pressures)", file=out, flush=True)
     if verbose:
@@ -642,13 +686,13 @@ def fit_model_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] 
     return volume
 
 
-def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any]):
+def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any], thermal: Any = None):
     """hippynn graph, training modules (model, loss, evaluator) and database info for ``config``:
-    loss = force RMSE + force MAE, as in every training run."""
+    loss = force RMSE + force MAE, as in every training run (``thermal``: see :func:`_build_graph`)."""
     from hippynn.experiment.assembly import assemble_for_training
     from hippynn.graphs.nodes import loss
 
-    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs)
+    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs, thermal=thermal)
     force_rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
     force_mae = loss.MAELoss.of_node(g.force)
     force_rsq = loss.Rsq.of_node(g.force)
@@ -724,13 +768,13 @@ class TrainingStep:
 
 
 def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any], arrays: dict[str, np.ndarray],
-                 out) -> tuple[list[dict], dict, dict]:
+                 out, thermal: Any = None) -> tuple[list[dict], dict, dict]:
     hippynn = _import_hippynn()
     from hippynn.databases import Database
     from hippynn.experiment import SetupParams, setup_training, train_model
     from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
 
-    g, training_modules, db_info = _assemble(config, network_class, net_kw)
+    g, training_modules, db_info = _assemble(config, network_class, net_kw, thermal)
     arrays = _with_pair_arrays(config, net_kw, arrays)
     device = resolve_device(config.device)
     database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=device.type == "cuda", quiet=True,
@@ -799,6 +843,8 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
         "energy_kwargs": {"feature_sizes": [int(x) for x in g.henergy.torch_module.feature_sizes],
                           "first_is_interacting": bool(g.henergy.torch_module.first_is_interacting)},
     }
+    if g.hentropy is not None:
+        state["entropy"] = {k: _cpu(v) for k, v in g.hentropy.torch_module.state_dict().items()}
     return curve, hippynn_test, state
 
 
@@ -834,7 +880,8 @@ def _test_metrics(loaded: "TrainedModel", sets: list[CGDataset], splits: list[di
         idx = sp["test"] if len(sp["test"]) else sp["valid"]
         if len(idx) == 0:
             continue
-        _, f = predict_hippynn(loaded, ds.positions[idx], ds.boxes[idx], ds.bead_types)
+        temperature = ds.temperature if loaded.thermal is not None else None
+        _, f = predict_hippynn(loaded, ds.positions[idx], ds.boxes[idx], ds.bead_types, temperature=temperature)
         if bonded:   # the total CG force field: network + prior + bonded terms
             f = f + bonded_energy_forces(bonded, ds.positions[idx], ds.boxes[idx], ds.bead_types, ds.type_names,
                                          ds.bead_residues)[1]
@@ -868,6 +915,8 @@ class TrainedModel:
     dtype: torch.dtype
     graph: Any = field(repr=False, default=None)
     _predictor: Any = field(repr=False, default=None)
+    entropy: torch.nn.Module | None = None   # temperature-aware models: the read-out B(R) (openmm_cgnn.thermal)
+    thermal: Any = None                      # ... and their TemperatureScale
 
     @property
     def type_names(self) -> list[str]:
@@ -888,8 +937,8 @@ class TrainedModel:
             from hippynn.graphs import Predictor
 
             g = self.graph
-            self._predictor = Predictor([g.species, g.positions, g.cells], [g.henergy.main_output, g.force],
-                                        model_device=torch.device("cpu"))
+            inputs = [g.species, g.positions, g.cells] + ([g.temperature] if g.temperature is not None else [])
+            self._predictor = Predictor(inputs, [g.total, g.force], model_device=torch.device("cpu"))
         return self._predictor
 
 
@@ -945,19 +994,33 @@ def load_trained(model_dir: str | Path, dtype: torch.dtype | str = torch.float64
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputFileError(f"model directory '{model_dir}' is incomplete or damaged "
                              f"({type(exc).__name__}: {exc}); train the model again") from None
+    thermal = None
+    if "thermal" in blob:
+        from .thermal import TemperatureScale
+
+        thermal = TemperatureScale.from_dict(blob["thermal"])
     with _quiet_hippynn(None):
-        g = _build_graph(blob["network_class"], blob["network_kwargs"], blob.get("pair_finder", "kdtree"))
+        g = _build_graph(blob["network_class"], blob["network_kwargs"], blob.get("pair_finder", "kdtree"),
+                         thermal=thermal)
         g.network.torch_module.load_state_dict(blob["network_state"])
         g.henergy.torch_module.load_state_dict(blob["energy_state"])
-    for node in (g.network, g.henergy):
+        if g.hentropy is not None:
+            g.hentropy.torch_module.load_state_dict(blob["thermal"]["entropy_state"])
+    nodes = (g.network, g.henergy) + ((g.hentropy,) if g.hentropy is not None else ())
+    for node in nodes:
         node.torch_module.to(dtype).eval()
     return TrainedModel(model_dir, config, prior, metadata, blob, g.network.torch_module,
-                        g.henergy.torch_module, dtype, g)
+                        g.henergy.torch_module, dtype, g,
+                        entropy=g.hentropy.torch_module if g.hentropy is not None else None, thermal=thermal)
 
 
 def predict_hippynn(model: TrainedModel | str | Path, positions_nm: np.ndarray, boxes_nm: np.ndarray,
-                    bead_types: np.ndarray, batch_size: int | None = 8) -> tuple[np.ndarray, np.ndarray]:
+                    bead_types: np.ndarray, batch_size: int | None = 8,
+                    temperature: float | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """hippynn's own prediction of the total model (network via hippynn's Predictor, plus prior).
+
+    ``temperature`` (K; a number or one per frame): required by, and only used for, temperature-aware
+    models (:mod:`openmm_cgnn.thermal`), whose energy is U(R, T).
 
     :param model: a :class:`TrainedModel` or a model directory (loaded in float64).
     :param positions_nm: (F, N, 3) bead positions, nm (or (N, 3) for one frame).
@@ -982,11 +1045,18 @@ def predict_hippynn(model: TrainedModel | str | Path, positions_nm: np.ndarray, 
     species = torch.as_tensor(np.broadcast_to(types + 1, pos.shape[:2]).copy())
     coords = torch.as_tensor(pos * ANGSTROM_PER_NM, dtype=model.dtype)
     cells = torch.as_tensor(box * ANGSTROM_PER_NM, dtype=model.dtype)
+    inputs = {"species": species, "coordinates": coords, "cell": cells}
+    if model.thermal is not None:
+        from .thermal import temperature_input
+
+        inputs["temperature"] = torch.as_tensor(temperature_input(temperature, pos.shape[0]), dtype=model.dtype)
+    elif temperature is not None:
+        raise ConfigError("this model is not temperature-aware; predict without a temperature", "temperature")
     pred = model.predictor()
     with _quiet_hippynn(None):
-        out = pred(species=species, coordinates=coords, cell=cells, batch_size=batch_size)
+        out = pred(**inputs, batch_size=batch_size)
     g = model.graph
-    e_net = out[g.henergy.main_output.name].reshape(-1).double().numpy() * KJ_PER_KCAL
+    e_net = out[g.total.name].reshape(-1).double().numpy() * KJ_PER_KCAL
     f_net = out[g.force.name].double().numpy() * _FORCE_TO_KJ_NM
     e_pri, f_pri = prior_frames(model.prior, pos, box)
     return e_net + e_pri, f_net + f_pri
