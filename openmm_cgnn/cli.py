@@ -349,6 +349,23 @@ def _cmd_simulate(args) -> None:
     run_cg_simulation(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
 
 
+def _add_cluster_options(p) -> None:
+    """--workers and --scheduler: where the runs of a sweep go (compare, study; openmm_cgnn.cluster)."""
+    g = p.add_argument_group("where the runs go (Dask)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="workers of a local Dask cluster (default: one per GPU, else one per CPU core, never more "
+                        "than can run at once); 1 runs everything in this process, one run after the other")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster (tcp://host:8786 or a scheduler JSON file); its workers "
+                        "must see --out under the same path and have openmm-cgnn installed")
+
+
+def _cluster_config(args):
+    from .cluster import ClusterConfig
+
+    return ClusterConfig(scheduler=args.scheduler, workers=args.workers)
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="compare a CG model with all-atom references at several state points",
                        description="For each state point: run (or reuse) the all-atom reference, run the CG model "
@@ -376,6 +393,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--platform", default=None,
                    help="OpenMM platform for every run (default CUDA if available, else CPU)")
     _add_speed_options(p, harness=True)
+    _add_cluster_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_compare)
@@ -402,7 +420,7 @@ def _cmd_compare(args) -> None:
 
         cfg = replace(cfg, mapping=load_mapping_spec(args.mapping))
     report = compare(args.model, args.state_points, args.out, cfg, reference_datasets=args.reference_data,
-                     overwrite=args.overwrite, progress=not args.quiet)
+                     overwrite=args.overwrite, progress=not args.quiet, cluster=_cluster_config(args))
     print("\n".join(report["summary"]["lines"]))
     print(f"[compare] report: {Path(args.out) / 'report.md'}")
     failed = [s["label"] for s in report["state_points"] if s["status"] == "failed"]
@@ -442,6 +460,7 @@ def _add_study(sub) -> None:
                    help="toy: seconds (tests); small: a CPU hour; full: paper network and sizes, for a GPU")
     t.add_argument("--out", required=True, help="output folder (reused on rerun)")
     t.add_argument("--platform", default=None)
+    _add_cluster_options(t)
     t.set_defaults(func=_cmd_study)
 
 
@@ -450,7 +469,7 @@ def _cmd_study(args) -> None:
 
     cfg = StudyConfig.preset_named(args.preset)
     cfg.platform = args.platform
-    run_transfer_study(args.out, cfg)
+    run_transfer_study(args.out, cfg, cluster=_cluster_config(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,6 @@ folder back.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -59,7 +58,7 @@ from .reporting import harness_markdown, metrics_table_markdown, summary_lines, 
 __all__ = [
     "StatePoint", "StatePointError", "parse_state_point", "parse_state_points", "load_state_points",
     "HarnessConfig", "compare", "summary_lines", "metrics_table_markdown", "load_report", "load_curves",
-    "device_name", "RunCache", "reference_piece", "cg_piece", "analysis_piece",
+    "device_name", "RunCache", "reference_piece", "cg_piece", "analysis_piece", "plan_comparison", "ComparisonPlan",
     "state_point_dir", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
     "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT", "UNCERTAINTY_KEYS",
 ]
@@ -573,7 +572,7 @@ def _check_sizes(config: HarnessConfig, points: list[StatePoint], given: dict[in
 
 def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: HarnessConfig | None = None,
             reference_datasets: Sequence[str | Path] | None = None, overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, cluster: Any = None) -> dict[str, Any]:
     """Compare the exported CG ``model`` with all-atom references at ``state_points``; write ``out_dir``.
 
     :param model: a model file any registered potential reads: an exported model (``.pt`` from ``openmm-cgnn
@@ -586,12 +585,33 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     :param overwrite: replace an existing report; without it an ``out_dir`` that holds ``report.json``
         is refused. (An interrupted comparison without a report is resumed: finished runs with the same
         settings are reused.)
+    :param cluster: where the pieces of every state point (all-atom reference, CG run, analysis) run
+        (:mod:`openmm_cgnn.cluster`): None here, one after the other; a ``ClusterConfig`` on a Dask
+        cluster (a local one sized to the machine, or ``scheduler=ADDRESS``); an open ``Runner`` (kept
+        open). The report is the same either way.
     :return: the report (the content of ``report.json``).
     """
-    from .reference import choose_platform
+    from .cluster import runner_for
+
+    plan = plan_comparison(model, state_points, out_dir, config, reference_datasets, overwrite, progress)
+    with runner_for(cluster, len(plan.points), cpu_only=plan.config.platform in ("CPU", "Reference")) as runner:
+        plan.start(runner)
+        results = runner.run(plan.pieces(), progress=progress and runner.parallel,
+                             on_done=plan.log_piece if runner.parallel else None)
+    return plan.finish(results)
+
+
+def plan_comparison(model: str | Path, state_points: Any, out_dir: str | Path, config: HarnessConfig | None = None,
+                    reference_datasets: Sequence[str | Path] | None = None, overwrite: bool = False,
+                    progress: bool = True, key_prefix: str = "",
+                    shared_references: dict[str, Any] | None = None) -> "ComparisonPlan":
+    """Check everything :func:`compare` checks before a run (inputs, sizes, output folder) and return the
+    comparison as a graph of pieces, without running anything. ``key_prefix`` prefixes the piece keys
+    (several comparisons in one graph); ``shared_references`` maps a state-point label to the
+    :class:`~openmm_cgnn.cluster.Result` of another comparison's reference piece, whose data set is then
+    used as a given reference (when that piece succeeded; else this comparison runs its own)."""
     from .system import CGModel
 
-    started = time.perf_counter()
     config = config if config is not None else HarnessConfig.preset("default")
     config.validate()
     points = parse_state_points(state_points)
@@ -606,37 +626,158 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
     model_info = _model_info(model, cg_model)
     notes: list[str] = []
     config = resolve_system(config, meta, notes)
-    given = _match_given(reference_datasets, points, notes, progress)
-    if len(given) < len(points):
+    given: dict[int, Any] = dict(_match_given(reference_datasets, points, notes, progress))
+    for i, sp in enumerate(points):
+        if i not in given and sp.label() in (shared_references or {}):
+            given[i] = shared_references[sp.label()]
+    files_given = {i: p for i, p in given.items() if isinstance(p, Path)}
+    if len(files_given) < len(points):
         if config.species is None and config.system is None:
             raise HarnessInputError(
                 "the model was trained on imported all-atom data, which the harness cannot rerun; give the all-atom "
                 "system (--box with --forcefield-xml or --system-xml, or --components) or mapped reference data "
                 "sets for every state point (--reference-data)")
         check_mapping(config, meta.get("type_names") or [])
-    _check_sizes(config, points, given, meta.get("cutoff_nm"))
-    platform = choose_platform(config.platform).getName()
-    device = device_name(platform)
-    make_output_dir(out)
-    write_json_atomic(out / "config.json", config.to_dict())
-    _log(progress, f"{len(points)} state point(s): {', '.join(p.label() for p in points)}; model {model.name}; "
-                   f"platform {platform} ({device}); settings {config.name!r}; output {out}")
+    _check_sizes(config, points, files_given, meta.get("cutoff_nm"))
+    return ComparisonPlan(model=model, model_info=model_info, config=config, points=points, out=out, given=given,
+                          overwrite=overwrite, progress=progress, notes=notes, key_prefix=key_prefix)
 
-    results, curves = [], []
-    with _torch_threads(config.torch_threads):
-        for i, sp in enumerate(points):
-            res, cur = _run_state_point(i, len(points), sp, model, model_info, config, platform, out, given.get(i),
-                                        overwrite, notes, progress)
-            results.append(res)
-            curves.append(cur)
 
-    files = _write_curves(out, points, curves)
+def _platform_and_device(name: str | None) -> tuple[str, str]:
+    """(OpenMM platform name, device name) that ``name`` (None: the best available) gives where this runs."""
+    from .reference import choose_platform
+
+    platform = choose_platform(name).getName()
+    return platform, device_name(platform)
+
+
+@dataclass
+class ComparisonPlan:
+    """A comparison as pieces of work (from :func:`plan_comparison`): per state point the all-atom
+    reference, then the CG run, then the analysis. :meth:`start` chooses the platform and writes
+    ``config.json``; the pieces run anywhere (:mod:`openmm_cgnn.cluster`); :meth:`finish` writes the
+    report from their results."""
+
+    model: Path
+    model_info: dict[str, Any]
+    config: HarnessConfig
+    points: list[StatePoint]
+    out: Path
+    given: dict[int, Any]
+    overwrite: bool
+    progress: bool
+    notes: list[str]
+    key_prefix: str = ""
+    platform: str | None = None
+    device: str | None = None
+    parallel: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def start(self, runner: Any, platform_device: tuple[str, str] | None = None) -> None:
+        """Choose the OpenMM platform where the pieces run (on a worker of a cluster: the client may have
+        no GPU), create the output folder and write ``config.json``."""
+        from .cluster import ClusterError, Piece, PieceFailure
+
+        self.parallel = bool(runner.parallel)
+        if platform_device is None:
+            if self.parallel:
+                probe = runner.run([Piece("platform", _platform_and_device, (self.config.platform,), gpu=True)])
+                platform_device = probe["platform"]
+                if isinstance(platform_device, PieceFailure):
+                    raise ClusterError(f"on the cluster's workers: {platform_device.message}")
+            else:
+                platform_device = _platform_and_device(self.config.platform)
+        self.platform, self.device = platform_device
+        make_output_dir(self.out)
+        write_json_atomic(self.out / "config.json", self.config.to_dict())
+        _log(self.progress, f"{len(self.points)} state point(s): {', '.join(p.label() for p in self.points)}; "
+                            f"model {self.model.name}; platform {self.platform} ({self.device}); settings "
+                            f"{self.config.name!r}; output {self.out}"
+                            + (f"; on a {runner.description}" if self.parallel else ""))
+
+    def keys(self, sp: StatePoint) -> tuple[str, str, str]:
+        """The keys of the reference, CG-run and analysis pieces of ``sp``."""
+        base = f"{self.key_prefix}{sp.slug()}"
+        return f"{base}/reference", f"{base}/cg", f"{base}/analysis"
+
+    def pieces(self) -> list[Any]:
+        """The pieces of every state point, in state-point order (reference -> CG run -> analysis)."""
+        from .cluster import Piece, Result
+
+        if self.platform is None:
+            raise RuntimeError("ComparisonPlan.start() must run before its pieces")
+        out: list[Piece] = []
+        threads = self.config.torch_threads
+        for i, sp in enumerate(self.points):
+            job = self._job(i, sp)
+            ref, cg, ana = self.keys(sp)
+            name = f"{self.key_prefix}{sp.label()}"
+            out += [Piece(ref, _step_reference, (job,), gpu=True, torch_threads=threads, label=f"{name} reference"),
+                    Piece(cg, _step_cg, (Result(ref),), gpu=True, torch_threads=threads, label=f"{name} CG run"),
+                    Piece(ana, _step_analysis, (Result(cg),), torch_threads=threads, label=f"{name} analysis")]
+        return out
+
+    def _job(self, i: int, sp: StatePoint) -> dict[str, Any]:
+        """What the pieces of state point ``i`` need (paths, settings; picklable). On a cluster the paths
+        are absolute: a worker may start in another folder (the report keeps them relative)."""
+        where = (lambda p: p.absolute() if isinstance(p, Path) else p) if self.parallel else (lambda p: p)
+        return {"i": i, "n": len(self.points), "sp": sp, "model": where(self.model),
+                "model_sha256": self.model_info["sha256"],
+                "in_training": any(sp.matches(s) for s in self.model_info.get("training_state_points") or []),
+                "config": self.config, "platform": self.platform, "out": where(self.out),
+                "given": where(self.given.get(i)), "overwrite": self.overwrite,
+                "progress": self.progress and not self.parallel}
+
+    def log_piece(self, piece: Any, value: Any) -> list[str]:
+        """The progress lines of a finished piece (printed by the runner of a cluster)."""
+        from .cluster import PieceFailure
+
+        if not self.progress:
+            return []
+        if isinstance(value, PieceFailure):
+            return [f"[compare] {piece.label}: {value.message}"]
+        return [f"[compare] {value['tag']}: {line}" for line in value["said"]]
+
+    def finish(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Write curves, plots, ``report.md`` and ``report.json`` from the pieces' results; the report."""
+        states = [self._state_of(sp, results) for sp in self.points]
+        results_sp = [s["res"] for s in states]
+        curves = [s["curves"] for s in states]
+        notes = list(self.notes)
+        for s in states:
+            notes.extend(s["notes"])
+        return _write_report(self, results_sp, curves, notes)
+
+    def _state_of(self, sp: StatePoint, results: dict[str, Any]) -> dict[str, Any]:
+        """The final state of ``sp``'s chain; a piece that did not return (its worker died ...) makes the
+        state point "failed", as an exception inside it would."""
+        from .cluster import PieceFailure
+
+        last: dict[str, Any] | None = None
+        for key, stage in zip(self.keys(sp), ("the all-atom reference", "the CG simulation", "the analysis")):
+            value = results[key]
+            if not isinstance(value, PieceFailure):
+                last = value
+                continue
+            if value.cause is not None:      # not run because an earlier piece of the chain failed
+                continue
+            state = _next(last) if last is not None else _new_state(self._job(self.points.index(sp), sp))
+            state["progress"] = False
+            _fail(state, stage, value.message, value.traceback)
+            return state
+        return last
+
+
+def _write_report(plan: ComparisonPlan, results: list[dict[str, Any]], curves: list[dict[str, np.ndarray]],
+                  notes: list[str]) -> dict[str, Any]:
+    out, model_info, progress = plan.out, plan.model_info, plan.progress
+    files = _write_curves(out, plan.points, curves)
     trained_temperatures = [s["temperature_K"] for s in model_info["training_state_points"] or []
                             if s.get("temperature_K") is not None]
     files.update(write_harness_plots(out, results, curves, trained_temperatures, model_info["label"]))
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": config.to_dict(), "platform": platform, "device": device, "versions": versions(),
+        "config": plan.config.to_dict(), "platform": plan.platform, "device": plan.device, "versions": versions(),
         "model": model_info, "state_points": results, "summary": {}, "files": {}, "notes": notes,
         "units": UNITS, "timing_s": {},
     }
@@ -646,7 +787,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
                          "lines": summary_lines(report)}
     files.update({"report": "report.json", "markdown": "report.md", "config": "config.json"})
     report["files"] = files
-    report["timing_s"] = {"total": time.perf_counter() - started}
+    report["timing_s"] = {"total": time.perf_counter() - plan.started}
     report = _clean(report)
     write_text_atomic(out / "report.md", harness_markdown(report))
     write_json_atomic(out / "report.json", report)
@@ -667,87 +808,126 @@ def _has_failed_state_points(out: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    """Run with ``n`` torch intra-op threads (the TorchForce runs in this process), then restore."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# ---------------------------------------------------------------------------------------------
+# the three pieces of a state point, as steps that pass one state dict along (picklable, run anywhere)
+# ---------------------------------------------------------------------------------------------
+def _new_state(job: dict[str, Any]) -> dict[str, Any]:
+    sp = job["sp"]
+    return {**job, "res": _empty_result(sp, job["in_training"]), "curves": {}, "notes": [], "said": [],
+            "ds_path": None, "stop": False, "tag": f"{job['i'] + 1}/{job['n']} {sp.label()}"}
 
 
-def _run_state_point(i: int, n: int, sp: StatePoint, model: Path, model_info: dict, config: HarnessConfig,
-                     platform: str, out: Path, given: Path | None, overwrite: bool, notes: list[str],
-                     progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    in_training = any(sp.matches(s) for s in model_info.get("training_state_points") or [])
-    res = _empty_result(sp, in_training)
-    curves: dict[str, np.ndarray] = {}
-    sp_dir = state_point_dir(out, sp)
+def _say(state: dict[str, Any], message: str) -> None:
+    """A progress line of the current step: printed at once when running here, kept for the client else."""
+    state["said"].append(message)
+    _log(state["progress"], f"{state['tag']}: {message}")
+
+
+def _sp_dir(state: dict[str, Any]) -> Path:
+    return state_point_dir(state["out"], state["sp"])
+
+
+def _fail(state: dict[str, Any], stage: str, message: str, trace: str) -> None:
+    """Record that ``stage`` failed: the state point is "failed" and its traceback goes to error.txt."""
+    res = state["res"]
+    res["status"] = "failed"
+    res["message"] = f"{stage} failed: {message}"
+    state["stop"] = True
+    sp_dir = _sp_dir(state)
     sp_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{i + 1}/{n} {sp.label()}"
+    write_text_atomic(sp_dir / "error.txt", trace)
+    _say(state, res["message"])
 
-    def fail(stage: str, exc: BaseException) -> None:
-        res["status"] = "failed"
-        res["message"] = f"{stage} failed: {type(exc).__name__}: {exc}"
-        write_text_atomic(sp_dir / "error.txt", "".join(traceback.format_exception(exc)))
-        _log(progress, f"{tag}: {res['message']}")
 
-    # 1. all-atom reference
+def _fail_exc(state: dict[str, Any], stage: str, exc: BaseException) -> None:
+    _fail(state, stage, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+
+
+def _next(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``state`` for the next step (its own progress lines)."""
+    return {**state, "said": []}
+
+
+def _step_reference(job: dict[str, Any]) -> dict[str, Any]:
+    """Piece 1 of a state point: the mapped all-atom reference (run, reused or given)."""
+    state = _new_state(job)
+    res, sp = state["res"], state["sp"]
+    given = job["given"]
+    if isinstance(given, dict):       # another comparison's reference piece: its data set, if it made one
+        given = given.get("ds_path") if not given.get("stop") else None
+    sp_dir = _sp_dir(state)
+    sp_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     try:
-        ds_path, res["reference"] = reference_piece(sp, config, platform, out, given, progress, tag)
+        state["ds_path"], res["reference"] = reference_piece(
+            sp, state["config"], state["platform"], Path(state["out"]), None if given is None else Path(given),
+            state["progress"], state["tag"])
     except Exception as exc:          # recorded, so that the other state points still run
-        fail("the all-atom reference", exc)
-        return res, curves
+        _fail_exc(state, "the all-atom reference", exc)
+        return state
     finally:
         res["timing_s"]["reference"] = time.perf_counter() - t0
     (sp_dir / "error.txt").unlink(missing_ok=True)
+    if not state["progress"]:
+        state["said"].append(f"all-atom reference {res['reference']['source']} "
+                             f"({res['timing_s']['reference']:.0f} s)")
+    return state
 
-    # 2. CG simulation
+
+def _step_cg(state: dict[str, Any]) -> dict[str, Any]:
+    """Piece 2 of a state point: the CG run from the last reference frame (run or reused)."""
+    state = _next(state)
+    if state["stop"]:
+        return state
+    res = state["res"]
     t0 = time.perf_counter()
-    sim_dir = sp_dir / "cg"
     try:
         # a freshly computed reference invalidates any interrupted CG run that started from the old one
-        fresh = overwrite or res["reference"]["source"] == "computed"
-        res["cg"] = cg_piece(sp, model, model_info["sha256"], config, platform, ds_path, out, fresh, progress, tag)
+        fresh = state["overwrite"] or res["reference"]["source"] == "computed"
+        res["cg"] = cg_piece(state["sp"], Path(state["model"]), state["model_sha256"], state["config"],
+                             state["platform"], state["ds_path"], Path(state["out"]), fresh, state["progress"],
+                             state["tag"])
         if res["cg"]["status"] != "complete":
             res["status"] = "blew_up"
             res["message"] = res["cg"]["error"]
-            _log(progress, f"{tag}: the CG run blew up: {res['message']}")
+            _say(state, f"the CG run blew up: {res['message']}")
     except Exception as exc:
-        fail("the CG simulation", exc)
+        _fail_exc(state, "the CG simulation", exc)
     finally:
         res["timing_s"]["cg"] = time.perf_counter() - t0
+    if not state["progress"] and res["status"] == "complete":
+        state["said"].append(f"CG simulation complete ({res['timing_s']['cg']:.0f} s)")
+    return state
 
-    # 3. analysis (the reference side always, the CG side when its run completed)
+
+def _step_analysis(state: dict[str, Any]) -> dict[str, Any]:
+    """Piece 3 of a state point: RDF, ADF, density and pressure of the reference and (if it completed)
+    the CG run."""
+    state = _next(state)
+    if state["stop"] and state["ds_path"] is None:
+        return state
+    res, sp = state["res"], state["sp"]
     t0 = time.perf_counter()
-    _log(progress, f"{tag}: analysis (RDF, ADF, density)")
+    _log(state["progress"], f"{state['tag']}: analysis (RDF, ADF, density)")
     try:
-        _, _, found = analysis_piece(sp, config, ds_path, sim_dir if res["status"] == "complete" else None, res,
-                                     curves)
+        sim_dir = _sp_dir(state) / "cg" if res["status"] == "complete" else None
+        _, _, found = analysis_piece(sp, state["config"], state["ds_path"], sim_dir, res, state["curves"])
         for note in found:
-            notes.append(note)
-            _log(progress, "note: " + note)
+            state["notes"].append(note)
+            _say(state, "note: " + note)
     except Exception as exc:
-        fail("the analysis", exc)
+        _fail_exc(state, "the analysis", exc)
     finally:
         res["timing_s"]["analysis"] = time.perf_counter() - t0
     if res["status"] == "complete":
         r, a, d = res["rdf"], res["adf"], res["density"]
-        msg = f"{tag}: RDF MAD {r['mad']:.4f}, first peak \u0394r {r['peak_position_error']:+.4f} nm"
+        msg = f"RDF MAD {r['mad']:.4f}, first peak \u0394r {r['peak_position_error']:+.4f} nm"
         if a["l1"] is not None:
             msg += f", ADF L1 {a['l1']:.3f}"
         if d["relative_error"] is not None:
             msg += f", density {100 * d['relative_error']:+.2f} \u00b1 {100 * (d['relative_error_se'] or 0):.2f} %"
-        _log(progress, msg)
-    return res, curves
+        _say(state, msg)
+    return state
 
 
 def reference_piece(sp: StatePoint, config: HarnessConfig, platform: str, out: Path, given: Path | None = None,

@@ -80,32 +80,33 @@ def _harness_config(config: StudyConfig):
                    species=config.species, platform=config.platform, adf_shell_cutoff=config.adf_shell_cutoff)
 
 
-def _training_references(config: StudyConfig, data: Path, progress: bool) -> dict[str, Path]:
-    """All-atom runs and CG data sets at every training state point (reused when present)."""
+def _training_labels(config: StudyConfig) -> list[str]:
+    """The state points of every training reference, once each."""
+    return list(dict.fromkeys(config.train_states + (config.multi_train_states if config.multi_variant else [])))
+
+
+def _training_reference(label: str, config: StudyConfig, data: Path, progress: bool) -> Path:
+    """The all-atom run and CG data set at one training state point (reused when present)."""
     from .statepoints import parse_state_point
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
 
     hc = _harness_config(config)
-    labels = list(dict.fromkeys(config.train_states + (config.multi_train_states if config.multi_variant else [])))
-    out: dict[str, Path] = {}
-    for label in labels:
-        sp = parse_state_point(label)
-        slug = sp.slug()
-        aa, cg = data / f"{slug}-aa.npz", data / f"{slug}-cg.npz"
-        if not cg.exists():
-            if not aa.exists():
-                cutoff = hc.reference_cutoff or _auto_aa_cutoff(config, sp)
-                run_reference(ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
-                                              temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
-                                              cutoff=cutoff, timestep=hc.reference.timestep,
-                                              equilibration=hc.reference.equilibration,
-                                              production=hc.reference.production,
-                                              frame_interval=hc.reference.frame_interval, platform=config.platform,
-                                              seed=hc.seed), aa, progress=progress)
-            map_reference(aa, cg)
-        out[label] = cg
-    return out
+    sp = parse_state_point(label)
+    slug = sp.slug()
+    aa, cg = data / f"{slug}-aa.npz", data / f"{slug}-cg.npz"
+    if not cg.exists():
+        if not aa.exists():
+            cutoff = hc.reference_cutoff or _auto_aa_cutoff(config, sp)
+            run_reference(ReferenceConfig(species=config.species, n_molecules=config.n_molecules,
+                                          temperature=sp.temperature, density=sp.density, pressure=sp.pressure,
+                                          cutoff=cutoff, timestep=hc.reference.timestep,
+                                          equilibration=hc.reference.equilibration,
+                                          production=hc.reference.production,
+                                          frame_interval=hc.reference.frame_interval, platform=config.platform,
+                                          seed=hc.seed), aa, progress=progress)
+        map_reference(aa, cg)
+    return cg
 
 
 def _auto_aa_cutoff(config: StudyConfig, sp) -> float:
@@ -116,7 +117,8 @@ def _auto_aa_cutoff(config: StudyConfig, sp) -> float:
                                        sp.density or species.default_density))
 
 
-def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path) -> Path:
+def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, folder: Path,
+                   verbose: bool = True) -> Path:
     from .export import export_model
     from .training import TrainConfig, train
 
@@ -128,7 +130,7 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     tc.n_interaction_layers = variant.n_interaction_layers
     if config.max_epochs is not None:
         tc.max_epochs = config.max_epochs
-    train(datasets, tc, folder / "model", overwrite=True)
+    train(datasets, tc, folder / "model", overwrite=True, verbose=verbose)
     return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
 
 
@@ -154,50 +156,82 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
     return ff.save(path)
 
 
-def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the study into ``out``; return the content of ``study.json``. Finished parts are reused."""
-    from .harness import compare
-    from .statepoints import parse_state_points
+def _gnn_cutoff(model_pt: Path | None) -> float:
     from .system import CGModel
 
-    config = config or StudyConfig()
-    from ._io import make_output_dir
+    return CGModel(model_pt).metadata["cutoff_nm"] if model_pt is not None else 1.0
 
+
+def _fit_pair_at_gnn_cutoff(datasets: list[Path], config: StudyConfig, folder: Path, first_gnn: Path | None) -> Path:
+    return _fit_pair(datasets, config, folder, _gnn_cutoff(first_gnn))
+
+
+def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True) -> tuple[list, list]:
+    """The study's first stage as pieces (:mod:`openmm_cgnn.cluster`): one all-atom reference per training
+    state point, then every model's training (the pair baseline after the first GNN, whose cutoff it
+    takes). Returns (pieces, models): models are (name, key of the piece that returns its file, training
+    state points), in the order of the study's table."""
+    from .cluster import Piece, Result
+
+    out = Path(out)
+    pieces = [Piece(f"data/{label}", _training_reference, (label, config, out / "data", progress), gpu=True,
+                    label=f"all-atom reference {label}") for label in _training_labels(config)]
+
+    def data(labels: list[str]) -> list:
+        return [Result(f"data/{label}") for label in labels]
+
+    models: list[tuple[str, str, list[str]]] = []
+    variants = [(v, config.train_states) for v in config.variants]
+    if config.multi_variant:
+        variants.append((Variant("hipnn-ts-l2-multi", 2), config.multi_train_states))
+    for v, states in variants:
+        key = f"train/{v.name}"
+        pieces.append(Piece(key, _train_variant, (v, data(states), config, out / "models" / v.name, progress),
+                            gpu=True, label=f"training {v.name}"))
+        models.append((v.name, key, states))
+    if config.pair_baseline:
+        first = Result(models[0][1]) if models else None
+        pieces.append(Piece("train/pair-fm", _fit_pair_at_gnn_cutoff,
+                            (data(config.train_states), config, out / "models" / "pair-fm", first),
+                            label="fitting pair-fm"))
+        models.append(("pair-fm", "train/pair-fm", config.train_states))
+    return pieces, models
+
+
+def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progress: bool = True,
+                       cluster: Any = None) -> dict[str, Any]:
+    """Run the study into ``out``; return the content of ``study.json``. Finished parts are reused.
+
+    ``cluster``: where the pieces run (:mod:`openmm_cgnn.cluster`): None in this process, one after the
+    other; a ``ClusterConfig`` on Dask (a local cluster sized to the machine, or ``scheduler=``). The
+    training references and the models' trainings run first (in parallel where they can), then every
+    model's comparison at every state point as one graph; the all-atom reference of a state point is
+    run once and shared by every model, as in the serial order.
+    """
+    from ._io import make_output_dir
+    from .cluster import failures, runner_for
+
+    config = config or StudyConfig()
     out = Path(out)
     make_output_dir(out / "data")
     write_json_atomic(out / "study_config.json", asdict(config))
     started = time.perf_counter()
-    refs = _training_references(config, out / "data", progress)
-    train_sets = [refs[s] for s in config.train_states]
-
-    models: list[tuple[str, Path, list[str]]] = []
-    for v in config.variants:
-        models.append((v.name, _train_variant(v, train_sets, config, out / "models" / v.name), config.train_states))
-    if config.multi_variant:
-        name = "hipnn-ts-l2-multi"
-        models.append((name, _train_variant(Variant(name, 2), [refs[s] for s in config.multi_train_states], config,
-                                            out / "models" / name), config.multi_train_states))
-    if config.pair_baseline:
-        gnn_cutoff = CGModel(models[0][1]).metadata["cutoff_nm"] if models else 1.0
-        models.append(("pair-fm", _fit_pair(train_sets, config, out / "models" / "pair-fm", gnn_cutoff),
-                       config.train_states))
-
-    harness_config = _harness_config(config)
-    known_refs = list(refs.values())
+    pieces, models = training_pieces(config, out, progress)
+    width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
+    with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
+        if runner.parallel:       # workers do not print (the runner prints a line per finished piece), and
+            #                       may start in another folder
+            pieces, models = training_pieces(config, out.absolute(), progress=False)
+        trained = runner.run(pieces, progress=progress and runner.parallel,
+                             on_done=_log_failure if runner.parallel else None)
+        for failure in failures(trained).values():   # every model needs its data: stop at the first error
+            if failure.cause is None:
+                failure.reraise()
+        refs = {label: trained[f"data/{label}"] for label in _training_labels(config)}
+        paths = [(name, Path(trained[key]), states) for name, key, states in models]
+        reports = _compare_all(paths, config, out, list(refs.values()), runner, progress)
     rows: list[dict[str, Any]] = []
-    for name, path, trained_at in models:
-        report_dir = out / "models" / name / "report"
-        if (report_dir / "report.json").exists():
-            report = json.loads((report_dir / "report.json").read_text())
-        else:
-            report = compare(path, parse_state_points(",".join(config.eval_states)), report_dir, harness_config,
-                             reference_datasets=known_refs, overwrite=True, progress=progress)
-        for sp in report["state_points"]:
-            ds = (sp.get("reference") or {}).get("dataset")
-            if ds and sp["reference"].get("source") != "given":
-                candidate = report_dir / ds
-                if candidate.exists() and candidate not in known_refs:
-                    known_refs.append(candidate)
+    for (name, _, trained_at), report in zip(paths, reports):
         rows.extend(_rows(name, trained_at, report))
     summary = _conclude(rows, config)
     result = {"format": "openmm-cgnn/transfer-study", "version": 1, "config": asdict(config), "rows": rows,
@@ -212,6 +246,68 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
         for line in summary["lines"]:
             print("  " + line)
     return result
+
+
+def _log_failure(piece: Any, value: Any) -> list[str]:
+    from .cluster import PieceFailure
+
+    status = f"failed: {value.message}" if isinstance(value, PieceFailure) else "done"
+    return [f"[study] {piece.label or piece.key}: {status}"]
+
+
+def _compare_all(models: list[tuple[str, Path, list[str]]], config: StudyConfig, out: Path, known_refs: list[Path],
+                 runner: Any, progress: bool) -> list[dict[str, Any]]:
+    """Every model's harness report at the evaluation state points: existing reports are read, the others
+    compared in one graph. The first model compared runs the all-atom references that no data set covers;
+    the others use them (as given references) once they exist, as the serial study did."""
+    from .cluster import Result
+    from .harness import plan_comparison
+    from .statepoints import parse_state_points
+
+    points = parse_state_points(",".join(config.eval_states))
+    harness_config = _harness_config(config)
+    reports: dict[str, dict[str, Any]] = {}
+    plans = []
+    shared: dict[str, Any] = {}
+    known_refs = list(known_refs)
+    for name, path, _ in models:
+        report_dir = out / "models" / name / "report"
+        if (report_dir / "report.json").exists():
+            reports[name] = json.loads((report_dir / "report.json").read_text())
+            _add_computed_refs(reports[name], report_dir, known_refs)
+            continue
+        plan = plan_comparison(path, points, report_dir, harness_config, reference_datasets=known_refs,
+                               overwrite=True, progress=progress, key_prefix=f"{name}/",
+                               shared_references=shared if plans else None)
+        if not plans:      # the first comparison runs the references that no data set covers; share them
+            covered = set(plan.given)
+            shared = {sp.label(): Result(plan.keys(sp)[0]) for i, sp in enumerate(points) if i not in covered}
+        plans.append((name, plan))
+    if plans:
+        platform_device = None
+        for _, plan in plans:
+            plan.start(runner, platform_device)
+            platform_device = (plan.platform, plan.device)
+        by_prefix = {plan.key_prefix: plan for _, plan in plans}
+
+        def log(piece: Any, value: Any) -> list[str]:
+            return by_prefix[piece.key.split("/", 1)[0] + "/"].log_piece(piece, value)
+
+        results = runner.run([p for _, plan in plans for p in plan.pieces()], progress=progress and runner.parallel,
+                             on_done=log if runner.parallel else None)
+        for name, plan in plans:
+            reports[name] = plan.finish(results)
+    return [reports[name] for name, _, _ in models]
+
+
+def _add_computed_refs(report: dict[str, Any], report_dir: Path, known_refs: list[Path]) -> None:
+    """The reference data sets a finished report computed (or reused), for the models compared after it."""
+    for sp in report["state_points"]:
+        ds = (sp.get("reference") or {}).get("dataset")
+        if ds and sp["reference"].get("source") != "given":
+            candidate = report_dir / ds
+            if candidate.exists() and candidate not in known_refs:
+                known_refs.append(candidate)
 
 
 def _rows(name: str, trained_at: list[str], report: dict[str, Any]) -> list[dict[str, Any]]:

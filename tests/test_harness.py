@@ -519,3 +519,75 @@ def test_analysis_reproduces_its_error_bars_and_survives_their_failure(tiny_repo
     res, _, notes = H.analysis_piece(sp, config, ds_path, sim_dir)
     assert res["rdf"]["mad"] == pytest.approx(entry["rdf"]["mad"]) and res["rdf"]["mad_se"] is None
     assert any("no error bars: no frames" in n for n in notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# the same comparison on a Dask cluster
+# ---------------------------------------------------------------------------------------------
+def _without_timings(report: dict) -> dict:
+    report = json.loads(json.dumps(report))
+    report.pop("created"), report.pop("timing_s")
+    for sp in report["state_points"]:
+        sp.pop("timing_s")
+        sp["cg"].pop("ns_per_day")
+    return report
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_sweep_on_two_dask_workers_gives_the_serial_report(tiny_model, methanol_dataset, tmp_path):
+    """Two state points on a local cluster of two worker processes: the same report, curves and files as
+    the serial path (the command line with --workers 1), and a rerun reuses every finished run.
+    OpenMM's CPU platform repeats a run exactly only with one thread in a fresh process (its PME keeps the
+    thread count of the first run), which is what each worker is; so is the serial run (a new process)."""
+    import subprocess
+
+    from distributed import get_task_stream
+
+    from openmm_cgnn.cluster import ClusterConfig, runner_for
+
+    config = tiny_config(aa_equilibration=0.1, aa_production=0.4, cg_equilibration=0.05, cg_production=0.2)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "OPENMM_CPU_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    # the serial run (its own process) and the cluster run at the same time, into separate folders
+    cli = subprocess.Popen([sys.executable, "-m", "openmm_cgnn.cli", "compare", "--model", str(tiny_model),
+                            "--state-points", STATE_POINTS, "--out", str(tmp_path / "serial"), "--config",
+                            str(tmp_path / "config.json"), "--reference-data", str(methanol_dataset),
+                            "--workers", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "dask"
+    with runner_for(ClusterConfig(workers=2)) as runner:
+        assert runner.parallel and "2 worker process(es)" in runner.description
+        with get_task_stream(runner.client) as stream:
+            report = H.compare(tiny_model, STATE_POINTS, out, config, reference_datasets=[methanol_dataset],
+                               progress=False, cluster=runner)
+        # reference, CG run and analysis of each state point ran as tasks, spread over both workers
+        assert len({t["worker"] for t in stream.data}) == 2
+        stdout, stderr = cli.communicate(timeout=600)
+        assert cli.returncode == 0, stderr
+        assert "Dask" not in stdout                     # it ran in its own process, without a cluster
+        serial = H.load_report(tmp_path / "serial")
+        assert _without_timings(report) == _without_timings(serial)
+        assert [s["status"] for s in report["state_points"]] == ["complete", "complete"]
+        assert _files(out) == _files(tmp_path / "serial")
+        a, b = H.load_curves(out), H.load_curves(tmp_path / "serial")
+        for label in a:
+            for k in a[label]:
+                np.testing.assert_array_equal(a[label][k], b[label][k])
+        md = [(f / "report.md").read_text().replace(r["created"], "") for f, r in ((out, report),
+                                                                                  (tmp_path / "serial", serial))]
+        assert md[0] == md[1]
+        # an interrupted sweep is resumed on the cluster: every finished run is reused
+        frames = out / "state_points/300K_1bar/cg/frames.npz"
+        before = frames.stat().st_mtime_ns
+        (out / "report.json").unlink()
+        again = H.compare(tiny_model, STATE_POINTS, out, config, reference_datasets=[methanol_dataset],
+                          progress=False, cluster=runner)
+    assert frames.stat().st_mtime_ns == before
+    assert [s["reference"]["source"] for s in again["state_points"]] == ["given", "reused"]
+    for first, second in zip(_without_timings(report)["state_points"], _without_timings(again)["state_points"]):
+        first["reference"].pop("source"), second["reference"].pop("source")
+        assert first == second
+

@@ -85,3 +85,31 @@ def test_conclusion_calls_an_error_real_only_above_its_noise_floor():
     assert result["per_model"]["pair-fm"]["off_rdf_mad_above_floor"] == 1
     assert result["per_model"]["pair-fm"]["off_rdf_mad_noise_floor_mean"] == pytest.approx(0.02)
     assert result["per_model"]["pair-fm"]["off_rdf_mad_mean_se"] == pytest.approx(0.003 / 2 ** 0.5)
+
+
+    # each all-atom reference ran once: the first model's comparison ran those no training data set covers,
+    # the pair baseline's used them
+    sources = {m: [sp["reference"]["source"] for sp in json.loads(
+        (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
+        for m in ("hipnn-ts-l2", "pair-fm")}
+    assert sources == {"hipnn-ts-l2": ["given", "computed", "computed"], "pair-fm": ["given", "given", "given"]}
+    assert not (tmp_path / "study" / "models" / "pair-fm" / "report" / "state_points" / "400K_0.787gcm3"
+                / "reference-aa.npz").exists()
+
+
+def test_study_pieces_train_every_model_after_its_data(tmp_path):
+    from openmm_cgnn.cluster import graph_width
+    from openmm_cgnn.study import training_pieces
+
+    cfg = StudyConfig.preset_named("small")
+    pieces, models = training_pieces(cfg, tmp_path)
+    needs = {p.key: set(p.needs()) for p in pieces}
+    assert [m[0] for m in models] == [v.name for v in cfg.variants] + ["hipnn-ts-l2-multi", "pair-fm"]
+    assert needs["data/300K:0.787g/cm3"] == needs["data/400K:0.787g/cm3"] == set()
+    for v in cfg.variants:
+        assert needs[f"train/{v.name}"] == {"data/300K:0.787g/cm3"}
+    assert needs["train/hipnn-ts-l2-multi"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
+    # the pair baseline takes the first GNN's cutoff, so it waits for that model
+    assert needs["train/pair-fm"] == {"data/300K:0.787g/cm3", f"train/{cfg.variants[0].name}"}
+    assert graph_width(pieces) == len(cfg.variants) + 1          # every GNN trains at the same time
+    assert not list(tmp_path.iterdir())                          # planning runs nothing
