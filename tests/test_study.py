@@ -10,7 +10,7 @@ from openmm_cgnn.study import StudyConfig, conclude, run_transfer_study
 
 @pytest.mark.slow
 def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
-    cfg = StudyConfig.preset_named("toy")
+    cfg = StudyConfig.from_preset("toy")
     result = run_transfer_study(tmp_path / "study", cfg, progress=False)
     models = {r["model"] for r in result["rows"]}
     assert models == {"hipnn-ts-l2", "pair-fm"}
@@ -27,6 +27,32 @@ def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
     for name in ("rdf_mad_vs_T.png", "adf_l1_vs_T.png", "relative_error.png"):
         assert mpimg.imread(tmp_path / "study" / name).shape[0] > 100
     assert "![RDF MAD vs T](rdf_mad_vs_T.png)" in (tmp_path / "study" / "study.md").read_text()
+    # each all-atom reference ran once: the first model's comparison ran those no training data set covers,
+    # the pair baseline's used them
+    sources = {m: [sp["reference"]["source"] for sp in json.loads(
+        (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
+        for m in ("hipnn-ts-l2", "pair-fm")}
+    assert sources == {"hipnn-ts-l2": ["given", "computed", "computed"], "pair-fm": ["given", "given", "given"]}
+    assert not (tmp_path / "study" / "models" / "pair-fm" / "report" / "state_points" / "400K_0.787gcm3"
+                / "reference-aa.npz").exists()
+
+
+def test_study_pieces_train_every_model_after_its_data(tmp_path):
+    from openmm_cgnn.cluster import graph_width
+    from openmm_cgnn.study import training_pieces
+
+    cfg = StudyConfig.from_preset("small")
+    pieces, models = training_pieces(cfg, tmp_path)
+    needs = {p.key: set(p.needs()) for p in pieces}
+    assert [m[0] for m in models] == [v.name for v in cfg.variants] + ["hipnn-ts-l2-multi", "pair-fm"]
+    assert needs["data/300K:0.787g/cm3"] == needs["data/400K:0.787g/cm3"] == set()
+    for v in cfg.variants:
+        assert needs[f"train/{v.name}"] == {"data/300K:0.787g/cm3"}
+    assert needs["train/hipnn-ts-l2-multi"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
+    # the pair baseline takes the first GNN's cutoff, so it waits for that model
+    assert needs["train/pair-fm"] == {"data/300K:0.787g/cm3", f"train/{cfg.variants[0].name}"}
+    assert graph_width(pieces) == len(cfg.variants) + 1          # every GNN trains at the same time
+    assert not list(tmp_path.iterdir())                          # planning runs nothing
 
 
 def _row(model, state, mad, se, trained=False, floor=0.02, floor_se=0.002):
@@ -50,7 +76,7 @@ def _rows(gnn, pair, se=0.003, gnn_se=None):
 
 
 def test_conclusion_states_a_difference_only_beyond_two_combined_sigma():
-    cfg = StudyConfig.preset_named("full")
+    cfg = StudyConfig.from_preset("full")
     # each mean over 2 state points has SE 0.003 / sqrt(2); combined sqrt(2) x that = 0.003: 2 sigma = 0.006
     inside = conclude(_rows(0.095, 0.100), cfg)
     assert inside["claim"] == 0
@@ -74,7 +100,7 @@ def test_conclusion_states_a_difference_only_beyond_two_combined_sigma():
 
 
 def test_conclusion_calls_an_error_real_only_above_its_noise_floor():
-    cfg = StudyConfig.preset_named("full")
+    cfg = StudyConfig.from_preset("full")
     # floor 0.02 +- 0.002/sqrt(2) per mean; hipnn-ts-l2 0.024 +- 0.003/sqrt(2): 0.004 < 2 x 0.0025
     result = conclude(_rows(0.024, 0.100), cfg)
     gnn = next(line for line in result["lines"] if line.startswith("hipnn-ts-l2:"))
@@ -85,31 +111,3 @@ def test_conclusion_calls_an_error_real_only_above_its_noise_floor():
     assert result["per_model"]["pair-fm"]["off_rdf_mad_above_floor"] == 1
     assert result["per_model"]["pair-fm"]["off_rdf_mad_noise_floor_mean"] == pytest.approx(0.02)
     assert result["per_model"]["pair-fm"]["off_rdf_mad_mean_se"] == pytest.approx(0.003 / 2 ** 0.5)
-
-
-    # each all-atom reference ran once: the first model's comparison ran those no training data set covers,
-    # the pair baseline's used them
-    sources = {m: [sp["reference"]["source"] for sp in json.loads(
-        (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
-        for m in ("hipnn-ts-l2", "pair-fm")}
-    assert sources == {"hipnn-ts-l2": ["given", "computed", "computed"], "pair-fm": ["given", "given", "given"]}
-    assert not (tmp_path / "study" / "models" / "pair-fm" / "report" / "state_points" / "400K_0.787gcm3"
-                / "reference-aa.npz").exists()
-
-
-def test_study_pieces_train_every_model_after_its_data(tmp_path):
-    from openmm_cgnn.cluster import graph_width
-    from openmm_cgnn.study import training_pieces
-
-    cfg = StudyConfig.preset_named("small")
-    pieces, models = training_pieces(cfg, tmp_path)
-    needs = {p.key: set(p.needs()) for p in pieces}
-    assert [m[0] for m in models] == [v.name for v in cfg.variants] + ["hipnn-ts-l2-multi", "pair-fm"]
-    assert needs["data/300K:0.787g/cm3"] == needs["data/400K:0.787g/cm3"] == set()
-    for v in cfg.variants:
-        assert needs[f"train/{v.name}"] == {"data/300K:0.787g/cm3"}
-    assert needs["train/hipnn-ts-l2-multi"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
-    # the pair baseline takes the first GNN's cutoff, so it waits for that model
-    assert needs["train/pair-fm"] == {"data/300K:0.787g/cm3", f"train/{cfg.variants[0].name}"}
-    assert graph_width(pieces) == len(cfg.variants) + 1          # every GNN trains at the same time
-    assert not list(tmp_path.iterdir())                          # planning runs nothing
