@@ -5,7 +5,6 @@ PY     := $(VENV)/bin/python
 EXTRA  ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRA)
 
-export HIPPYNN_USE_CUSTOM_KERNELS ?= False
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: venv demo test bench clean

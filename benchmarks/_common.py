@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
-
 import numpy as np
+import openmm.unit as u
 
-from openmm_cgnn._io import cpu_model, json_default
+from openmm_cgnn.files import cpu_model, json_default
 from openmm_cgnn.reporting import format_number, markdown_table
+from openmm_cgnn.geometry import box_edge
+from openmm_cgnn.units import AVOGADRO, BOLTZMANN_KJ_PER_MOL_K
 
 METHANOL_MASS = 32.042        # amu, one CG bead per molecule
 METHANOL_DENSITY = 0.787      # g/cm^3 (the species' default; CG lattices and AA boxes both use it)
-AVOGADRO = 6.02214076e23
-KB_KJ_PER_MOL_K = 0.00831446261815324
 TEMPERATURE = 300.0           # K
 AA_TIMESTEP_PS = 0.002        # all-atom: 2 fs with constraints on bonds to hydrogen
 BEAD_TYPE = "MEOH"
@@ -75,7 +74,7 @@ class Settings:
     profile_size: int
 
     @classmethod
-    def preset(cls, mode: str) -> "Settings":
+    def from_preset(cls, mode: str) -> "Settings":
         if mode == "quick":
             return cls(mode="quick", archs=["tiny", "paper"], budget_s=180.0, warmup_steps=5, min_time_s=2.0,
                        max_chunks=5, model_frames={"tiny": 10, "paper": 5},
@@ -247,7 +246,7 @@ def sync_fn(device: str) -> Callable[[], None]:
 # geometry: lattices of beads, all-atom boxes
 # ----------------------------------------------------------------------------------------------
 def box_edge_nm(n: int, mass_amu: float = METHANOL_MASS, density: float = METHANOL_DENSITY) -> float:
-    return (n * mass_amu / AVOGADRO / density * 1e21) ** (1.0 / 3.0)
+    return box_edge(n, mass_amu, density)
 
 
 def min_beads_for_cutoff(cutoff_nm: float) -> int:
@@ -259,38 +258,21 @@ def min_beads_for_cutoff(cutoff_nm: float) -> int:
     return n
 
 
-def bead_lattice(n: int, seed: int = 0, jitter: float = 0.05) -> tuple[np.ndarray, float]:
-    """``n`` beads on a jittered cubic lattice at the methanol density: (positions (n, 3) nm, edge nm)."""
-    rng = np.random.default_rng(seed)
-    edge = box_edge_nm(n)
-    per_side = math.ceil(n ** (1.0 / 3.0) - 1e-9)
-    idx = np.arange(per_side)
-    grid = np.stack(np.meshgrid(idx, idx, idx, indexing="ij"), -1).reshape(-1, 3).astype(float)
-    sites = grid[rng.permutation(len(grid))[:n]]
-    positions = (sites + 0.5 + rng.uniform(-jitter, jitter, sites.shape)) * edge / per_side
-    return positions, edge
+def bead_lattice(n: int, seed: int = 0, jitter: float = 0.05, type_name: str = BEAD_TYPE):
+    """``n`` beads on a jittered cubic lattice at the methanol density, as ``openmm-cgnn simulate``
+    starts a fresh run: (CG topology, positions (n, 3) nm, box edge nm)."""
+    from openmm_cgnn.simulate import lattice_start
 
-
-def cg_topology(n: int, edge: float, type_name: str = BEAD_TYPE):
-    import openmm
-    import openmm.app as app
-    import openmm.unit as u
-
-    top = app.Topology()
-    chain = top.addChain()
-    for i in range(n):
-        top.addAtom(type_name, None, top.addResidue("CG", chain, id=str(i + 1)))
-    top.setPeriodicBoxVectors([openmm.Vec3(edge, 0, 0), openmm.Vec3(0, edge, 0), openmm.Vec3(0, 0, edge)]
-                              * u.nanometer)
-    return top
+    top, positions = lattice_start(n, METHANOL_DENSITY, METHANOL_MASS, type_name, np.random.default_rng(seed),
+                                   jitter=jitter)
+    return top, positions, box_edge_nm(n)
 
 
 def cg_system(model: "ModelEntry", n: int, dtype: str = "float32", use_cuda_graphs: bool = False):
     """(System with only the model's TorchForce, positions nm, edge nm) for a lattice of ``n`` beads."""
     from openmm_cgnn.system import create_system
 
-    positions, edge = bead_lattice(n)
-    top = cg_topology(n, edge, model.type_name)
+    top, positions, edge = bead_lattice(n, type_name=model.type_name)
     module, meta = model.load(dtype)
     system = create_system(top, (module, meta), masses=[METHANOL_MASS] * n, use_cuda_graphs=use_cuda_graphs)
     return system, positions, edge
@@ -354,7 +336,7 @@ def time_aa(n_molecules: int, platform, settings: Settings, budget: Budget | Non
     context, integrator, info = aa_context(n_molecules, platform)
     setup = time.perf_counter() - t
     timing = timed_chunks(integrator.step, context_sync(context), settings, budget)
-    energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     del context, integrator
     return {**info, **timing, "setup_s": setup, "ns_per_day": ns_per_day(timing["step_s"], AA_TIMESTEP_PS),
             "finite": bool(math.isfinite(energy))}
@@ -374,7 +356,7 @@ def time_cg(model: "ModelEntry", n: int, platform, settings: Settings, timestep_
     context.setVelocitiesToTemperature(TEMPERATURE * u.kelvin, 1)
     setup = time.perf_counter() - t
     timing = timed_chunks(integ.step, context_sync(context), settings, budget)
-    energy = context.getState(getEnergy=True).getPotentialEnergy()._value
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
     del context, integ
     return {"n_beads": n, "box_nm": edge, "timestep_fs": timestep_ps * 1e3, "dtype": dtype,
             "integrator": "LangevinMiddle" if integrator == "langevin" else "Verlet",
@@ -382,45 +364,90 @@ def time_cg(model: "ModelEntry", n: int, platform, settings: Settings, timestep_
             "ns_per_day": ns_per_day(timing["step_s"], timestep_ps), "finite": bool(math.isfinite(energy))}
 
 
+def nve_drift(system, state, integrator, platform, n_steps: int, every: int, step_ps: float, dof: int,
+              step_s: float, budget: Budget) -> dict[str, Any]:
+    """NVE energy drift of ``system`` under ``integrator`` (step ``step_ps``) from ``state`` (positions and
+    velocities): ``n_steps`` steps with the energies sampled every ``every`` steps.
+
+    Returns the status ("ok"; "blew up" if an energy stopped being finite; skipped when ``state`` is not
+    finite or the run, predicted from ``step_s`` seconds per step, does not fit ``budget``) and, when
+    ok, the drift in kT/ns per degree of freedom (at TEMPERATURE) with its standard error, in
+    kJ/mol/ns, the detrended total-energy fluctuation over the kinetic one and the mean temperature.
+    """
+    predicted = step_s * n_steps * (1 + 1.0 / every) + 5 * step_s  # each sample costs one more force call
+    if not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
+        return {"status": "skipped: equilibration blew up"}
+    if not budget.allows(predicted):
+        return {"status": f"skipped: time budget (needs ~{predicted:.0f} s)"}
+    context = make_context(system, integrator, platform, state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
+    context.setVelocities(state.getVelocities())
+    times, etot, ekin, done = [], [], [], 0
+    while done <= n_steps:
+        energies = context.getState(getEnergy=True)
+        pe = energies.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        ke = energies.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
+        if not (math.isfinite(pe) and math.isfinite(ke)):
+            return {"status": "blew up", "finite": False}
+        times.append(done * step_ps * 1e-3)  # ns
+        etot.append(pe + ke)
+        ekin.append(ke)
+        integrator.step(every)
+        done += every
+    del context
+    if len(times) < 3:
+        return {"status": "blew up", "finite": False}
+    kT = BOLTZMANN_KJ_PER_MOL_K * TEMPERATURE
+    slope, se = linear_fit(np.array(times), np.array(etot))
+    ek = np.array(ekin)
+    resid = np.array(etot) - np.polyval(np.polyfit(times, etot, 1), times)
+    return {"status": "ok", "finite": True, "drift_kT_per_ns_per_dof": slope / (dof * kT),
+            "drift_stderr": se / (dof * kT), "drift_kJ_mol_per_ns": slope,
+            "etot_fluct_over_ekin_fluct": float(np.std(resid) / np.std(ek)) if np.std(ek) > 0 else None,
+            "mean_temperature_K": float(2 * ek.mean() / (dof * BOLTZMANN_KJ_PER_MOL_K))}
+
+
+def guarded(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``{"status": "ok", **measure()}``, or the status of a measurement that ran out of budget, out of
+    memory or failed (a size that fails must not stop the others)."""
+    try:
+        return {"status": "ok", **measure()}
+    except OutOfBudget as exc:
+        return {"status": f"skipped: time budget ({exc})"}
+    except Exception as exc:  # noqa: BLE001
+        free_memory()
+        if is_oom(exc):
+            return {"status": "skipped: out of memory", "error": short_error(exc)}
+        return {"status": "failed", "error": short_error(exc)}
+
+
+def predicted_seconds(last: tuple[int, float] | tuple[int, float, float] | None, n: int,
+                      settings: Settings) -> float | None:
+    """Predicted wall time of measuring size ``n`` from the last size measured: (n0, step_s[, setup_s])."""
+    if last is None:
+        return None
+    n0, t0 = last[0], last[1]
+    setup = last[2] if len(last) > 2 else 0.0
+    step = t0 * (n / n0) ** 1.2
+    return setup * (n / n0) + step * (settings.warmup_steps + 3) + settings.min_time_s
+
+
 # ----------------------------------------------------------------------------------------------
 # the benchmark models: synthetic frames, 1 epoch of training, export
 # ----------------------------------------------------------------------------------------------
 def synthetic_frames(n_beads: int, n_frames: int, seed: int = 0, noise: float = 20.0):
-    """A CGDataset of jittered lattices at the methanol density with Lennard-Jones-like forces + noise.
+    """A CGDataset of jittered lattices at the methanol density with Lennard-Jones forces + noise
+    (:mod:`openmm_cgnn.testing`; sigma 0.37 nm, epsilon 1.5 kJ/mol).
 
     Speed does not depend on the weights, so the benchmark models train on these (no all-atom run).
     """
-    from vesin import NeighborList
+    from openmm_cgnn.testing import lennard_jones_dataset
 
-    from openmm_cgnn.dataset import CGDataset
-
-    rng = np.random.default_rng(seed)
     edge = box_edge_nm(n_beads)
-    box = np.eye(3) * edge
-    pos_all = np.empty((n_frames, n_beads, 3))
-    frc_all = np.empty((n_frames, n_beads, 3))
-    energies = np.empty(n_frames)
-    sigma, eps, cut = 0.37, 1.5, min(0.9, 0.49 * edge)
-    for f in range(n_frames):
-        pos, _ = bead_lattice(n_beads, seed=seed * 1000 + f, jitter=0.1)
-        i, j, d = NeighborList(cutoff=cut, full_list=False).compute(points=pos, box=box, periodic=True,
-                                                                    quantities="ijD")
-        r = np.linalg.norm(d, axis=1)
-        sr6 = (sigma / r) ** 6
-        fmag = 24 * eps * (2 * sr6 * sr6 - sr6) / r
-        fvec = (fmag / r)[:, None] * d
-        forces = np.zeros_like(pos)
-        np.add.at(forces, j, fvec)
-        np.add.at(forces, i, -fvec)
-        pos_all[f] = pos
-        frc_all[f] = forces + rng.normal(scale=noise, size=forces.shape)
-        energies[f] = float(np.sum(4 * eps * (sr6 * sr6 - sr6)))
-    meta = {"state": {"temperature_K": TEMPERATURE, "pressure_bar": None, "density_g_cm3": METHANOL_DENSITY},
-            "mapping": {"kind": "synthetic"},
-            "source": {"kind": "benchmarks: synthetic Lennard-Jones lattice", "seed": seed}}
-    return CGDataset(pos_all, frc_all, np.broadcast_to(box, (n_frames, 3, 3)).copy(), energies,
-                     np.zeros(n_beads, dtype=np.int64), [BEAD_TYPE], np.full(n_beads, METHANOL_MASS),
-                     np.arange(n_beads), meta)
+    return lennard_jones_dataset(lambda f: bead_lattice(n_beads, seed=seed * 1000 + f, jitter=0.1)[1], n_frames,
+                                 edge, np.random.default_rng(seed), sigma=0.37, epsilon=1.5,
+                                 cutoff=min(0.9, 0.49 * edge), noise=noise, type_names=[BEAD_TYPE],
+                                 bead_mass=METHANOL_MASS, temperature_K=TEMPERATURE,
+                                 source="benchmarks: synthetic Lennard-Jones lattice", seed=seed)
 
 
 @dataclass
@@ -524,7 +551,7 @@ class Models:
             info = json.loads(info_file.read_text())  # a kept --workdir: reuse its models
             info["reused"] = True
             return ModelEntry(arch, self.workdir / f"model-{arch}", self.device, info)
-        cfg = TrainConfig.preset(arch)
+        cfg = TrainConfig.from_preset(arch)
         cfg.max_epochs = 1
         cfg.fraction_train_eval = 0.1
         cfg.device = "cuda" if self.device == "cuda" else "cpu"
@@ -557,7 +584,9 @@ def _arch_facts(cfg) -> dict[str, Any]:
 # context handed to every benchmark
 # ----------------------------------------------------------------------------------------------
 @dataclass
-class Context:
+class BenchmarkContext:
+    """What every benchmark's ``run(ctx)`` gets: settings, OpenMM platform, torch device, models, budget."""
+
     settings: Settings
     platform: Any                 # openmm.Platform
     device: str                   # torch device: "cpu" or "cuda"
@@ -619,7 +648,7 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
     merged = dict(new)
     benches = dict(old.get("benchmarks", {}))
     benches.update(new.get("benchmarks", {}))
-    merged["benchmarks"] = {k: benches[k] for k in sorted(benches, key=_order_key)}
+    merged["benchmarks"] = {k: benches[k] for k in sorted(benches, key=benchmark_order_key)}
     models = dict(old.get("models", {}))
     models.update(new.get("models", {}))
     merged["models"] = models
@@ -629,7 +658,7 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
 BENCHMARK_ORDER = ["throughput", "overhead", "scaling", "precision", "training", "profile", "mts"]
 
 
-def _order_key(name: str) -> int:
+def benchmark_order_key(name: str) -> int:
     return BENCHMARK_ORDER.index(name) if name in BENCHMARK_ORDER else len(BENCHMARK_ORDER)
 
 

@@ -134,7 +134,7 @@ def _coarse(module, cutoff_nm: float, positions, edge: float, device: str, repea
                        "backward (autograd)": (fb_s - f_s) / fb_s}}
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     s = ctx.settings
@@ -146,7 +146,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
         ctx.log(f"[{NAME}] {arch} x {n}")
         try:
             module, _ = model.load("float32", ctx.device)
-            positions, edge = C.bead_lattice(n)
+            _, positions, edge = C.bead_lattice(n)
             once, whole = _stage_timer(module, positions, edge, ctx.device)
             for _ in range(max(4, s.warmup_steps)):
                 whole()

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 import numpy as np
 import openmm
@@ -80,7 +77,7 @@ def main() -> int:
     result["aa_reference_seconds"] = time.perf_counter() - t0
     result["aa_ns_per_day_cuda_216"] = json.loads(str(np.load(aa)["metadata_json"]))["ns_per_day"]
     ds = map_reference(aa, work / "cg.npz", overwrite=True)
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = 3
     t0 = time.perf_counter()
     model_dir = train([work / "cg.npz"], cfg, work / "model", overwrite=True, verbose=False)

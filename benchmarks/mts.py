@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+import openmm.unit as u
+
 from . import _common as C
-from .throughput import _guard
 
 NAME = "mts"
 
@@ -47,7 +48,7 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def _mode(ctx: C.Context) -> dict[str, Any]:
+def _mode(ctx: C.BenchmarkContext) -> dict[str, Any]:
     return MODES.get(ctx.settings.mode, MODES["quick"])
 
 
@@ -55,8 +56,7 @@ def _split_system(model: C.ModelEntry, n: int, dtype: str = "float32"):
     """(System split into fast and slow groups, positions nm, edge nm) for a lattice of ``n`` beads."""
     from openmm_cgnn.system import create_system
 
-    positions, edge = C.bead_lattice(n)
-    top = C.cg_topology(n, edge, model.type_name)
+    top, positions, edge = C.bead_lattice(n, type_name=model.type_name)
     module, meta = model.load(dtype)
     system = create_system(top, (module, meta), masses=[C.METHANOL_MASS] * n, use_cuda_graphs=False,
                            mts_fast="prior")
@@ -66,7 +66,6 @@ def _split_system(model: C.ModelEntry, n: int, dtype: str = "float32"):
 def _equilibrated(system, positions: np.ndarray, platform, ps: float, seed: int = 3):
     """(State with positions and fresh 300 K velocities after ``ps`` of LangevinMiddle at 2 fs and
     10/ps, seconds per step)."""
-    import openmm.unit as u
 
     integ = C.langevin(0.002, seed)
     integ.setFriction(10.0 / u.picosecond)
@@ -93,7 +92,7 @@ def _largest_passing(rows: list[dict], threshold: float, inner_fs: float, subste
     return passing
 
 
-def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mode: dict) -> dict[str, Any]:
+def measure_mts_drift(ctx: C.BenchmarkContext, model: C.ModelEntry, budget: C.Budget, mode: dict) -> dict[str, Any]:
     """NVE drift of the split System under MTSIntegrator, all runs from one equilibrated state: K = 1
     at each single-step candidate (the one-time-step reference: velocity Verlet) and every K at each
     inner step. Returns the rows and the chosen single step and MTS setting."""
@@ -105,8 +104,7 @@ def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mod
     nve_ps = mode["nve_ps"].get(model.arch, mode["nve_ps"]["default"])
     system, positions, edge = _split_system(model, n)
     state, step_s = _equilibrated(system, positions, ctx.platform, s.drift_equilibration_ps)
-    equilibrated = math.isfinite(state.getPotentialEnergy()._value)
-    dof, kT = 3 * n, C.KB_KJ_PER_MOL_K * C.TEMPERATURE
+    dof = 3 * n
     plan = [(dt, 1) for dt in s.drift_timesteps_fs]
     plan += [(inner, k) for inner in mode["inner_fs"] for k in mode["substeps"] if (inner, k) not in plan]
     rows = []
@@ -114,39 +112,12 @@ def measure_mts_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget, mod
         outer = inner_fs * k * 1e-3
         n_steps = max(10, int(round(nve_ps / outer)))
         every = max(1, n_steps // mode["drift_samples"])
-        predicted = step_s * n_steps * (1 + 1.0 / every) + 5 * step_s
         row: dict[str, Any] = {"inner_fs": inner_fs, "substeps": k, "outer_fs": inner_fs * k,
                                "nve_ps": n_steps * outer, "outer_steps": n_steps, "sample_every": every}
-        if not equilibrated:
-            rows.append({**row, "status": "skipped: equilibration blew up"})
+        rows.append({**row, **C.nve_drift(system, state, verlet_integrator(inner_fs * 1e-3, k), ctx.platform,
+                                          n_steps, every, outer, dof, step_s, budget)})
+        if rows[-1]["status"] != "ok":
             continue
-        if not budget.allows(predicted):
-            rows.append({**row, "status": f"skipped: time budget (needs ~{predicted:.0f} s)"})
-            continue
-        integ = verlet_integrator(inner_fs * 1e-3, k)
-        context = C.make_context(system, integ, ctx.platform, state.getPositions(asNumpy=True)._value)
-        context.setVelocities(state.getVelocities())
-        times, etot, ekin, finite, done = [], [], [], True, 0
-        while done <= n_steps:
-            st = context.getState(getEnergy=True)
-            pe, ke = st.getPotentialEnergy()._value, st.getKineticEnergy()._value
-            if not (math.isfinite(pe) and math.isfinite(ke)):
-                finite = False
-                break
-            times.append(done * outer * 1e-3)  # ns
-            etot.append(pe + ke)
-            ekin.append(ke)
-            integ.step(every)
-            done += every
-        del context, integ
-        if not finite or len(times) < 3:
-            rows.append({**row, "status": "blew up", "finite": False})
-            continue
-        slope, se = C.linear_fit(np.array(times), np.array(etot))
-        ek = np.array(ekin)
-        rows.append({**row, "status": "ok", "finite": True, "drift_kT_per_ns_per_dof": slope / (dof * kT),
-                     "drift_stderr": se / (dof * kT),
-                     "mean_temperature_K": float(2 * ek.mean() / (dof * C.KB_KJ_PER_MOL_K))})
         ctx.log(f"[{NAME}] {model.arch}: inner {inner_fs:g} fs x {k}: drift "
                 f"{rows[-1]['drift_kT_per_ns_per_dof']:.3g} kT/ns/DOF")
     thr = s.drift_threshold
@@ -176,7 +147,6 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
     Wall time and, on the CPU platform, the process's CPU time per step (with one thread for torch and
     OpenMM it is the work done, which other jobs on a shared machine do not inflate): the ratio uses
     CPU time on the CPU platform and wall time on a GPU."""
-    import openmm.unit as u
 
     from openmm_cgnn.mts import langevin_integrator
 
@@ -217,7 +187,7 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
         wall = float(np.median(per_step[name]))
         cpu = float(np.median(cpu_step[name]))
         med = cpu if clock == "cpu" else wall
-        energy = contexts[name].getState(getEnergy=True).getPotentialEnergy()._value
+        energy = contexts[name].getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         out[name] = {"status": "ok", "step_fs": step_fs, "step_s": med, "wall_step_s": wall, "cpu_step_s": cpu,
                      "wall_step_s_min": min(per_step[name]), "wall_step_s_max": max(per_step[name]),
                      "cpu_step_s_min": min(cpu_step[name]), "cpu_step_s_max": max(cpu_step[name]),
@@ -232,7 +202,7 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
 
 def _trajectory(system, state, integrator, platform, mode: dict, outer_ps: float) -> tuple[np.ndarray, float]:
     """Frames (F, N, 3) nm of an NVT run from ``state`` (equilibration, then production), and seconds."""
-    context = C.make_context(system, integrator, platform, state.getPositions(asNumpy=True)._value)
+    context = C.make_context(system, integrator, platform, state.getPositions(asNumpy=True).value_in_unit(u.nanometer))
     context.setVelocities(state.getVelocities())
     per_frame = max(1, int(round(mode["frame_ps"] / outer_ps)))
     integrator.step(int(round(mode["equilibration_ps"] / outer_ps)))
@@ -241,7 +211,7 @@ def _trajectory(system, state, integrator, platform, mode: dict, outer_ps: float
     t = time.perf_counter()
     for f in range(n_frames):
         integrator.step(per_frame)
-        frames[f] = context.getState(getPositions=True).getPositions(asNumpy=True)._value
+        frames[f] = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
     seconds = time.perf_counter() - t
     del context
     if not np.isfinite(frames).all():
@@ -274,7 +244,7 @@ def _mad_with_error(g_a: np.ndarray, g_b: np.ndarray, n_boot: int, rng: np.rando
     return {"mad": value, "se": float(np.std(boots, ddof=1)) if n_boot > 1 else None}
 
 
-def measure_structure(ctx: C.Context, model: C.ModelEntry, dt_single_fs: float, chosen: dict, mode: dict,
+def measure_structure(ctx: C.BenchmarkContext, model: C.ModelEntry, dt_single_fs: float, chosen: dict, mode: dict,
                       budget: C.Budget) -> dict[str, Any]:
     """RDF MAD: MTS vs single-step run A, and single-step B vs A (the noise floor)."""
     import openmm
@@ -329,7 +299,7 @@ def measure_structure(ctx: C.Context, model: C.ModelEntry, dt_single_fs: float, 
     return out
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     mode = _mode(ctx)
     # per model: the drift runs and the timing share one budget, the structure runs get one of their own
@@ -366,7 +336,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
             n = model.min_beads
         ctx.log(f"[{NAME}] {arch} x {n}: speed, single step {single[arch]:g} fs vs MTS "
                 f"{chosen['inner_fs']:g} fs x {chosen['substeps']}")
-        speed = _guard(lambda: measure_speed(model, n, ctx.platform, s, single[arch], chosen["inner_fs"],
+        speed = C.guarded(lambda: measure_speed(model, n, ctx.platform, s, single[arch], chosen["inner_fs"],
                                              chosen["substeps"], budget))
         if speed.get("status") == "ok":
             speed["speedup"] = speed["mts"]["ns_per_day"] / speed["single"]["ns_per_day"]

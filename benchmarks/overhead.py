@@ -12,6 +12,8 @@ import statistics
 import time
 from typing import Any
 
+import openmm.unit as u
+
 from . import _common as C
 
 NAME = "overhead"
@@ -45,9 +47,8 @@ def bare_model_timer(model: C.ModelEntry, positions, edge: float, device: str, d
     return step
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     import openmm
-    import openmm.unit as u
 
     s = ctx.settings
     budget = ctx.budget()
@@ -68,7 +69,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
                 system, positions, edge = C.cg_system(model, n)
                 integ = openmm.VerletIntegrator(0.001 * u.picoseconds)
                 context = C.make_context(system, integ, ctx.platform, positions)
-                pos_now = context.getState(getPositions=True).getPositions(asNumpy=True)._value
+                pos_now = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
                 bare = bare_model_timer(model, pos_now, edge, ctx.device)
                 fwd = bare_model_timer(model, pos_now, edge, ctx.device, backward=False)
                 # warm both up and size a chunk (~min_time_s / max_chunks of OpenMM steps) ...

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from . import _common as C
-from .throughput import _guard
 
 NAME = "precision"
 
@@ -24,7 +23,7 @@ def _forces(model: C.ModelEntry, dtype: str, positions: np.ndarray, edge: float,
     return float(energy.detach()), -grad.double().cpu().numpy()
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     budget = ctx.budget()
     rows = []
@@ -37,12 +36,12 @@ def run(ctx: C.Context) -> dict[str, Any]:
         row: dict[str, Any] = {"model": arch, "n_beads": n}
         ctx.log(f"[{NAME}] {arch} x {n}: float32 / float64")
         for dtype in ("float32", "float64"):
-            row[dtype] = _guard(lambda: C.time_cg(model, n, ctx.platform, s, dt, budget, dtype=dtype)) \
+            row[dtype] = C.guarded(lambda: C.time_cg(model, n, ctx.platform, s, dt, budget, dtype=dtype)) \
                 if budget.remaining() > 0 else {"status": "skipped: time budget"}
         if row["float32"].get("status") == "ok" and row["float64"].get("status") == "ok":
             row["float64_over_float32"] = row["float64"]["step_s"] / row["float32"]["step_s"]
         try:
-            positions, edge = C.bead_lattice(n)
+            _, positions, edge = C.bead_lattice(n)
             e32, f32 = _forces(model, "float32", positions, edge, ctx.device)
             e64, f64 = _forces(model, "float64", positions, edge, ctx.device)
             row["accuracy"] = {"energy_abs_diff_kJ_mol": abs(e32 - e64), "energy_kJ_mol": e64,
@@ -56,7 +55,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
         if cuda:
             ctx.log(f"[{NAME}] {arch} x {n}: CUDA graphs off / on")
             for flag in (False, True):
-                row[f"cuda_graphs_{'on' if flag else 'off'}"] = _guard(
+                row[f"cuda_graphs_{'on' if flag else 'off'}"] = C.guarded(
                     lambda: C.time_cg(model, n, ctx.platform, s, dt, budget, use_cuda_graphs=flag)) \
                     if budget.remaining() > 0 else {"status": "skipped: time budget"}
             on, off = row["cuda_graphs_on"], row["cuda_graphs_off"]

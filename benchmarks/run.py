@@ -26,7 +26,6 @@ with the same date, device and mode that this run did not repeat are kept).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -40,8 +39,6 @@ if __package__ in (None, ""):
     if sys.path and Path(sys.path[0]).resolve() == _HERE:
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
 
 from benchmarks import _common as C  # noqa: E402
 from benchmarks import cg_profile, overhead, precision, scaling, throughput, training_speed  # noqa: E402
@@ -97,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     t_start = time.perf_counter()
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    settings = C.Settings.preset(args.mode)
+    settings = C.Settings.from_preset(args.mode)
     if args.archs:
         settings.archs = list(args.archs)
     budget = args.budget if args.budget is not None else settings.budget_s
 
     import openmm
 
-    from openmm_cgnn._io import versions, write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import versions, write_json_atomic, write_text_atomic
     from openmm_cgnn.reference import choose_platform
 
     platform = choose_platform(args.platform)
@@ -131,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     names = list(args.only) if args.only else list(BENCHMARKS)
     workdir, cleanup = C.new_workdir(args.workdir)
     models = C.Models(workdir, settings, device, args.model_dir, keep=args.workdir is not None)
-    ctx = C.Context(settings=settings, platform=platform, device=device, models=models, budget_s=budget, log=log)
+    ctx = C.BenchmarkContext(settings=settings, platform=platform, device=device, models=models, budget_s=budget, log=log)
     log(f"[bench] {args.mode}: {', '.join(names)} on {info['device']} (OpenMM {platform.getName()}, "
         f"torch {device}); budget {budget:.0f} s per benchmark")
 
@@ -233,7 +230,7 @@ def report(results: dict[str, Any]) -> str:
         lines += ["Models (speed does not depend on the weights):", "",
                   C.md_table(["model", "preset", "l", "features", "sensitivities", "cutoff nm", "weights"], rows), ""]
     benches = results.get("benchmarks", {})
-    for name in sorted(benches, key=C._order_key):  # the JSON file stores them sorted by name
+    for name in sorted(benches, key=C.benchmark_order_key):  # the JSON file stores them sorted by name
         entry = benches[name]
         lines += [_markdown(name, entry), "",
                   f"_{name}: {entry.get('seconds', 0):.0f} s, {entry.get('date')}, `{entry.get('command')}`, "

@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import _common as C
-from .throughput import _estimate, _guard
 
 NAME = "scaling"
 TARGET_EXPONENT = 1.1
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     budget = ctx.budget()
     archs = ctx.archs()
@@ -33,7 +32,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
             if key in stopped:
                 series[key].append({"n": n, "status": stopped[key]})
                 continue
-            est = _estimate(last.get(key), n, s)
+            est = C.predicted_seconds(last.get(key), n, s)
             if not budget.allows(est):
                 series[key].append({"n": n, "status": "skipped: time budget"})
                 continue
@@ -44,10 +43,10 @@ def run(ctx: C.Context) -> dict[str, Any]:
                     continue
             ctx.log(f"[{NAME}] {key} x {n}")
             if arch is None:
-                r = _guard(lambda: C.time_aa(n, ctx.platform, s, budget))
+                r = C.guarded(lambda: C.time_aa(n, ctx.platform, s, budget))
             else:
                 dt = timesteps.get(arch, 2.0) * 1e-3
-                r = _guard(lambda: C.time_cg(model, n, ctx.platform, s, dt, budget))
+                r = C.guarded(lambda: C.time_cg(model, n, ctx.platform, s, dt, budget))
             r["n"] = n
             if r["status"] == "ok":
                 last[key] = (n, r["step_s"], r.get("setup_s", 0.0))

@@ -21,13 +21,13 @@ NAME = "throughput"
 TARGETS = {"cg_over_aa_gpu_at_4096": 10.0, "cg_over_aa_cpu": 1.0}
 
 
-def _drift_size(ctx: C.Context, model: C.ModelEntry) -> int:
+def _drift_size(ctx: C.BenchmarkContext, model: C.ModelEntry) -> int:
     n = max(ctx.settings.drift_min_beads, model.min_beads)
     side = math.ceil(n ** (1.0 / 3.0) - 1e-9)
     return side ** 3
 
 
-def measure_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget) -> dict[str, Any]:
+def measure_drift(ctx: C.BenchmarkContext, model: C.ModelEntry, budget: C.Budget) -> dict[str, Any]:
     """NVE (Verlet) total-energy drift of the CG model at each time step, from one equilibrated state."""
     import openmm
     import openmm.unit as u
@@ -47,53 +47,18 @@ def measure_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget) -> dict
     context.setVelocitiesToTemperature(C.TEMPERATURE * u.kelvin, 4)
     state = context.getState(getPositions=True, getVelocities=True, getEnergy=True)
     step_s = (time.perf_counter() - t) / n_eq
-    equilibrated = math.isfinite(state.getPotentialEnergy()._value)
     del context, integ
     dof = 3 * n
-    kT = C.KB_KJ_PER_MOL_K * C.TEMPERATURE
     rows = []
     for dt_fs in s.drift_timesteps_fs:
         dt = dt_fs * 1e-3
         n_steps = max(10, int(round(s.drift_nve_ps / dt)))
         every = max(1, n_steps // s.drift_samples)  # each energy sample costs one more force evaluation
-        predicted = step_s * n_steps * (1 + 1.0 / every) + 5 * step_s
         row: dict[str, Any] = {"timestep_fs": dt_fs, "nve_ps": n_steps * dt, "steps": n_steps,
                                "sample_every": every}
-        if not equilibrated:
-            rows.append({**row, "status": "skipped: equilibration blew up"})
-            continue
-        if not budget.allows(predicted):
-            rows.append({**row, "status": f"skipped: time budget (needs ~{predicted:.0f} s)"})
-            continue
-        integ = openmm.VerletIntegrator(dt * u.picoseconds)
-        context = C.make_context(system, integ, ctx.platform, state.getPositions(asNumpy=True)._value)
-        context.setVelocities(state.getVelocities())
-        times, etot, ekin = [], [], []
-        finite = True
-        done = 0
-        while done <= n_steps:
-            st = context.getState(getEnergy=True)
-            pe, ke = st.getPotentialEnergy()._value, st.getKineticEnergy()._value
-            if not (math.isfinite(pe) and math.isfinite(ke)):
-                finite = False
-                break
-            times.append(done * dt * 1e-3)  # ns
-            etot.append(pe + ke)
-            ekin.append(ke)
-            integ.step(every)
-            done += every
-        del context, integ
-        if not finite or len(times) < 3:
-            rows.append({**row, "status": "blew up", "finite": False})
-            continue
-        slope, se = C.linear_fit(np.array(times), np.array(etot))
-        ek = np.array(ekin)
-        resid = np.array(etot) - np.polyval(np.polyfit(times, etot, 1), times)
-        rows.append({**row, "status": "ok", "finite": True,
-                     "drift_kT_per_ns_per_dof": slope / (dof * kT), "drift_stderr": se / (dof * kT),
-                     "drift_kJ_mol_per_ns": slope,
-                     "etot_fluct_over_ekin_fluct": float(np.std(resid) / np.std(ek)) if np.std(ek) > 0 else None,
-                     "mean_temperature_K": float(2 * ek.mean() / (dof * C.KB_KJ_PER_MOL_K))})
+        drift = C.nve_drift(system, state, openmm.VerletIntegrator(dt * u.picoseconds), ctx.platform, n_steps, every,
+                            dt, dof, step_s, budget)
+        rows.append({**row, **drift})
     # The largest time step that passes with every smaller tested one passing too.
     chosen = None
     for r in sorted(rows, key=lambda r: r["timestep_fs"]):
@@ -110,7 +75,7 @@ def measure_drift(ctx: C.Context, model: C.ModelEntry, budget: C.Budget) -> dict
             "chosen_timestep_fs": chosen, "note": note}
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     archs = ctx.archs()
     drift: dict[str, Any] = {}
@@ -135,14 +100,14 @@ def run(ctx: C.Context) -> dict[str, Any]:
     for n in s.throughput_sizes:
         row: dict[str, Any] = {"n_molecules": n}
         # all-atom
-        est = _estimate(last.get("aa"), n, s)
+        est = C.predicted_seconds(last.get("aa"), n, s)
         if stop_aa:
             row["aa"] = {"status": stop_aa}
         elif not budget.allows(est):
             row["aa"] = {"status": "skipped: time budget"}
         else:
             ctx.log(f"[{NAME}] all-atom methanol x {n}")
-            row["aa"] = _guard(lambda: C.time_aa(n, ctx.platform, s, budget))
+            row["aa"] = C.guarded(lambda: C.time_aa(n, ctx.platform, s, budget))
             if row["aa"].get("status") == "ok":
                 last["aa"] = (n, row["aa"]["step_s"], row["aa"]["setup_s"])
             elif "memory" in row["aa"].get("status", ""):
@@ -151,7 +116,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
             model = ctx.models.get(arch)
             key = f"cg_{arch}"
             dt_fs = drift[arch]["chosen_timestep_fs"]
-            est = _estimate(last.get(key), n, s)
+            est = C.predicted_seconds(last.get(key), n, s)
             if not model.fits(n):
                 row[key] = {"status": f"skipped: box ({C.box_edge_nm(n):.2f} nm) narrower than twice the "
                                       f"cutoff ({model.cutoff_nm:.2f} nm)"}
@@ -161,7 +126,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
                 row[key] = {"status": "skipped: time budget"}
             else:
                 ctx.log(f"[{NAME}] CG {arch} x {n} at {dt_fs} fs")
-                r = _guard(lambda: C.time_cg(model, n, ctx.platform, s, dt_fs * 1e-3, budget))
+                r = C.guarded(lambda: C.time_cg(model, n, ctx.platform, s, dt_fs * 1e-3, budget))
                 if r.get("status") == "ok":
                     r["ns_per_day_at_2fs"] = C.ns_per_day(r["step_s"], 0.002)
                     last[key] = (n, r["step_s"], r["setup_s"])
@@ -178,7 +143,7 @@ def run(ctx: C.Context) -> dict[str, Any]:
             "targets": TARGETS, "target_check": _targets(ctx, rows, archs)}
 
 
-def _targets(ctx: C.Context, rows: list[dict], archs: list[str]) -> dict[str, Any]:
+def _targets(ctx: C.BenchmarkContext, rows: list[dict], archs: list[str]) -> dict[str, Any]:
     gpu = ctx.platform_name in ("CUDA", "OpenCL")
     out = {}
     for arch in archs:
@@ -191,28 +156,6 @@ def _targets(ctx: C.Context, rows: list[dict], archs: list[str]) -> dict[str, An
         out[arch] = {"speedup": best, "target": target, "met": None if best is None else best >= target,
                      "condition": ">= 4096 molecules on GPU" if gpu else "CPU, any size"}
     return out
-
-
-def _estimate(last: tuple[int, float] | tuple[int, float, float] | None, n: int, s: C.Settings) -> float | None:
-    """Predicted wall time of measuring size ``n`` from the last size measured: (n0, step_s[, setup_s])."""
-    if last is None:
-        return None
-    n0, t0 = last[0], last[1]
-    setup = last[2] if len(last) > 2 else 0.0
-    step = t0 * (n / n0) ** 1.2
-    return setup * (n / n0) + step * (s.warmup_steps + 3) + s.min_time_s
-
-
-def _guard(fn) -> dict[str, Any]:
-    try:
-        return {"status": "ok", **fn()}
-    except C.OutOfBudget as exc:
-        return {"status": f"skipped: time budget ({exc})"}
-    except Exception as exc:  # noqa: BLE001 - a size that fails must not stop the others
-        C.free_memory()
-        if C.is_oom(exc):
-            return {"status": "skipped: out of memory", "error": C.short_error(exc)}
-        return {"status": "failed", "error": C.short_error(exc)}
 
 
 def markdown(res: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -26,15 +25,13 @@ if __package__ in (None, ""):
         sys.path.pop(0)
     sys.path.insert(0, str(_HERE.parent))
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
 from benchmarks import _common as C  # noqa: E402
 
 
 def _batch(preset: str, n_frames: int):
     from openmm_cgnn.training import TrainConfig
 
-    cfg = TrainConfig.preset(preset)
+    cfg = TrainConfig.from_preset(preset)
     n = C.min_beads_for_cutoff(cfg.cutoff_nm)
     n = math.ceil(n ** (1.0 / 3.0) - 1e-9) ** 3
     return cfg, C.synthetic_frames(n, n_frames, seed=2)
@@ -150,7 +147,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{C.today()}-{res['device']['slug']}-training-profile"
-    from openmm_cgnn._io import write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import write_json_atomic, write_text_atomic
 
     write_json_atomic(stem.with_suffix(".json"), json.loads(C.to_json(res)))
     md = markdown(res) + (f"\n{args.note}\n" if args.note else "")

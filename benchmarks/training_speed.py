@@ -25,7 +25,7 @@ def _step_fn(preset: str, n_frames: int, device: str, cache_pairs: bool = True):
     synthetic frames (one batch)."""
     from openmm_cgnn.training import TrainConfig, TrainingStep
 
-    cfg = TrainConfig.preset(preset)
+    cfg = TrainConfig.from_preset(preset)
     cfg.cache_pairs = cache_pairs
     n = C.min_beads_for_cutoff(cfg.cutoff_nm)
     side = math.ceil(n ** (1.0 / 3.0) - 1e-9)
@@ -35,7 +35,7 @@ def _step_fn(preset: str, n_frames: int, device: str, cache_pairs: bool = True):
     return step.step, n, cfg, step.pair_seconds
 
 
-def run(ctx: C.Context) -> dict[str, Any]:
+def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
     s = ctx.settings
     budget = ctx.budget()
     device = ctx.device

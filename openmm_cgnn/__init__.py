@@ -20,18 +20,7 @@ The names a script needs::
 Every error caused by the input derives from ``openmm_cgnn.CGNNError``.
 """
 
-import logging as _logging
-import os as _os
-
-_os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
-
-def _drop_simtk_warning(record: _logging.LogRecord) -> bool:
-    """openmm-torch imports the deprecated ``simtk.openmm``, whose warning says nothing to our users."""
-    return "importing 'simtk.openmm' is deprecated" not in str(record.msg)
-
-
-_logging.getLogger().addFilter(_drop_simtk_warning)
+from . import settings as _settings  # noqa: F401  (first: environment defaults, see openmm_cgnn.settings)
 
 import vesin_torch as _vesin_torch  # noqa: E402,F401  (registers torch.classes.vesin)
 import openmmml as _openmmml  # noqa: E402,F401  (first, so that its loading of our potentials finds whole modules)
@@ -39,6 +28,7 @@ import openmmml as _openmmml  # noqa: E402,F401  (first, so that its loading of 
 from .dataset import CGDataset  # noqa: E402
 from .errors import CGNNError  # noqa: E402
 from .export import load_exported  # noqa: E402
+from .reporters import CGBlowUpReporter, CGFrameReporter, CGSimulationBlowUpError  # noqa: E402
 from .system import cg_topology_from_dataset, create_system  # noqa: E402
 
 __version__ = "0.1.0"
@@ -49,4 +39,7 @@ __all__ = [
     "cg_topology_from_dataset",
     "create_system",
     "load_exported",
+    "CGBlowUpReporter",
+    "CGFrameReporter",
+    "CGSimulationBlowUpError",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import openmm.app as app
 
-from ._io import save_npz_atomic, write_text_atomic
+from .files import save_npz_atomic, write_text_atomic
 
 
 class FrameSchedule:

@@ -223,7 +223,7 @@ def pack_box(molecules: Sequence[Molecule], counts: Sequence[int], density: floa
     box = np.eye(3) * edge
     for _ in range(50):
         positions = np.concatenate([r + (s + 0.5) * spacing for r, s in zip(rotated, sites)])
-        clashing = _clashing(positions, box, owner, min_distance)
+        clashing = clashing_molecules(positions, box, owner, min_distance)
         if not clashing.size:
             break
         for i in clashing:
@@ -235,7 +235,9 @@ def pack_box(molecules: Sequence[Molecule], counts: Sequence[int], density: floa
     return top, positions, edge
 
 
-def _clashing(positions: np.ndarray, box: np.ndarray, owner: np.ndarray, min_distance: float) -> np.ndarray:
+def clashing_molecules(positions: np.ndarray, box: np.ndarray, owner: np.ndarray, min_distance: float) -> np.ndarray:
+    """Indices of the molecules with an atom closer than ``min_distance`` (nm) to another molecule's atom.
+    Positions (N, 3) and box (3, 3) in nm; ``owner`` (N,): the molecule index of each atom."""
     from vesin import NeighborList
 
     i, j = NeighborList(cutoff=min_distance, full_list=False).compute(points=positions, box=box, periodic=True,

@@ -57,8 +57,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._io import versions, write_json_atomic
 from .cgpair import FORMAT, PairForceFieldFormatError, PairModel, check_type_names, pair_index_matrix
+from .files import versions, write_json_atomic
 from .dataset import CGDataset
 from .errors import MissingInputError
 from .geometry import box_widths, cutoff_fits

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
-from .errors import CGNNError, ConfigError  # noqa: E402
+from .errors import CGNNError, ConfigError
 
 
 class CLIError(CGNNError):
@@ -63,10 +60,15 @@ def _add_reference(sub) -> None:
     p.add_argument("--frame-interval", type=float, default=1.0, help="time between saved frames, ps (default 1)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--platform", default=None, help="OpenMM platform (default: CUDA if available, else CPU)")
-    p.add_argument("--out", required=True, help="output NPZ file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_output(p, "output NPZ file")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_reference)
+
+
+def _add_output(p, help: str, overwrite: str = "replace an existing output") -> None:
+    """The required --out (``help`` says what it is) and --overwrite."""
+    p.add_argument("--out", required=True, help=help)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
 
 
 def _cmd_reference(args) -> None:
@@ -127,8 +129,7 @@ def _add_import(sub) -> None:
     p.add_argument("--temperature", type=float, required=True, help="temperature of the run, K")
     p.add_argument("--pressure", type=float, default=None, help="pressure of an NPT run, bar (omit for NVT)")
     p.add_argument("--stride", type=int, default=1, help="keep every n-th frame (default 1)")
-    p.add_argument("--out", required=True, help="output NPZ (all-atom reference format)")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p, "output NPZ (all-atom reference format)")
     p.set_defaults(func=_cmd_import)
 
 
@@ -144,11 +145,10 @@ def _add_map(sub) -> None:
                        description="Map atomic positions to bead centres of mass and atomic forces to summed bead "
                                    "forces; write a CG data set (NPZ) for training.")
     p.add_argument("--in", dest="inp", required=True, help="all-atom reference NPZ from 'openmm-cgnn reference'")
-    p.add_argument("--out", required=True, help="output CG data set NPZ")
+    _add_output(p, "output CG data set NPZ")
     p.add_argument("--mapping", default=None,
                    help="JSON file: residue name -> list of {name, atoms}; default one bead per molecule")
     p.add_argument("--skip", type=int, default=0, help="drop this many leading frames")
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_map)
 
 
@@ -165,13 +165,10 @@ def _add_train(sub) -> None:
                        description="Train HIP-NN-TS by force matching on one or several CG data sets and write a "
                                    "model directory (weights, config.toml, prior.json, metrics.json, metadata.json).")
     p.add_argument("--data", nargs="+", required=True, help="CG data sets (NPZ) from 'openmm-cgnn map'")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "fast", "paper"],
-                   help="hyperparameters: tiny (CPU demos, tests), fast (small student network, see distill) "
-                        "or paper (Shinkle et al. 2024; use a GPU)")
-    p.add_argument("--config", default=None, help="TOML file of hyperparameters (overrides --preset)")
+    _add_hyperparameter_options(p, "tiny", "hyperparameters: tiny (CPU demos, tests), fast (small student network, "
+                                "see distill) or paper (Shinkle et al. 2024; use a GPU)", "hyperparameters")
     p.add_argument("--tensor-order", type=int, choices=[0, 1, 2], default=None,
                    help="HIP-NN tensor order: 0 (HIP-NN), 1, 2 (HIP-NN-TS, default of the presets)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
     p.add_argument("--no-volume-term", action="store_true",
                    help="do not fit the volume term U_V by pressure matching (fitted by default when the data "
                         "carry all-atom pressures)")
@@ -185,9 +182,33 @@ def _add_train(sub) -> None:
                    help="with --temperature-aware: split U into E(R) - T S(R) (split, default) or give T to the "
                         "network as an input feature of every bead (input)")
     _add_device_options(p)
-    p.add_argument("--out", required=True, help="model directory to create")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p, "model directory to create")
     p.set_defaults(func=_cmd_train)
+
+
+def _add_hyperparameter_options(p, preset: str, preset_help: str, what: str) -> None:
+    """--preset (default ``preset``), --config (a TOML file of ``what``) and --epochs (train and distill)."""
+    p.add_argument("--preset", default=preset, choices=["tiny", "fast", "paper"], help=preset_help)
+    p.add_argument("--config", default=None, help=f"TOML file of {what} (overrides --preset)")
+    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+
+
+def _train_config(args):
+    """The TrainConfig of --config or --preset, with --epochs and the device options applied."""
+    from .training import TrainConfig
+
+    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.from_preset(args.preset)
+    if args.epochs is not None:
+        cfg.max_epochs = args.epochs
+    _apply_device_options(cfg, args)
+    return cfg
+
+
+def _print_test_fit(model_dir, head: str, rmse_label: str) -> None:
+    """One line: ``head``, then the test-split force RMSE (kJ/mol/nm) and R2 of a trained model directory."""
+    metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
+    test = metrics.get("test", {}).get("all", {})
+    print(f"{head}; {rmse_label} {test.get('rmse', float('nan')):.1f} kJ/mol/nm, R2 {test.get('r2', float('nan')):.3f}")
 
 
 def _add_device_options(p) -> None:
@@ -206,13 +227,11 @@ def _apply_device_options(cfg, args) -> None:
 
 
 def _cmd_train(args) -> None:
-    from .training import TrainConfig, train
+    from .training import train
 
-    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
+    cfg = _train_config(args)
     if args.tensor_order is not None:
         cfg.tensor_order = args.tensor_order
-    if args.epochs is not None:
-        cfg.max_epochs = args.epochs
     if args.no_volume_term:
         cfg.fit_volume = False
     if args.volume_from is not None:
@@ -223,15 +242,11 @@ def _cmd_train(args) -> None:
         if not cfg.temperature_aware:
             raise ConfigError("--temperature-form needs --temperature-aware", "temperature_form")
         cfg.temperature_form = args.temperature_form
-    _apply_device_options(cfg, args)
     cfg.validate()
     out = train(args.data, cfg, args.out, overwrite=args.overwrite)
     if out is None:  # another process of a distributed run: rank 0 reports
         return
-    metrics = json.loads((Path(out) / "metrics.json").read_text())
-    test = metrics.get("test", {}).get("all", {})
-    print(f"[train] model in {out}; test force RMSE {test.get('rmse', float('nan')):.1f} kJ/mol/nm, "
-          f"R2 {test.get('r2', float('nan')):.3f}")
+    _print_test_fit(out, f"[train] model in {out}", "test force RMSE")
 
 
 def _add_distill(sub) -> None:
@@ -242,31 +257,21 @@ def _add_distill(sub) -> None:
     p.add_argument("--data", nargs="+", required=True, help="CG data sets (NPZ) whose frames are relabelled")
     p.add_argument("--cg-runs", nargs="*", default=[],
                    help="'openmm-cgnn simulate' folders of the teacher's system: their frames are added")
-    p.add_argument("--preset", default="fast", choices=["tiny", "fast", "paper"], help="student hyperparameters")
-    p.add_argument("--config", default=None, help="TOML file of student hyperparameters (overrides --preset)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+    _add_hyperparameter_options(p, "fast", "student hyperparameters", "student hyperparameters")
     _add_device_options(p)
-    p.add_argument("--out", required=True, help="student model directory to create")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p, "student model directory to create")
     p.set_defaults(func=_cmd_distill)
 
 
 def _cmd_distill(args) -> None:
     from .distill import distill
-    from .training import TrainConfig
 
-    cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.preset(args.preset)
-    if args.epochs is not None:
-        cfg.max_epochs = args.epochs
-    _apply_device_options(cfg, args)
+    cfg = _train_config(args)
     cfg.validate()
     out = distill(args.teacher, args.data, cfg, args.out, cg_runs=args.cg_runs, overwrite=args.overwrite)
     if out is None:
         return
-    metrics = json.loads((Path(out) / "metrics.json").read_text())
-    test = metrics.get("test", {}).get("all", {})
-    print(f"[distill] student in {out}; test force RMSE against the teacher {test.get('rmse', float('nan')):.1f} "
-          f"kJ/mol/nm, R2 {test.get('r2', float('nan')):.3f}")
+    _print_test_fit(out, f"[distill] student in {out}", "test force RMSE against the teacher")
 
 
 def _add_export(sub) -> None:
@@ -274,9 +279,8 @@ def _add_export(sub) -> None:
                        description="Write a TorchScript module forward(positions nm, boxvectors nm) -> energy kJ/mol "
                                    "that openmm-torch's TorchForce runs without Python.")
     p.add_argument("model_dir", help="model directory from 'openmm-cgnn train'")
-    p.add_argument("--out", required=True, help="output .pt file")
+    _add_output(p, "output .pt file")
     p.add_argument("--precision", default="float32", choices=["float32", "float64"])
-    p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
 
 
@@ -311,8 +315,7 @@ def _add_simulate(sub) -> None:
     p.add_argument("--neighbour-capacity", type=int, default=0, metavar="K",
                    help="neighbours per bead in the model's fixed neighbour table (default: the capacity "
                         "recorded at export from the training data); raise it when a run stops with an overflow")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
+    _add_output(p, "output folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
@@ -376,7 +379,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--state-points", required=True,
                    help="comma-separated TEMPERATURE:DENSITY (NVT, e.g. 300K:0.787g/cm3) or TEMPERATURE:PRESSURE "
                         "(NPT, e.g. 300K:1bar), or a TOML file of state points")
-    p.add_argument("--out", required=True, help="output folder of the report")
+    _add_output(p, "output folder of the report", "replace an existing report")
     p.add_argument("--preset", default="default", choices=["tiny", "default", "full"],
                    help="run lengths: tiny (seconds, tests), default (a few CPU minutes per state point, 64 "
                         "molecules) or full (512 molecules, 0.5 ns runs: use a GPU)")
@@ -394,7 +397,6 @@ def _add_compare(sub) -> None:
                    help="OpenMM platform for every run (default CUDA if available, else CPU)")
     _add_speed_options(p, harness=True)
     _add_cluster_options(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_compare)
 
@@ -404,7 +406,7 @@ def _cmd_compare(args) -> None:
 
     from .harness import HarnessConfig, compare
 
-    cfg = HarnessConfig.from_json(args.config) if args.config else HarnessConfig.preset(args.preset)
+    cfg = HarnessConfig.from_json(args.config) if args.config else HarnessConfig.from_preset(args.preset)
     if args.molecules is not None:
         cfg = replace(cfg, n_molecules=args.molecules)
     if args.platform is not None:
@@ -444,7 +446,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(args) -> None:
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.preset_named(args.preset)
+    cfg = DemoConfig.from_preset(args.preset)
     cfg.platform = args.platform
     run_demo(args.out, cfg)
 
@@ -467,7 +469,7 @@ def _add_study(sub) -> None:
 def _cmd_study(args) -> None:
     from .study import StudyConfig, run_transfer_study
 
-    cfg = StudyConfig.preset_named(args.preset)
+    cfg = StudyConfig.from_preset(args.preset)
     cfg.platform = args.platform
     run_transfer_study(args.out, cfg, cluster=_cluster_config(args))
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import read_metadata_json, read_npz, save_npz_atomic
+from .files import read_metadata_json, read_npz, save_npz_atomic
 from .errors import CGNNError
 
 FORMAT = "openmm-cgnn/cg-dataset"

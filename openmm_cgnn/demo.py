@@ -10,7 +10,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._io import write_json_atomic
+from .deprecation import renamed
+from .errors import ConfigError
+from .files import write_json_atomic
 
 
 @dataclass
@@ -37,13 +39,16 @@ class DemoConfig:
     platform: str | None = None
 
     @classmethod
-    def preset_named(cls, name: str) -> "DemoConfig":
+    def from_preset(cls, name: str) -> "DemoConfig":
+        """``"cpu"``: about 15 minutes on 2 cores (tiny network); ``"full"``: the paper network and sizes."""
         if name == "cpu":
             return cls()
         if name == "full":
             return cls(preset="full", n_molecules=512, equilibration=100.0, production=1000.0, frame_interval=1.0,
                        aa_cutoff=1.0, train_preset="paper", max_epochs=None, harness_preset="full", volume_nvt_ps=50.0)
-        raise ValueError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'")
+        raise ConfigError(f"unknown demo preset {name!r}; choose 'cpu' or 'full'", "preset")
+
+    preset_named = renamed("from_preset")   # the old name
 
 
 def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) -> Path:
@@ -56,7 +61,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
     from .training import TrainConfig, train
 
     config = config or DemoConfig()
-    from ._io import make_output_dir
+    from .files import make_output_dir
 
     out = make_output_dir(out)
     write_json_atomic(out / "demo.json", asdict(config))
@@ -75,7 +80,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
 
     model_dir, model_pt = out / "model", out / "model.pt"
     if not (model_dir / "metadata.json").exists():
-        tc = TrainConfig.preset(config.train_preset)
+        tc = TrainConfig.from_preset(config.train_preset)
         if config.max_epochs is not None:
             tc.max_epochs = config.max_epochs
         tc.volume_source, tc.volume_nvt_ps, tc.volume_nvt_equilibration_ps = config.volume_source, config.volume_nvt_ps, 1.0
@@ -84,7 +89,7 @@ def run_demo(out: str | Path = "demo-output", config: DemoConfig | None = None) 
         export_model(model_dir, model_pt, dtype="float32")
         print(f"[demo] exported model -> {model_pt}")
 
-    harness_config = HarnessConfig.preset(config.harness_preset)
+    harness_config = HarnessConfig.from_preset(config.harness_preset)
     harness_config.n_molecules = config.n_molecules
     harness_config.platform = config.platform
     harness_config.adf_shell_cutoff = config.adf_shell_cutoff

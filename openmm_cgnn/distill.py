@@ -86,7 +86,7 @@ def distill(teacher_dir: str | Path, datasets: Sequence[str | Path], config: Tra
 
     :param teacher_dir: trained model directory of the teacher.
     :param datasets: CG data sets (NPZ) whose frames are relabelled with the teacher's forces.
-    :param config: the student's hyperparameters (e.g. ``TrainConfig.preset("fast")``).
+    :param config: the student's hyperparameters (e.g. ``TrainConfig.from_preset("fast")``).
     :param out_dir: the student's model directory.
     :param cg_runs: ``openmm-cgnn simulate`` output folders of the teacher's system; their frames are
         added as extra data sets, relabelled the same way (paired with the first data set's beads).

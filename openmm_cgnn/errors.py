@@ -2,8 +2,8 @@
 derives from :class:`CGNNError`; the command line prints its one-line message and exits with status 2.
 Any other exception is a bug and keeps its traceback.
 
-The stage modules keep their own subclasses (``ReferenceError``, ``MappingError``, ``DatasetFormatError``,
-``CGSystemError``, ``StatePointError``, ``CGSimulationBlowUp`` ...); each also derives from the built-in
+The stage modules keep their own subclasses (``ReferenceRunError``, ``MappingError``, ``DatasetFormatError``,
+``CGSystemError``, ``StatePointError``, ``CGSimulationBlowUpError`` ...); each also derives from the built-in
 exception it replaced (``ValueError``, ``RuntimeError``, ``FileNotFoundError`` ...), so ``except ValueError``
 keeps working.
 """
@@ -32,6 +32,10 @@ class InputFileError(CGNNError, ValueError):
 
 class MissingInputError(CGNNError, FileNotFoundError):
     """An input file or folder does not exist."""
+
+
+class OutputExistsError(CGNNError, FileExistsError):
+    """An output path exists and the caller did not ask to overwrite it."""
 
 
 class OutputPathError(CGNNError, OSError):

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 
-from ._io import atomic_write, check_output_path
+from .files import atomic_write, check_output_path
 from .prior import PriorParams
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 from .volume import VolumeTerm, VolumeTermParams  # volume term U_V(V, N): see openmm_cgnn.volume
@@ -747,7 +747,9 @@ def _dtype(name: str) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}") from None
+        from .errors import ConfigError
+
+        raise ConfigError(f"dtype (--precision) must be 'float32' or 'float64', got {name!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -836,7 +838,7 @@ def load_exported(path: str | Path,
         module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
         if "torch.classes.vesin" in str(exc):
-            raise RuntimeError(
+            raise InputFileError(
                 f"cannot load '{path}': it uses vesin's TorchScript neighbour list; run `import openmm_cgnn` "
                 "or `import vesin_torch` before torch.jit.load (and check that vesin-torch matches this torch)"
             ) from exc

@@ -13,7 +13,7 @@ Use::
 
     from openmm_cgnn.harness import HarnessConfig, compare, summary_lines
     report = compare("model.pt", "300K:0.787g/cm3,400K:0.787g/cm3,300K:1bar", "report/",
-                     HarnessConfig.preset("default"))
+                     HarnessConfig.from_preset("default"))
     print("\n".join(summary_lines(report)))
 
 or ``openmm-cgnn compare --model model.pt --state-points ... --out report/``. The model may also be
@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import CGNNError
-from ._io import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
-from ._io import check_writable, make_output_dir
+from .files import OutputExistsError, cpu_model, read_config_file, save_npz_atomic, versions, write_json_atomic, write_text_atomic
+from .files import check_writable, make_output_dir
 from . import validation as V
+from .deprecation import renamed
 from .geometry import aa_cutoff_for_edge, box_edge, cutoff_fits
 from .species import get_species
 from .errors import ConfigError, InputFileError, MissingInputError
@@ -142,8 +143,8 @@ class HarnessConfig:
     equilibration, production, frame interval, CUDA graphs, multiple time stepping, ...); the harness
     fills in their state, system, seed and platform per state point (``REFERENCE_PER_STATE_POINT``,
     ``CG_PER_STATE_POINT``). The keywords of the older flat form (``aa_production=...``,
-    ``cg_timestep=...``, listed in ``docs/formats.md``) are accepted by the constructor, :meth:`preset`,
-    ``dataclasses.replace`` and :meth:`from_dict`, and read as attributes. See :meth:`preset` for "tiny"
+    ``cg_timestep=...``, listed in ``docs/formats.md``) are accepted by the constructor, :meth:`from_preset`,
+    ``dataclasses.replace`` and :meth:`from_dict`, and read as attributes. See :meth:`from_preset` for "tiny"
     (tests), "default" (the CPU demo) and "full" (a GPU study).
     """
 
@@ -237,8 +238,10 @@ class HarnessConfig:
         ref.validate()
         cg.validate()
 
+    preset = renamed("from_preset")   # the old name
+
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> "HarnessConfig":
         """``"tiny"``: seconds per state point, for tests (64 molecules, 1.5 ps all-atom and 0.6 ps CG
         runs, 20 frames each; the numbers mean little). ``"default"``: the CPU demo, a few minutes per
         state point on 2 CPU cores for 64 molecules (10 + 50 ps all-atom with 100 frames, 5 + 30 ps
@@ -362,7 +365,7 @@ def device_name(platform_name: str) -> str:
 
 def _dataset_metadata(path: Path) -> dict[str, Any]:
     """The metadata of a CG data set, without loading its arrays."""
-    from ._io import read_metadata_json, read_npz
+    from .files import read_metadata_json, read_npz
     from .dataset import FORMAT, DatasetFormatError
 
     z = read_npz(path, "reference data set", "a CG data set from 'openmm-cgnn map'", keys=("metadata_json",))
@@ -579,7 +582,7 @@ def compare(model: str | Path, state_points: Any, out_dir: str | Path, config: H
         export``, ``MLPotential("cgnn")``) or a pair force field (``.json``, ``MLPotential("cgpair")``).
     :param state_points: StatePoints, strings ("300K:0.787g/cm3"), a comma-separated string or a TOML path.
     :param out_dir: output folder (its files are described in ``docs/formats.md``).
-    :param config: the settings (default ``HarnessConfig.preset("default")``).
+    :param config: the settings (default ``HarnessConfig.from_preset("default")``).
     :param reference_datasets: CG data sets (from ``openmm-cgnn map``) to use as the reference where
         their ``metadata.state`` matches a state point, instead of running the all-atom simulation.
     :param overwrite: replace an existing report; without it an ``out_dir`` that holds ``report.json``
@@ -612,7 +615,7 @@ def plan_comparison(model: str | Path, state_points: Any, out_dir: str | Path, c
     used as a given reference (when that piece succeeded; else this comparison runs its own)."""
     from .system import CGModel
 
-    config = config if config is not None else HarnessConfig.preset("default")
+    config = config if config is not None else HarnessConfig.from_preset("default")
     config.validate()
     points = parse_state_points(state_points)
     out = Path(out_dir)
@@ -999,7 +1002,7 @@ def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConf
     """
     import openmm
 
-    from .simulate import CGSimulationBlowUp, load_cg_frames, run_cg_simulation
+    from .simulate import CGSimulationBlowUpError, load_cg_frames, run_cg_simulation
 
     cfg = replace(config.cg, model=str(model), temperature=sp.temperature, pressure=sp.pressure, seed=config.seed,
                   platform=platform, start_dataset=str(ds_path), start_frame=-1, n_beads=None, density=None)
@@ -1024,7 +1027,7 @@ def cg_piece(sp: StatePoint, model: Path, model_sha256: str, config: HarnessConf
         try:
             # overwrite: never resume an interrupted run of an earlier --overwrite'd comparison
             run_cg_simulation(cfg, sim_dir, overwrite=overwrite or finished_before, progress=progress)
-        except CGSimulationBlowUp as exc:
+        except CGSimulationBlowUpError as exc:
             status, error = "blew_up", str(exc)
         except openmm.OpenMMException as exc:
             # e.g. the model refusing a box that collapsed below twice its cutoff under the barostat

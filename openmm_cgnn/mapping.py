@@ -244,7 +244,7 @@ def create_mapping(topology: app.Topology,
 
 def load_mapping_spec(path: str | Path) -> dict[str, Any]:
     """Read a user map from a JSON file (the format in the module docstring)."""
-    from ._io import read_config_file
+    from .files import read_config_file
 
     path = Path(path)
     spec = read_config_file(path, "mapping file", MappingError)
@@ -261,7 +261,7 @@ def map_reference(reference: str | Path, out: str | Path, beads_per_residue: Map
 
     ``skip`` drops that many leading frames. Returns the written :class:`~openmm_cgnn.dataset.CGDataset`.
     """
-    from ._io import check_output_path, versions
+    from .files import check_output_path, versions
     from .dataset import CGDataset, DatasetFormatError
     from .reference import load_reference
 

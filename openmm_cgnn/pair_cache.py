@@ -23,10 +23,6 @@ Lengths are those of the positions given (angstrom inside training); the arrays 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
-
 import numpy as np
 import torch
 from hippynn.graphs.indextypes import IdxType

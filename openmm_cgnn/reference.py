@@ -36,8 +36,10 @@ import openmm.app as app
 import openmm.unit as u
 
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
+from .aa_input import clashing_molecules
 from . import validation as V
-from ._io import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
+from .deprecation import module_getattr
+from .files import check_output_path, read_metadata_json, read_npz, save_npz_atomic, versions
 from .errors import CGNNError
 from .species import Species, get_species
 from .pressure import attach_pressure_probe, current_pressure, find_barostat_index
@@ -50,11 +52,11 @@ REFERENCE_UNITS = {"positions": "nm", "forces": "kJ/mol/nm", "boxes": "nm", "pot
                    "time": "ps", "temperature": "K", "pressure": "bar", "density": "g/cm^3"}
 
 
-class ReferenceError(CGNNError, ValueError):
+class ReferenceRunError(CGNNError, ValueError):
     """A reference run cannot be set up as asked (bad species, density, box, force field...)."""
 
 
-class ReferenceBlowUp(CGNNError, RuntimeError):
+class ReferenceBlowUpError(CGNNError, RuntimeError):
     """The all-atom simulation stopped being finite; the message says when and what to try."""
 
 
@@ -136,9 +138,9 @@ def build_box(species: Species, n_molecules: int, density: float,
     Returns (topology with box set, positions (n_atoms, 3) nm, box edge nm).
     """
     if n_molecules < 1:
-        raise ReferenceError(f"need at least one molecule, got {n_molecules}")
+        raise ReferenceRunError(f"need at least one molecule, got {n_molecules}")
     if not (0.0 < density < 3.0):
-        raise ReferenceError(f"density {density} g/cm^3 is impossible for a molecular liquid; give a value in (0, 3)")
+        raise ReferenceRunError(f"density {density} g/cm^3 is impossible for a molecular liquid; give a value in (0, 3)")
     top = build_topology(species, n_molecules)
     masses = species.atom_masses
     edge = box_edge(n_molecules, species.molecular_mass, density)
@@ -148,7 +150,7 @@ def build_box(species: Species, n_molecules: int, density: float,
     radius = float(np.max(np.linalg.norm(centred, axis=1)))
     mean_spacing = edge / n_molecules ** (1.0 / 3.0)
     if mean_spacing < 2.0 * radius:
-        raise ReferenceError(
+        raise ReferenceRunError(
             f"density {density} g/cm^3 puts {species.name} molecules {mean_spacing:.3f} nm apart, closer than their "
             f"size ({2 * radius:.3f} nm); lower the density")
     sites = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
@@ -159,24 +161,14 @@ def build_box(species: Species, n_molecules: int, density: float,
     # finer than the molecules when N is not a cube); minimisation removes what is left.
     for _ in range(50):
         positions = np.concatenate([r + (s + 0.5) * spacing for r, s in zip(rotated, sites)])
-        clashing = _clashing_molecules(positions, box, len(species.elements), min_distance=0.12)
+        owner = np.arange(len(positions)) // len(species.elements)
+        clashing = clashing_molecules(positions, box, owner, min_distance=0.12)
         if not clashing.size:
             break
         for m in clashing:
             rotated[m] = centred @ _random_rotation(rng).T
     top.setPeriodicBoxVectors(box * u.nanometer)
     return top, positions, edge
-
-
-def _clashing_molecules(positions: np.ndarray, box: np.ndarray, atoms_per_molecule: int,
-                        min_distance: float) -> np.ndarray:
-    """Indices of molecules with an atom closer than ``min_distance`` (nm) to another molecule's atom."""
-    from vesin import NeighborList
-
-    i, j = NeighborList(cutoff=min_distance, full_list=False).compute(points=positions, box=box, periodic=True,
-                                                                      quantities="ij")
-    mi, mj = i // atoms_per_molecule, j // atoms_per_molecule
-    return np.unique(np.concatenate([mi[mi != mj], mj[mi != mj]]))
 
 
 # -- the OpenMM side --------------------------------------------------------------------------
@@ -188,7 +180,7 @@ def choose_platform(name: str | None = None) -> openmm.Platform:
             return openmm.Platform.getPlatformByName(name)
         except Exception:
             names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-            raise ReferenceError(f"OpenMM platform '{name}' is not available; available: {', '.join(names)}") from None
+            raise ReferenceRunError(f"OpenMM platform '{name}' is not available; available: {', '.join(names)}") from None
     for candidate in ("CUDA", "CPU"):
         try:
             platform = openmm.Platform.getPlatformByName(candidate)
@@ -223,18 +215,18 @@ def create_aa_system(config: ReferenceConfig, topology: app.Topology, barostat: 
         ff = app.ForceField(*files)
     except Exception as exc:  # a user's XML file: missing, malformed or not an OpenMM force field
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise ReferenceError(f"cannot read the force field {', '.join(repr(f) for f in files)} ({detail}); "
+        raise ReferenceRunError(f"cannot read the force field {', '.join(repr(f) for f in files)} ({detail}); "
                              "give a built-in force-field name or a valid OpenMM force-field XML file") from None
     edge = min(topology.getPeriodicBoxVectors()[i][i].value_in_unit(u.nanometer) for i in range(3))
     if edge < 2.0 * config.cutoff:
-        raise ReferenceError(
+        raise ReferenceRunError(
             f"box edge {edge:.3f} nm is smaller than twice the cutoff ({config.cutoff} nm); use more molecules "
             f"or a smaller --cutoff (at most {edge / 2:.3f} nm)")
     try:
         system = ff.createSystem(topology, nonbondedMethod=app.PME, nonbondedCutoff=config.cutoff * u.nanometer,
                                  constraints=app.HBonds, rigidWater=True)
     except ValueError as exc:
-        raise ReferenceError(f"force field '{config.forcefield or species.default_forcefield}' cannot "
+        raise ReferenceRunError(f"force field '{config.forcefield or species.default_forcefield}' cannot "
                              f"parameterise {species.name}: {exc}") from None
     if barostat:
         add_barostat(config, system)
@@ -298,7 +290,7 @@ def run_reference(config: ReferenceConfig, out: str | Path, overwrite: bool = Fa
     resume = partial.resumable()
     if resume and not partial.same_config():
         if not overwrite:
-            raise ReferenceError(
+            raise ReferenceRunError(
                 f"'{partial.folder}' holds an interrupted run with different settings; rerun with the same "
                 "settings to resume it, or delete that folder (or pass --overwrite) to start afresh")
         resume = False
@@ -331,9 +323,9 @@ def _discard_partial_on_failure(partial: PartialRun, fresh: bool):
         yield
     except openmm.OpenMMException as exc:
         partial.remove()
-        raise ReferenceBlowUp(f"the all-atom simulation stopped: {' '.join(str(exc).split())}; try a smaller "
+        raise ReferenceBlowUpError(f"the all-atom simulation stopped: {' '.join(str(exc).split())}; try a smaller "
                               "--timestep or a longer equilibration") from None
-    except ReferenceBlowUp:
+    except ReferenceBlowUpError:
         partial.remove()
         raise
     except Exception:
@@ -367,7 +359,7 @@ def _record(simulation: app.Simulation, config: ReferenceConfig, partial: Partia
         state = simulation.context.getState(getPositions=True, getForces=True, getEnergy=True)
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         if not math.isfinite(energy):
-            raise ReferenceBlowUp(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
+            raise ReferenceBlowUpError(f"the all-atom simulation blew up (energy {energy}) at frame {len(frames)}; "
                                   "try a smaller --timestep or a longer equilibration")
         # after getState: the estimator scales the box and positions and restores them
         pressure = current_pressure(simulation.context, barostat)
@@ -449,17 +441,22 @@ def load_reference(path: str | Path) -> ReferenceTrajectory:
     z = read_npz(path, "reference file", expected)
     meta = read_metadata_json(z, path, "reference file") if "metadata_json" in z else {}
     if meta.get("format") == "openmm-cgnn/cg-dataset":
-        raise ReferenceError(f"'{path}' is already a mapped CG data set; expected {expected}")
+        raise ReferenceRunError(f"'{path}' is already a mapped CG data set; expected {expected}")
     if "metadata_json" not in z or "top_atom_names" not in z:
-        raise ReferenceError(f"'{path}' is not an openmm-cgnn all-atom reference file; expected {expected}")
+        raise ReferenceRunError(f"'{path}' is not an openmm-cgnn all-atom reference file; expected {expected}")
     if meta.get("format") != REFERENCE_FORMAT:
-        raise ReferenceError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+        raise ReferenceRunError(f"'{path}' has format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
     missing = [k for k in ("positions", "forces", "boxes", "potential_energy", "time") if k not in z]
     if missing:
-        raise ReferenceError(f"reference file '{path}' lacks {', '.join(missing)}")
+        raise ReferenceRunError(f"reference file '{path}' lacks {', '.join(missing)}")
     try:
         top = topology_from_arrays(z)
     except (KeyError, ValueError, IndexError) as exc:
-        raise ReferenceError(f"reference file '{path}' has a damaged topology ({exc})") from None
+        raise ReferenceRunError(f"reference file '{path}' has a damaged topology ({exc})") from None
     return ReferenceTrajectory(top, z["positions"], z["forces"], z["boxes"], z["potential_energy"], z["time"], meta,
                                z["pressure"] if "pressure" in z else None)
+
+
+# old names (ReferenceError shadowed the Python builtin)
+__getattr__ = module_getattr(__name__, {"ReferenceError": "ReferenceRunError", "ReferenceBlowUp": "ReferenceBlowUpError"},
+                             globals())

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._io import atomic_write
+from .files import atomic_write
 from .statepoints import StatePoint, _T_TOL, _num
 
 __all__ = [

@@ -16,8 +16,11 @@ simulation.json   the config, platform, speed (ns/day), status, units, versions
 ================  ============================================================================
 
 The run checkpoints into ``<out>/.partial`` and resumes when the same command is run again. It stops
-with :class:`CGSimulationBlowUp` (after writing the good frames) when the energy or positions stop
-being finite, the temperature runs away, or beads overlap far inside the repulsive prior.
+with :class:`~openmm_cgnn.reporters.CGSimulationBlowUpError` (after writing the good frames) when the
+energy, forces or positions stop being finite, the temperature runs away, or beads overlap far inside
+the repulsive prior. The checks and the frame recording are the OpenMM reporters of
+:mod:`openmm_cgnn.reporters` (``CGBlowUpReporter``, ``CGFrameReporter``), which any ``app.Simulation``
+can use.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import openmm
@@ -36,19 +38,16 @@ import openmm.app as app
 import openmm.unit as u
 
 from . import validation as V
+from .deprecation import module_getattr
 from ._checkpoint import FrameSchedule, FrameStore, PartialRun
-from ._io import (atomic_write, check_writable, make_output_dir, save_npz_atomic, versions, write_json_atomic,
+from .files import (atomic_write, check_writable, make_output_dir, save_npz_atomic, versions, write_json_atomic,
                   write_text_atomic)
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError
-from .pressure import current_pressure
 from .reference import add_barostat, choose_platform, platform_properties
+from .reporters import CGBlowUpReporter, CGFrameReporter, CGSimulationBlowUpError, closest_pair
 from .system import CGModel, cg_topology_from_dataset, resolve_cuda_graphs, type_masses
-from .units import BOLTZMANN_KJ_PER_MOL_K, density_g_cm3, volume_for_density_nm3
-
-
-class CGSimulationBlowUp(CGNNError, RuntimeError):
-    """The CG simulation became unphysical; the message says when, why, and what to try."""
+from .geometry import box_edge
 
 
 class CGSimulationError(CGNNError, ValueError):
@@ -149,13 +148,20 @@ class CGSimulationConfig(FrameSchedule):
         self.check_mts()
 
 
-def _lattice_start(n_beads: int, density: float, mass: float, type_name: str,
-                   rng: np.random.Generator) -> tuple[app.Topology, np.ndarray]:
-    edge = volume_for_density_nm3(mass * n_beads, density) ** (1.0 / 3.0)
+def lattice_start(n_beads: int, density: float, mass: float, type_name: str, rng: np.random.Generator,
+                  jitter: float = 0.05) -> tuple[app.Topology, np.ndarray]:
+    """A fresh start of ``n_beads`` one-type beads: the CG topology (one residue "CG" per bead, atoms
+    named ``type_name``, a cubic box) and positions (n_beads, 3) nm on a simple-cubic lattice.
+
+    The box holds the beads (``mass`` amu each) at ``density`` g/cm^3; the beads take random sites of
+    the smallest lattice with at least ``n_beads`` sites, each moved by up to ``jitter`` lattice
+    spacings along each axis (uniformly, from ``rng``).
+    """
+    edge = box_edge(n_beads, mass, density)
     per_side = math.ceil(n_beads ** (1.0 / 3.0) - 1e-9)
     grid = np.array([(i, j, k) for i in range(per_side) for j in range(per_side) for k in range(per_side)], float)
     sites = grid[rng.permutation(len(grid))[:n_beads]]
-    positions = (sites + 0.5 + rng.uniform(-0.05, 0.05, sites.shape)) * edge / per_side
+    positions = (sites + 0.5 + rng.uniform(-jitter, jitter, sites.shape)) * edge / per_side
     top = app.Topology()
     chain = top.addChain()
     for i in range(n_beads):
@@ -182,115 +188,16 @@ def initial_configuration(config: CGSimulationConfig,
         raise CGSimulationError("a fresh lattice start needs a one-bead-type model; start from a data set "
                                 "(--start) instead")
     name = metadata["type_names"][0]
-    top, positions = _lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
+    top, positions = lattice_start(config.n_beads, config.density, type_masses(metadata)[name], name,
                                     np.random.default_rng(config.seed))
     return top, positions, None
-
-
-def _degrees_of_freedom(system: openmm.System) -> int:
-    dof = 3 * sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i) > 0 * u.dalton)
-    dof -= system.getNumConstraints()
-    if any(isinstance(system.getForce(i), openmm.CMMotionRemover) for i in range(system.getNumForces())):
-        dof -= 3
-    return dof
-
-
-class _Monitor:
-    """Stops a run that has become unphysical."""
-
-    def __init__(self, config: CGSimulationConfig, metadata: dict, dof: int, total_mass: float,
-                 module: Any = None):
-        self.config = config
-        self.module = module  # the exported model, to tell a neighbour-table overflow from a blow-up
-        self.last_good: tuple[np.ndarray, np.ndarray] | None = None  # positions, box (nm) last seen sane
-        self.dof = dof
-        self.total_mass = total_mass
-        prior = metadata.get("prior") or {}
-        taper = prior.get("taper")
-        self.min_distance = (taper - config.overlap_margin) if taper else None
-
-    def explain_non_finite(self, t: float) -> str:
-        """Why energies or positions stopped being finite at ``t`` (ps): a neighbour-table overflow of the
-        model (checked on the last sane configuration) or an unphysical run."""
-        if self.last_good is not None:
-            overflow = neighbour_overflow_message(self.module, *self.last_good)
-            if overflow:
-                return f"at t = {t:.3f} ps {overflow}"
-        hint = ""
-        if self.module is not None and hasattr(self.module, "table_capacity"):
-            hint = (f" (if the liquid became denser than the training data, the model's neighbour table of "
-                    f"{int(self.module.table_capacity)} slots may have overflowed: try a larger --neighbour-capacity)")
-        return f"the energy or positions stopped being finite at t = {t:.3f} ps{hint}"
-
-    def observe(self, state: openmm.State, t: float) -> dict[str, float]:
-        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
-        kinetic = state.getKineticEnergy().value_in_unit(u.kilojoule_per_mole)
-        positions = state.getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer)
-        temperature = 2.0 * kinetic / (self.dof * BOLTZMANN_KJ_PER_MOL_K)
-        volume = float(abs(np.linalg.det(box)))
-        if not (math.isfinite(energy) and math.isfinite(kinetic) and np.isfinite(positions).all()):
-            if np.isfinite(positions).all():
-                self.last_good = (positions, box)
-            raise CGSimulationBlowUp(self.explain_non_finite(t))
-        if temperature > self.config.max_temperature_factor * self.config.temperature:
-            raise CGSimulationBlowUp(
-                f"the temperature ran away to {temperature:.0f} K (target {self.config.temperature} K) at "
-                f"t = {t:.3f} ps")
-        if self.min_distance is not None:
-            closest = _closest_pair(positions, box, self.min_distance)
-            if closest is not None:
-                overflow = neighbour_overflow_message(self.module, positions, box)
-                if overflow:
-                    raise CGSimulationBlowUp(f"at t = {t:.3f} ps {overflow}")
-                raise CGSimulationBlowUp(
-                    f"beads came {closest:.3f} nm apart at t = {t:.3f} ps, far inside the repulsive prior "
-                    f"(which starts at {self.min_distance + self.config.overlap_margin:.3f} nm)")
-        self.last_good = (positions, box)
-        return {"potential_energy": energy, "temperature": temperature, "volume": volume,
-                "density": density_g_cm3(self.total_mass, volume)}
-
-
-def neighbour_overflow_message(module: Any, positions: np.ndarray, box: np.ndarray) -> str | None:
-    """Why the exported model's fixed neighbour table could not hold this configuration, with the fix;
-    None when it could (or the model has no fixed table). Positions (N, 3) and box (3, 3) in nm."""
-    import torch
-
-    if module is None or not hasattr(module, "overflowed"):
-        return None
-    pos, cell = torch.tensor(positions), torch.tensor(box)
-    if not module.overflowed(pos, cell):
-        return None
-    needed = int(module.max_neighbours(pos, cell))
-    if needed > int(module.table_capacity):
-        return (f"a bead has {needed} neighbours within the model's cutoff but the neighbour table holds "
-                f"{int(module.table_capacity)} (a denser state than the training data); rerun with "
-                f"--neighbour-capacity {int(math.ceil(1.25 * needed))}")
-    return ("the box changed so much since the run started that the model's cell grid no longer fits it "
-            "(the neighbour table overflowed); restart the run from its last frame")
-
-
-def _closest_pair(positions: np.ndarray, box: np.ndarray, below: float) -> float | None:
-    """The smallest pair distance if any pair is closer than ``below`` nm, else None."""
-    from vesin import NeighborList
-
-    d = NeighborList(cutoff=below, full_list=False).compute(points=positions, box=box, periodic=True,
-                                                            quantities="d")
-    d = d[0] if isinstance(d, (list, tuple)) else d
-    return float(np.min(d)) if len(d) else None
-
-
-def _frame_store(n: int) -> FrameStore:
-    return FrameStore({"positions": ((n, 3), np.float32), "boxes": ((3, 3), np.float64),
-                       "potential_energy": ((), np.float64), "temperature": ((), np.float64),
-                       "density": ((), np.float64), "time": ((), np.float64), "pressure": ((), np.float64)})
 
 
 def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bool = False,
                       progress: bool = True) -> Path:
     """Run (or resume) the CG simulation ``config`` and write the output folder ``out``.
 
-    Returns ``out``. Raises CGSimulationBlowUp after saving the good frames if the run blows up (one that
+    Returns ``out``. Raises CGSimulationBlowUpError after saving the good frames if the run blows up (one that
     blows up before its first frame writes nothing). Every setting, the model file and the start positions
     are checked before ``out`` is created; a folder that holds a blown-up run is replaced without ``overwrite``.
     """
@@ -301,7 +208,7 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
 
         torch.set_num_threads(int(config.torch_threads))
     if _holds_finished_run(out) and not overwrite:
-        from ._io import OutputExistsError
+        from .errors import OutputExistsError
 
         raise OutputExistsError(f"output '{out}' already holds a simulation; choose another folder or pass --overwrite")
     check_writable(out)
@@ -320,13 +227,14 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         simulation, system, barostat = _build_simulation(config, model, topology, masses, platform, graphs)
     run_info = {"cuda_graphs": {"requested": config.use_cuda_graphs, "used": graphs},
                 "integrator": _integrator_info(config)}
-    masses = np.array([system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())])
-    monitor = _Monitor(config, metadata, _degrees_of_freedom(system), float(masses.sum()),
-                       module=model.module)
+    monitor = CGBlowUpReporter.for_model(config.steps_per_frame, model, temperature=config.temperature,
+                                         max_temperature_factor=config.max_temperature_factor,
+                                         overlap_margin=config.overlap_margin)
+    recorder = CGFrameReporter(config.steps_per_frame, barostat=barostat)
     _check_start(positions, topology, monitor, config)
     created = not out.exists()
     make_output_dir(out)   # only now: the run has really started
-    frames = _frame_store(topology.getNumAtoms())
+    frames = recorder.frame_store(topology.getNumAtoms())
     partial = PartialRun(out / ".partial", json.dumps(asdict(config), sort_keys=True))
     _log(progress, f"[simulate] {topology.getNumAtoms()} beads, {config.ensemble} at {config.temperature} K"
          + (f", {config.pressure} bar" if config.pressure is not None else "")
@@ -343,30 +251,30 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
         else:
             partial.start()
             simulation.context.setPositions(positions * u.nanometer)
-            monitor.last_good = (np.asarray(positions), np.array(
+            monitor.remember(positions, np.array(
                 [[x.value_in_unit(u.nanometer) for x in v] for v in topology.getPeriodicBoxVectors()]))
             simulation.context.setVelocitiesToTemperature(config.temperature * u.kelvin, config.seed)
             _equilibrate(simulation, config, monitor, progress)
             partial.save(simulation, frames)
         started, first = time.perf_counter(), len(frames)
+        # production: t = 0 at its first step; the reporters check and record every frame
+        monitor.start_step = recorder.start_step = simulation.currentStep - first * config.steps_per_frame
+        simulation.reporters += [monitor, recorder]   # the monitor first: a bad frame is never recorded
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.n_frames, initial=first, desc="CG production", unit="frame", disable=not progress,
                    leave=False)
         while len(frames) < config.n_frames:
+            before = len(frames)
             simulation.step(config.steps_per_frame)
-            t = (len(frames) + 1) * config.steps_per_frame * config.outer_timestep
-            state = simulation.context.getState(getPositions=True, getEnergy=True)
-            obs = monitor.observe(state, t)
-            frames.add(positions=state.getPositions(asNumpy=True).value_in_unit(u.nanometer),
-                       boxes=state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(u.nanometer), time=t,
-                       pressure=current_pressure(simulation.context, barostat), **obs)
+            if len(frames) != before + 1:
+                raise RuntimeError(f"the frame reporter recorded {len(frames) - before} frames in one frame interval")
             bar.update(1)
             if len(frames) % config.checkpoint_every == 0:
                 partial.save(simulation, frames)
         bar.close()
         elapsed = time.perf_counter() - started
-    except CGSimulationBlowUp as exc:
+    except CGSimulationBlowUpError as exc:
         status, error, elapsed, first = "blew_up", " ".join(str(exc).split()), float("nan"), 0
     except openmm.OpenMMException as exc:  # OpenMM's own check: "Particle coordinate is NaN"
         if "nan" not in str(exc).lower():
@@ -383,12 +291,12 @@ def run_cg_simulation(config: CGSimulationConfig, out: str | Path, overwrite: bo
               "state point.")
     if status == "blew_up" and not len(frames):
         _discard(out, partial, created)
-        raise CGSimulationBlowUp(f"the CG simulation blew up before its first frame: {error}. Nothing was "
+        raise CGSimulationBlowUpError(f"the CG simulation blew up before its first frame: {error}. Nothing was "
                                  f"written. {advice}")
     _write_outputs(out, config, topology, frames, metadata, platform, ns_per_day, status, error, run_info)
     if status == "blew_up":
         partial.remove()
-        raise CGSimulationBlowUp(
+        raise CGSimulationBlowUpError(
             f"the CG simulation blew up: {error}. {len(frames)} good frames are in '{out}' (a rerun into the same "
             f"folder replaces them). {advice}")
     partial.remove()
@@ -461,7 +369,7 @@ def _discard(out: Path, partial: PartialRun, created: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _check_start(positions: np.ndarray, topology: app.Topology, monitor: "_Monitor",
+def _check_start(positions: np.ndarray, topology: app.Topology, monitor: CGBlowUpReporter,
                  config: CGSimulationConfig) -> None:
     """CGSimulationError for start positions that are not finite or put beads far inside the prior."""
     where = (f"frame {config.start_frame} of '{config.start_dataset}'" if config.start_dataset
@@ -471,17 +379,20 @@ def _check_start(positions: np.ndarray, topology: app.Topology, monitor: "_Monit
     if monitor.min_distance is None:
         return
     box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
-    closest = _closest_pair(np.asarray(positions, dtype=np.float64), box, monitor.min_distance)
+    closest = closest_pair(np.asarray(positions, dtype=np.float64), box, monitor.min_distance)
     if closest is not None:
         fix = "lower --density" if not config.start_dataset else "start from another frame or data set"
         raise CGSimulationError(
             f"the start positions ({where}) put two beads {closest:.3f} nm apart, far inside the repulsive prior "
-            f"(which starts at {monitor.min_distance + config.overlap_margin:.3f} nm); {fix}")
+            f"(which starts at {monitor.prior_taper:.3f} nm); {fix}")
 
 
-def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor: _Monitor, progress: bool) -> None:
+def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor: CGBlowUpReporter,
+                 progress: bool) -> None:
+    """Equilibrate in chunks of a frame interval (the last one shorter), checked after each chunk."""
     n_steps = int(round(config.equilibration / config.outer_timestep))
     chunk = config.steps_per_frame
+    monitor.start_step = simulation.currentStep + n_steps   # equilibration runs before t = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n_steps, desc="CG equilibration", unit="step", disable=not progress, leave=False)
@@ -490,8 +401,7 @@ def _equilibrate(simulation: app.Simulation, config: CGSimulationConfig, monitor
         k = min(chunk, n_steps - done)
         simulation.step(k)
         done += k
-        t = -(n_steps - done) * config.outer_timestep  # equilibration runs before t = 0
-        monitor.observe(simulation.context.getState(getPositions=True, getEnergy=True), t)
+        monitor.check(simulation, simulation.context.getState(getPositions=True, getEnergy=True))
         bar.update(k)
     bar.close()
 
@@ -540,3 +450,6 @@ def load_cg_frames(out: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 def _log(enabled: bool, message: str) -> None:
     if enabled:
         print(message, flush=True)
+
+
+__getattr__ = module_getattr(__name__, {"CGSimulationBlowUp": "CGSimulationBlowUpError"}, globals())

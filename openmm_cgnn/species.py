@@ -93,19 +93,30 @@ def _place(zmatrix: list[tuple[int, float, int, float, int, float]]) -> np.ndarr
     return np.array(xyz)
 
 
+# The carbinol group C-O-H of both alcohols (OPLS-AA geometry: C-O 0.1410 nm, O-H 0.0945 nm, C-O-H 108.5 deg) ...
+_CARBINOL = [
+    (-1, 0.0, -1, 0.0, -1, 0.0),              # C
+    (0, 0.1410, -1, 0.0, -1, 0.0),            # O
+    (1, 0.0945, 0, 108.5, -1, 0.0),           # H of O
+]
+
+
+def _on_carbinol_carbon(length: float, dihedral: float) -> tuple[int, float, int, float, int, float]:
+    """... and an atom bound to its carbon at ``length`` nm, tetrahedral to the O, at ``dihedral`` deg
+    about C-O from the hydroxyl H (60, 180, 300: staggered)."""
+    return (0, length, 1, 109.5, 2, dihedral)
+
+
 METHANOL = Species(
     name="methanol",
     residue="MEOH",
     atom_names=("CB", "OG", "HG1", "HB1", "HB2", "HB3"),
     elements=("C", "O", "H", "H", "H", "H"),
     bonds=((0, 1), (1, 2), (0, 3), (0, 4), (0, 5)),
-    template=_place([
-        (-1, 0.0, -1, 0.0, -1, 0.0),          # CB
-        (0, 0.1410, -1, 0.0, -1, 0.0),        # OG
-        (1, 0.0945, 0, 108.5, -1, 0.0),       # HG1
-        (0, 0.1090, 1, 109.5, 2, 60.0),       # HB1
-        (0, 0.1090, 1, 109.5, 2, 180.0),      # HB2
-        (0, 0.1090, 1, 109.5, 2, 300.0),      # HB3
+    template=_place(_CARBINOL + [             # CB, OG, HG1
+        _on_carbinol_carbon(0.1090, 60.0),    # HB1
+        _on_carbinol_carbon(0.1090, 180.0),   # HB2
+        _on_carbinol_carbon(0.1090, 300.0),   # HB3
     ]),
     forcefields={"oplsaa": ("pkg:methanol-oplsaa.xml",), "charmm36": ("charmm36.xml",)},
     default_forcefield="oplsaa",
@@ -138,13 +149,10 @@ ETHANOL = Species(
     atom_names=("C1", "O1", "HO1", "C2", "H11", "H12", "H21", "H22", "H23"),
     elements=("C", "O", "H", "C", "H", "H", "H", "H", "H"),
     bonds=((0, 1), (1, 2), (0, 3), (0, 4), (0, 5), (3, 6), (3, 7), (3, 8)),
-    template=_place([
-        (-1, 0.0, -1, 0.0, -1, 0.0),          # C1 (CH2)
-        (0, 0.1410, -1, 0.0, -1, 0.0),        # O1
-        (1, 0.0945, 0, 108.5, -1, 0.0),       # HO1
-        (0, 0.1529, 1, 109.5, 2, 180.0),      # C2 (CH3)
-        (0, 0.1090, 1, 109.5, 2, 60.0),       # H11
-        (0, 0.1090, 1, 109.5, 2, 300.0),      # H12
+    template=_place(_CARBINOL + [             # C1 (CH2), O1, HO1
+        _on_carbinol_carbon(0.1529, 180.0),   # C2 (CH3)
+        _on_carbinol_carbon(0.1090, 60.0),    # H11
+        _on_carbinol_carbon(0.1090, 300.0),   # H12
         (3, 0.1090, 0, 110.7, 1, 60.0),       # H21
         (3, 0.1090, 0, 110.7, 1, 180.0),      # H22
         (3, 0.1090, 0, 110.7, 1, 300.0),      # H23

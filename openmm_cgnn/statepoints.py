@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._io import read_config_file
+from .files import read_config_file
 from . import validation as V
 from .errors import ConfigError
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._io import write_json_atomic, write_text_atomic
+from .deprecation import renamed
+from .errors import ConfigError
+from .files import write_json_atomic, write_text_atomic
 from .geometry import aa_cutoff_for_edge, box_edge, box_widths
 from .species import get_species
 from .reporting import study_markdown, write_study_plots
@@ -58,7 +60,8 @@ class StudyConfig:
     platform: str | None = None
 
     @classmethod
-    def preset_named(cls, name: str) -> "StudyConfig":
+    def from_preset(cls, name: str) -> "StudyConfig":
+        """``"toy"``: seconds (tests); ``"small"``: a CPU hour; ``"full"``: the paper network and sizes."""
         if name == "small":
             return cls()
         if name == "toy":  # the test suite: two models, three state points, seconds each
@@ -70,13 +73,15 @@ class StudyConfig:
                        eval_states=["250K:0.787g/cm3", "300K:0.787g/cm3", "350K:0.787g/cm3", "400K:0.787g/cm3",
                                     "450K:0.787g/cm3", "500K:0.787g/cm3", "300K:1bar", "350K:1bar",
                                     "400K:1bar"])
-        raise ValueError(f"unknown study preset {name!r}; choose 'toy', 'small' or 'full'")
+        raise ConfigError(f"unknown study preset {name!r}; choose 'toy', 'small' or 'full'", "preset")
+
+    preset_named = renamed("from_preset")   # the old name
 
 
 def _harness_config(config: StudyConfig):
     from .harness import HarnessConfig
 
-    return replace(HarnessConfig.preset(config.harness_preset), n_molecules=config.n_molecules,
+    return replace(HarnessConfig.from_preset(config.harness_preset), n_molecules=config.n_molecules,
                    species=config.species, platform=config.platform, adf_shell_cutoff=config.adf_shell_cutoff)
 
 
@@ -125,7 +130,7 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     model_pt = folder / "model.pt"
     if model_pt.exists():
         return model_pt
-    tc = TrainConfig.preset(config.train_preset)
+    tc = TrainConfig.from_preset(config.train_preset)
     tc.tensor_order = variant.tensor_order
     tc.n_interaction_layers = variant.n_interaction_layers
     if config.max_epochs is not None:
@@ -148,7 +153,7 @@ def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutof
     cutoff = np.floor(cutoff / bin_width - 1e-9) * bin_width
     from .training import TrainConfig
 
-    tc = TrainConfig.preset(config.train_preset)   # the same volume-term treatment as the GNN models
+    tc = TrainConfig.from_preset(config.train_preset)   # the same volume-term treatment as the GNN models
     ff = fit_pair_force_matching(sets, cutoff=float(cutoff), bin_width=bin_width, fit_volume=tc.fit_volume,
                                  volume_source=tc.volume_source, volume_nvt_ps=tc.volume_nvt_ps,
                                  volume_nvt_equilibration_ps=tc.volume_nvt_equilibration_ps)
@@ -208,7 +213,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     model's comparison at every state point as one graph; the all-atom reference of a state point is
     run once and shared by every model, as in the serial order.
     """
-    from ._io import make_output_dir
+    from .files import make_output_dir
     from .cluster import failures, runner_for
 
     config = config or StudyConfig()

@@ -48,13 +48,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")  # before hippynn is first imported
-
 import numpy as np
 import torch
 
 from . import validation as V
-from ._io import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
+from .deprecation import renamed
+from .files import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
 from .geometry import box_widths, cutoff_fits
@@ -172,8 +171,10 @@ class TrainConfig:
         """The network's hard cutoff in nm."""
         return self.dist_hard_max / ANGSTROM_PER_NM
 
+    preset = renamed("from_preset")   # the old name
+
     @classmethod
-    def preset(cls, name: str) -> "TrainConfig":
+    def from_preset(cls, name: str) -> "TrainConfig":
         """``"paper"``: the settings of Shinkle et al. 2024 (see SCIENCE.md);
         ``"fast"``: a distillation student (HIP-NN-TS, l=2, with 32 features, 10 sensitivities, two
         atom layers and a 9 angstrom cutoff: about 5x fewer pairs than the paper's 15 angstrom),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import check_output_path, save_npz_atomic, versions
+from .files import check_output_path, save_npz_atomic, versions
 from .errors import CGNNError
 from .reference import REFERENCE_FORMAT, REFERENCE_UNITS
 from .topology_io import topology_to_arrays

@@ -88,11 +88,13 @@ class VolumeTermParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VolumeTermParams":
         if d.get("format", VOLUME_FORMAT) != VOLUME_FORMAT:
-            raise ValueError(f"not a volume term: format {d.get('format')!r}, expected {VOLUME_FORMAT!r}")
+            from .errors import InputFileError
+
+            raise InputFileError(f"not a volume term: format {d.get('format')!r}, expected {VOLUME_FORMAT!r}")
         return cls(**{k: d[k] for k in ("a", "b", "c", "v0", "t0") if k in d}, fit=dict(d.get("fit") or {}))
 
     def save(self, path: str | Path) -> Path:
-        from ._io import write_json_atomic
+        from .files import write_json_atomic
 
         return write_json_atomic(path, self.to_dict())
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HIPPYNN_USE_CUSTOM_KERNELS", "False")
-
 import pytest
 
 from openmm_cgnn.reference import ReferenceConfig, run_reference
@@ -42,7 +38,7 @@ def tiny_model_dir(methanol_dataset, tmp_path_factory):
     """A HIP-NN-TS model (tiny preset, one epoch) trained on the tiny methanol data set."""
     from openmm_cgnn.training import TrainConfig, train
 
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = 1
     return train([methanol_dataset], cfg, tmp_path_factory.mktemp("model") / "model", verbose=False)
 

@@ -93,7 +93,7 @@ def test_components_pack_a_mixture_at_the_target_density():
     assert mass / 6.02214076e23 / (edge ** 3 * 1e-21) == pytest.approx(0.9, rel=1e-12)
     # no two molecules closer than the clash distance after re-drawing orientations
     owner = np.concatenate([[k] * len(list(r.atoms())) for k, r in enumerate(top.residues())])
-    assert aa_input._clashing(pos, np.eye(3) * edge, owner, 0.12).size == 0
+    assert aa_input.clashing_molecules(pos, np.eye(3) * edge, owner, 0.12).size == 0
     # each molecule keeps its template geometry
     for k, res in enumerate(top.residues()):
         idx = [a.index for a in res.atoms()]

@@ -272,7 +272,7 @@ def test_failed_compare_state_point_reruns_without_overwrite(files, tmp_path, ca
 
     out = tmp_path / "report"
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(HarnessConfig.preset("tiny", aa_forcefield="no-such-forcefield.xml").to_dict()))
+    bad.write_text(json.dumps(HarnessConfig.from_preset("tiny", aa_forcefield="no-such-forcefield.xml").to_dict()))
     base = ["compare", "--model", str(files["model_pt"]), "--state-points", "300K:0.787g/cm3", "--out", str(out),
             "--quiet"]
     assert main([*base, "--config", str(bad)]) == 2
@@ -322,9 +322,10 @@ def test_python_api_applies_the_same_rules():
         TrainConfig(max_epochs=0)
     with pytest.raises(ConfigError, match="learning_rate must be a finite number"):
         TrainConfig(learning_rate=float("nan"))
-    for cls in ("reference.ReferenceError", "mapping.MappingError", "dataset.DatasetFormatError",
-                "system.CGSystemError", "_io.OutputExistsError", "harness.StatePointError",
-                "baselines.PairForceFieldFormatError", "cli.CLIError", "simulate.CGSimulationBlowUp"):
+    for cls in ("reference.ReferenceRunError", "mapping.MappingError", "dataset.DatasetFormatError",
+                "system.CGSystemError", "errors.OutputExistsError", "harness.StatePointError",
+                "baselines.PairForceFieldFormatError", "cli.CLIError", "simulate.CGSimulationBlowUpError",
+                "reporters.CGSimulationBlowUpError", "reference.ReferenceBlowUpError"):
         module, name = cls.split(".")
         mod = __import__(f"openmm_cgnn.{module}", fromlist=[name])
         assert issubclass(getattr(mod, name), CGNNError), cls

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgnn._io import OutputExistsError
 from openmm_cgnn.dataset import CGDataset
+from openmm_cgnn.errors import OutputExistsError
 from openmm_cgnn.export import export_model, load_exported, potential_from_model_dir
 from openmm_cgnn.training import load_trained, predict_hippynn
 from openmm_cgnn.volume import VolumeTermParams
 
-from ._synthetic import dataset_path_for_tests, tiny_model
+from .tiny_models import dataset_path_for_tests, tiny_model
 
 N_FRAMES = 3  # frames of the data set compared in the equivalence test
 SCRIPT_ERROR = (RuntimeError, torch.jit.Error)  # what a TorchScript `raise RuntimeError` surfaces as in Python
@@ -224,7 +224,7 @@ def test_module_runs_inside_openmm(exported, dataset):
 
 def test_two_bead_types_need_set_types(tmp_path_factory, tmp_path):
     """With several bead types the module refuses to guess; after set_types it equals hippynn."""
-    from ._synthetic import make_synthetic_dataset
+    from openmm_cgnn.testing import make_synthetic_dataset
 
     path = tmp_path_factory.mktemp("two-types") / "two-types.npz"
     ds = make_synthetic_dataset(path, n_frames=6, type_names=("A", "B"), seed=3)

@@ -2,7 +2,7 @@
 report keys, reuse of references, blow-ups and failures recorded), the CLI and the analysis notebook.
 
 The end-to-end tests share one tiny model (HIP-NN-TS, tiny preset, one epoch on the 64-bead
-methanol data set) and one tiny report (``HarnessConfig.preset("tiny")``, CPU): their numbers mean
+methanol data set) and one tiny report (``HarnessConfig.from_preset("tiny")``, CPU): their numbers mean
 nothing, only the machinery is tested.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from openmm_cgnn import harness as H
-from openmm_cgnn._io import OutputExistsError
+from openmm_cgnn.errors import OutputExistsError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,18 +117,18 @@ def test_state_points_from_toml(tmp_path):
 # configuration
 # ---------------------------------------------------------------------------------------------
 def test_config_presets_round_trip_and_refuse_bad_values(tmp_path):
-    tiny, default = H.HarnessConfig.preset("tiny"), H.HarnessConfig.preset("default")
-    full = H.HarnessConfig.preset("full")
+    tiny, default = H.HarnessConfig.from_preset("tiny"), H.HarnessConfig.from_preset("default")
+    full = H.HarnessConfig.from_preset("full")
     assert tiny.aa_production < default.aa_production < full.aa_production
     assert tiny.cg_production < default.cg_production < full.cg_production
-    assert H.HarnessConfig.preset("tiny", n_molecules=100).n_molecules == 100
+    assert H.HarnessConfig.from_preset("tiny", n_molecules=100).n_molecules == 100
     assert (tiny.name, default.name) == ("tiny", "default") and H.HarnessConfig() == default
     json.dumps(H.HarnessConfig().to_dict())
     f = tmp_path / "config.json"
     f.write_text(json.dumps(tiny.to_dict()))
     assert H.HarnessConfig.from_json(f) == tiny
     with pytest.raises(ValueError, match="unknown harness preset"):
-        H.HarnessConfig.preset("huge")
+        H.HarnessConfig.from_preset("huge")
     with pytest.raises(ValueError, match="unknown harness configuration keys"):
         H.HarnessConfig.from_dict({"n_molecule": 3})
     with pytest.raises(ValueError, match="cg_timestep must be positive"):
@@ -143,7 +143,7 @@ def test_config_composes_the_run_configs_and_reads_the_flat_form(tmp_path):
     from openmm_cgnn.reference import ReferenceConfig
     from openmm_cgnn.simulate import CGSimulationConfig
 
-    cfg = H.HarnessConfig.preset("tiny", cg_mts=2, cg_frame_interval=0.02, aa_cutoff=0.8, aa_forcefield="spce")
+    cfg = H.HarnessConfig.from_preset("tiny", cg_mts=2, cg_frame_interval=0.02, aa_cutoff=0.8, aa_forcefield="spce")
     assert isinstance(cfg.reference, ReferenceConfig) and isinstance(cfg.cg, CGSimulationConfig)
     assert (cfg.reference.production, cfg.cg.production, cfg.cg.mts, cfg.cg.frame_interval) == (1.0, 0.5, 2, 0.02)
     assert (cfg.aa_production, cfg.cg_mts, cfg.aa_cutoff, cfg.reference_cutoff) == (1.0, 2, 0.8, 0.8)
@@ -176,7 +176,7 @@ def tiny_model(methanol_dataset, tmp_path_factory):
     from openmm_cgnn.training import TrainConfig, train
 
     d = tmp_path_factory.mktemp("harness-model")
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = 1
     cfg.device = "cpu"
     train([methanol_dataset], cfg, d / "model", verbose=False)
@@ -184,7 +184,7 @@ def tiny_model(methanol_dataset, tmp_path_factory):
 
 
 def tiny_config(**overrides) -> H.HarnessConfig:
-    return H.HarnessConfig.preset("tiny", platform="CPU", **overrides)
+    return H.HarnessConfig.from_preset("tiny", platform="CPU", **overrides)
 
 
 @pytest.fixture(scope="module")

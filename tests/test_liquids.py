@@ -26,7 +26,7 @@ RUN = dict(temperature=300.0, equilibration=0.5, production=0.6, frame_interval=
 def _tiny_train_config():
     from openmm_cgnn.training import TrainConfig
 
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.dist_soft_max, cfg.dist_hard_max, cfg.max_epochs = 5.0, 5.5, 1   # angstrom: fits a 1.2 nm box
     return cfg
 
@@ -178,7 +178,7 @@ def test_ethanol_end_to_end_with_bonded_terms_and_the_models_own_system(ethanol,
     from openmm_cgnn.system import CGModel, cg_topology_from_dataset
 
     _, ds_path = ethanol
-    cfg = HarnessConfig.preset("tiny", n_molecules=27, aa_cutoff=0.6, aa_equilibration=0.2, aa_production=0.4,
+    cfg = HarnessConfig.from_preset("tiny", n_molecules=27, aa_cutoff=0.6, aa_equilibration=0.2, aa_production=0.4,
                                aa_frame_interval=0.02, cg_production=0.2)
     model_dir, pt = _train_export(ds_path, tmp_path)
     report = _simulate_and_compare(ds_path, pt, tmp_path, cfg)
@@ -215,8 +215,8 @@ def test_mixture_end_to_end(mixture, mixture_model, tmp_path):
     from openmm_cgnn.harness import HarnessConfig
 
     _, ds_path = mixture
-    report = _simulate_and_compare(ds_path, mixture_model, tmp_path, HarnessConfig.preset("tiny", cg_production=0.2),
-                                   reference_datasets=[ds_path])
+    report = _simulate_and_compare(ds_path, mixture_model, tmp_path,
+                                   HarnessConfig.from_preset("tiny", cg_production=0.2), reference_datasets=[ds_path])
     assert report["config"]["system"] == {"components": [["methanol", 16], ["water", 32]]}
     sp = report["state_points"][0]
     assert sp["status"] == "complete", sp["message"]
@@ -231,7 +231,7 @@ def test_harness_fails_fast_when_the_liquid_does_not_fit_the_model(mixture_model
     from openmm_cgnn.harness import HarnessConfig, compare
 
     with pytest.raises(CGNNError, match="maps onto bead types ETOH.*trained on MEOH, HOH"):
-        compare(mixture_model, "300K:0.8g/cm3", tmp_path / "rep", HarnessConfig.preset("tiny", species="ethanol"),
+        compare(mixture_model, "300K:0.8g/cm3", tmp_path / "rep", HarnessConfig.from_preset("tiny", species="ethanol"),
                 progress=False)
     assert not (tmp_path / "rep").exists()
 
@@ -244,17 +244,17 @@ def test_harness_takes_the_liquid_and_map_from_the_training_metadata():
         return {"training": {"datasets": [{"source": {"config": config, "species": config.get("species")},
                                            "mapping_spec": spec}]}}
 
-    water = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "water", "forcefield": "spce"}))
+    water = resolve_system(HarnessConfig.from_preset("tiny"), meta({"species": "water", "forcefield": "spce"}))
     assert water.species == "water" and water.aa_forcefield == "spce" and water.system is None
     assert check_mapping(water, ["HOH"]) == ["HOH"]
-    mix = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "methanol",
+    mix = resolve_system(HarnessConfig.from_preset("tiny"), meta({"species": "methanol",
                                                              "components": [["methanol", 4], ["water", 8]]}))
     assert mix.system == {"components": [["methanol", 4], ["water", 8]]}
     assert check_mapping(mix, ["MEOH", "HOH"]) == ["MEOH", "HOH"]
-    eth = resolve_system(HarnessConfig.preset("tiny"), meta({"species": "ethanol"}, get_species("ethanol").cg_map))
+    eth = resolve_system(HarnessConfig.from_preset("tiny"), meta({"species": "ethanol"}, get_species("ethanol").cg_map))
     assert check_mapping(eth, ["CH3", "CH2OH"]) == ["CH3", "CH2OH"]
     # an explicit choice wins over the metadata
-    assert resolve_system(HarnessConfig.preset("tiny", species="methanol"), meta({"species": "water"})).species \
+    assert resolve_system(HarnessConfig.from_preset("tiny", species="methanol"), meta({"species": "water"})).species \
         == "methanol"
-    imported = resolve_system(HarnessConfig.preset("tiny"), meta({"imported": "trr"}))
+    imported = resolve_system(HarnessConfig.from_preset("tiny"), meta({"imported": "trr"}))
     assert imported.species is None and imported.system is None

@@ -162,7 +162,7 @@ def test_command_line_options_reach_the_configs():
 
     from openmm_cgnn.harness import HarnessConfig
 
-    assert HarnessConfig.preset("tiny").cg_cuda_graphs is None and HarnessConfig.preset("tiny").cg_mts == 1
+    assert HarnessConfig.from_preset("tiny").cg_cuda_graphs is None and HarnessConfig.from_preset("tiny").cg_mts == 1
     with pytest.raises(ValueError, match="whole number of MTS outer steps"):
-        HarnessConfig.preset("tiny", cg_mts=3)  # 25 fs frames are not a multiple of 6 fs
-    assert HarnessConfig.preset("tiny", cg_mts=2, cg_frame_interval=0.02).cg_mts == 2
+        HarnessConfig.from_preset("tiny", cg_mts=3)  # 25 fs frames are not a multiple of 6 fs
+    assert HarnessConfig.from_preset("tiny", cg_mts=2, cg_frame_interval=0.02).cg_mts == 2

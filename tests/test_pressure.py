@@ -288,7 +288,7 @@ def test_pair_baseline_gets_the_same_volume_term(tmp_path):
     from openmm_cgnn.baselines import PairForceField, fit_pair_force_matching
     from openmm_cgnn.mapping import build_cg_topology
 
-    from ._synthetic import make_synthetic_dataset
+    from openmm_cgnn.testing import make_synthetic_dataset
 
     ds = make_synthetic_dataset(n_frames=6, seed=5)
     ds.pressure = np.full(ds.n_frames, 50.0)                 # pretend all-atom pressures, bar

@@ -16,8 +16,7 @@ from openmm_cgnn.baselines import PairForceField, fit_pair_force_matching
 from openmm_cgnn.geometry import aa_cutoff_for_edge, box_edge, box_widths, cutoff_fits
 from openmm_cgnn.species import get_species
 from openmm_cgnn.system import potential_for
-
-from ._synthetic import make_synthetic_dataset
+from openmm_cgnn.testing import make_synthetic_dataset
 
 KJ = u.kilojoule_per_mole
 KJ_NM = u.kilojoule_per_mole / u.nanometer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from openmm_cgnn.dataset import CGDataset
-from openmm_cgnn.reference import ReferenceError, load_reference, run_reference
+from openmm_cgnn.reference import ReferenceRunError, load_reference, run_reference
 
 from .conftest import tiny_reference_config
 

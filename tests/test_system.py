@@ -9,7 +9,7 @@ import pytest
 
 from openmm_cgnn.dataset import CGDataset
 from openmm_cgnn.export import load_exported
-from openmm_cgnn.simulate import CGSimulationBlowUp, CGSimulationConfig, load_cg_frames, run_cg_simulation
+from openmm_cgnn.simulate import CGSimulationBlowUpError, CGSimulationConfig, load_cg_frames, run_cg_simulation
 from openmm_cgnn.system import CGSystemError, cg_topology_from_dataset, create_system
 
 KJ_NM = u.kilojoule_per_mole / u.nanometer
@@ -120,7 +120,7 @@ def test_blow_up_stops_with_a_message(methanol_dataset, tiny_model_pt, tmp_path)
     # a frame every (much too long) step: the first frames are still sane, the run blows up later
     cfg = CGSimulationConfig(model=str(tiny_model_pt), start_dataset=str(methanol_dataset), equilibration=0.0,
                              production=2.0, frame_interval=0.05, timestep=0.05, platform="CPU")
-    with pytest.raises(CGSimulationBlowUp, match="blew up"):
+    with pytest.raises(CGSimulationBlowUpError, match="blew up"):
         run_cg_simulation(cfg, tmp_path / "boom", progress=False)
     arrays, meta = load_cg_frames(tmp_path / "boom")
     assert meta["status"] == "blew_up" and np.isfinite(arrays["positions"]).all()
@@ -142,5 +142,5 @@ def test_neighbour_table_overflow_stops_the_run_and_names_the_fix(methanol_datas
     """A table too small for the liquid gives NaN in the step; simulate says so and how to fix it."""
     cfg = CGSimulationConfig(model=str(tiny_model_pt), start_dataset=str(methanol_dataset), equilibration=0.0,
                              production=0.2, frame_interval=0.1, platform="CPU", neighbour_capacity=4)
-    with pytest.raises(CGSimulationBlowUp, match="--neighbour-capacity"):
+    with pytest.raises(CGSimulationBlowUpError, match="--neighbour-capacity"):
         run_cg_simulation(cfg, tmp_path / "overflow", progress=False)

@@ -19,10 +19,9 @@ import torch
 from openmm_cgnn.errors import ConfigError
 from openmm_cgnn.export import export_model, load_exported, potential_from_hippynn
 from openmm_cgnn.system import cg_topology_from_dataset, create_system
+from openmm_cgnn.testing import make_synthetic_dataset
 from openmm_cgnn.thermal import energy_entropy_hippynn
 from openmm_cgnn.training import TrainConfig, load_trained, predict_hippynn, train
-
-from ._synthetic import make_synthetic_dataset
 
 # the pair PMF of the synthetic data: u(r, T) = e(r) - T s(r), Gaussians (kJ/mol, kJ/mol/K, nm)
 E_HEIGHT, E_CENTRE, E_WIDTH = 6.0, 0.30, 0.07
@@ -63,7 +62,7 @@ def thermal_dataset(path, temperature: float, n_frames: int, seed: int, noise: f
 
 
 def _config(temperature_aware: bool, epochs: int = 12, form: str = "split") -> TrainConfig:
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.temperature_aware = temperature_aware
     cfg.temperature_form = form
     cfg.max_epochs = epochs

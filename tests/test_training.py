@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cgnn._io import OutputExistsError
 from openmm_cgnn.dataset import CGDataset
+from openmm_cgnn.errors import OutputExistsError
+from openmm_cgnn.testing import make_synthetic_dataset
 from openmm_cgnn.training import (TrainConfig, load_datasets, load_trained, predict_hippynn, read_prior,
                                   split_frames, train)
 
-from ._synthetic import dataset_path_for_tests, make_synthetic_dataset, tiny_model
+from .tiny_models import dataset_path_for_tests, tiny_model
 
 MODEL_FILES = ("config.toml", "hippynn_weights.pt", "prior.json", "metrics.json", "metadata.json", "train.log")
 
@@ -85,12 +86,12 @@ def test_load_trained_rebuilds_hippynn_modules(model_dir):
 
 def test_existing_output_is_refused(model_dir, dataset_path):
     with pytest.raises(OutputExistsError, match="already exists"):
-        train([dataset_path], TrainConfig.preset("tiny"), model_dir)
+        train([dataset_path], TrainConfig.from_preset("tiny"), model_dir)
 
 
 @pytest.mark.parametrize("preset", ["paper", "tiny"])
 def test_config_round_trips_through_toml(preset, tmp_path):
-    config = TrainConfig.preset(preset)
+    config = TrainConfig.from_preset(preset)
     assert TrainConfig.from_toml(config.to_toml()) == config
     path = tmp_path / "config.toml"
     path.write_text(config.to_toml())
@@ -98,7 +99,7 @@ def test_config_round_trips_through_toml(preset, tmp_path):
 
 
 def test_paper_preset_matches_the_paper():
-    c = TrainConfig.preset("paper")
+    c = TrainConfig.from_preset("paper")
     assert (c.tensor_order, c.n_features, c.n_sensitivities, c.sensitivity_type) == (2, 128, 20, "inverse")
     assert (c.dist_soft_min, c.dist_soft_max, c.dist_hard_max) == (2.0, 13.0, 15.0)
     assert (c.n_interaction_layers, c.n_atom_layers, c.resnet) == (1, 3, True)
@@ -131,7 +132,7 @@ def test_datasets_with_different_bead_types_are_refused(tmp_path):
     with pytest.raises(ValueError, match="share bead type names"):
         load_datasets([a, b])
     with pytest.raises(ValueError, match="share bead type names"):
-        train([a, b], TrainConfig.preset("tiny"), tmp_path / "model")
+        train([a, b], TrainConfig.from_preset("tiny"), tmp_path / "model")
     assert not (tmp_path / "model").exists()
 
 
@@ -139,7 +140,7 @@ def test_box_smaller_than_twice_the_cutoff_is_refused(tmp_path):
     path = tmp_path / "small.npz"
     make_synthetic_dataset(path, n_frames=4, n_side=3, box_nm=1.2)
     with pytest.raises(ValueError, match="twice"):
-        train([path], TrainConfig.preset("tiny"), tmp_path / "model")
+        train([path], TrainConfig.from_preset("tiny"), tmp_path / "model")
 
 
 def test_training_on_two_datasets_at_once(dataset_path, tmp_path):
@@ -148,7 +149,7 @@ def test_training_on_two_datasets_at_once(dataset_path, tmp_path):
     other = tmp_path / "other.npz"
     make_synthetic_dataset(other, n_frames=10, n_side=5, box_nm=2.0, type_names=tuple(ds.type_names),
                            temperature_K=350.0, seed=5)
-    config = TrainConfig.preset("tiny")
+    config = TrainConfig.from_preset("tiny")
     config.max_epochs = 1
     out = train([dataset_path, other], config, tmp_path / "model", verbose=False)
     meta = json.loads((out / "metadata.json").read_text())

@@ -18,7 +18,7 @@ from openmm_cgnn.errors import CGNNError
 from openmm_cgnn.pair_cache import find_frame_pairs, precompute_pair_arrays
 from openmm_cgnn.training import TrainConfig, TrainingStep, predict_hippynn, resolve_device, train
 
-from ._synthetic import make_synthetic_dataset
+from openmm_cgnn.testing import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_cached_pairs_give_the_same_loss_and_gradients_as_the_pair_finder(pair_f
     ds = make_synthetic_dataset(None, n_frames=3, n_side=5, box_nm=2.0, seed=3)
     results = []
     for cache in (False, True):
-        config = TrainConfig.preset("tiny")
+        config = TrainConfig.from_preset("tiny")
         config.pair_finder = pair_finder
         config.cache_pairs = cache
         torch.manual_seed(0)
@@ -74,7 +74,7 @@ def test_cached_pairs_give_the_same_loss_and_gradients_as_the_pair_finder(pair_f
 def test_training_step_learns_with_cached_pairs():
     ds = make_synthetic_dataset(None, n_frames=2, n_side=5, box_nm=2.0, seed=4, noise=0.0)
     torch.manual_seed(0)
-    step = TrainingStep(TrainConfig.preset("tiny"), ds, device="cpu")
+    step = TrainingStep(TrainConfig.from_preset("tiny"), ds, device="cpu")
     losses = [step.step() for _ in range(15)]
     assert losses[-1] < losses[0]
 
@@ -114,7 +114,7 @@ def test_device_settings_are_checked():
 def _learnable(path, noise, seed):
     """64 beads near a lattice (soft Lennard-Jones forces plus noise): the tiny preset learns it in a few epochs."""
     make_synthetic_dataset(path, n_frames=24, n_side=4, box_nm=1.6, seed=seed, noise=noise, jitter_nm=0.02)
-    config = TrainConfig.preset("tiny")
+    config = TrainConfig.from_preset("tiny")
     config.learning_rate = 1e-2
     config.max_epochs = config.termination_patience = 5
     return config
@@ -132,7 +132,7 @@ def test_ddp_on_two_cpu_processes_converges_like_one_process(tmp_path):
 
     (tmp_path / "ddp.toml").write_text(config.to_toml())
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", "HIPPYNN_USE_CUSTOM_KERNELS": "False"}
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "openmm_cgnn.cli", "train", "--data", str(data), "--config", str(tmp_path / "ddp.toml"),
            "--devices", "2", "--device", "cpu", "--out", str(tmp_path / "ddp")]
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

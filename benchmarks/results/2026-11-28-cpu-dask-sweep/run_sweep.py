@@ -39,7 +39,7 @@ def _model(work: Path) -> tuple[Path, Path]:
     if not cg.exists():
         map_reference(aa, cg)
     if not pt.exists():
-        cfg = TrainConfig.preset("tiny")
+        cfg = TrainConfig.from_preset("tiny")
         cfg.max_epochs = 2
         cfg.device = "cpu"
         train([cg], cfg, work / "model", verbose=False, overwrite=True)
@@ -48,13 +48,13 @@ def _model(work: Path) -> tuple[Path, Path]:
 
 
 def main(work: Path, workers: int) -> None:
-    from openmm_cgnn._io import cpu_model
+    from openmm_cgnn.files import cpu_model
     from openmm_cgnn.cluster import ClusterConfig
     from openmm_cgnn.harness import HarnessConfig, compare
 
     work.mkdir(parents=True, exist_ok=True)
     model, dataset = _model(work)
-    config = HarnessConfig.preset("tiny", platform="CPU", aa_production=4.0, cg_production=4.0)
+    config = HarnessConfig.from_preset("tiny", platform="CPU", aa_production=4.0, cg_production=4.0)
     rows = []
     for name, cluster in (("serial (this process)", None), (f"Dask, {workers} local workers",
                                                              ClusterConfig(workers=workers))):

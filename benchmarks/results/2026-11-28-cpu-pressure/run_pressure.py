@@ -43,7 +43,7 @@ def main(work: Path, without: bool = False, extra: str | None = None, two_states
         map_reference(aa, cg)
     model_dir = work / "model"
     if not (model_dir / "metadata.json").exists():
-        tc = TrainConfig.preset("tiny")
+        tc = TrainConfig.from_preset("tiny")
         tc.max_epochs = 8
         train([cg], tc, model_dir, overwrite=True)
     with_v, without_v = work / "model.pt", work / "model-no-volume.pt"
@@ -66,7 +66,7 @@ def main(work: Path, without: bool = False, extra: str | None = None, two_states
         export_model(plain, without_v)
     volume = VolumeTermParams.load(model_dir / "volume.json")
 
-    hc = HarnessConfig.preset("default", n_molecules=125, adf_shell_cutoff=0.6, platform="CPU")
+    hc = HarnessConfig.from_preset("default", n_molecules=125, adf_shell_cutoff=0.6, platform="CPU")
     points = ["300K:0.787g/cm3", "300K:1bar", "250K:1bar", "270K:1bar", "330K:1bar"]
     if (work / "report-volume" / "report.json").exists():
         rep_v = load_report(work / "report-volume")

@@ -80,7 +80,7 @@ def main(work: Path) -> None:
             m = rows[label]
             lines.append(f"| {label} | {model} | {m['rdf_mad']:.4f} | {m['adf_l1']:.3f} | "
                          f"{m['cg_halves_rdf_mad']:.4f} | {results['noise_floor'][label]['aa_halves_rdf_mad']:.4f} |")
-    from openmm_cgnn._io import write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import write_json_atomic, write_text_atomic
 
     write_json_atomic(HERE / "structure.json", results)
     write_text_atomic(HERE / "structure.md", "\n".join(lines) + "\n")

@@ -31,7 +31,7 @@ MODELS = {"split": (True, "split"), "input": (True, "input"), "plain": (False, "
 
 
 def main(work: Path) -> None:
-    from openmm_cgnn._io import versions, write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import versions, write_json_atomic, write_text_atomic
     from openmm_cgnn.training import TrainConfig, load_trained, predict_hippynn, train
     from tests._synthetic import make_synthetic_dataset
     from tests.test_thermal import _true_forces, thermal_dataset
@@ -49,7 +49,7 @@ def main(work: Path) -> None:
         for name, (aware, form) in MODELS.items():
             out = base / name
             if not (out / "metadata.json").exists():
-                cfg = TrainConfig.preset("tiny")
+                cfg = TrainConfig.from_preset("tiny")
                 cfg.temperature_aware, cfg.temperature_form = aware, form
                 cfg.max_epochs = cfg.termination_patience = EPOCHS
                 cfg.learning_rate, cfg.fit_volume, cfg.seed = 1e-2, False, seed

@@ -63,7 +63,7 @@ def _reference(work: Path, temperature: float) -> Path:
 def _config(temperature_aware: bool, form: str = "split", seed: int = 0):
     from openmm_cgnn.training import TrainConfig
 
-    cfg = TrainConfig.preset("tiny")
+    cfg = TrainConfig.from_preset("tiny")
     cfg.max_epochs = EPOCHS
     cfg.termination_patience = EPOCHS
     cfg.fit_volume = False
@@ -155,7 +155,7 @@ def main(work: Path) -> None:
     results["settings"] = {"all_atom": AA, "train_temperatures_K": TRAIN_T, "held_out_temperatures_K": HELD_OUT_T,
                            "train_preset": "tiny", "epochs": EPOCHS, "blocks": N_BLOCKS}
     results["seconds"] = time.perf_counter() - started
-    from openmm_cgnn._io import versions, write_json_atomic, write_text_atomic
+    from openmm_cgnn.files import versions, write_json_atomic, write_text_atomic
 
     results["versions"] = versions()
     write_json_atomic(HERE / "thermal.json", results)

@@ -1,4 +1,7 @@
-"""Small file helpers shared by every stage: atomic writes and overwrite checks."""
+"""File helpers shared by every stage, and by scripts that write results the same way: atomic writes
+(``atomic_write``, ``save_npz_atomic``, ``write_text_atomic``, ``write_json_atomic``), overwrite and
+permission checks made before a run starts, checked reading of NPZ/JSON/TOML inputs, and the
+provenance recorded next to outputs (``versions``, ``cpu_model``)."""
 
 from __future__ import annotations
 
@@ -12,11 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import CGNNError, InputFileError, MissingInputError, OutputPathError
-
-
-class OutputExistsError(CGNNError, FileExistsError):
-    """Raised when an output path exists and the caller did not ask to overwrite it."""
+from .errors import CGNNError, InputFileError, MissingInputError, OutputExistsError, OutputPathError
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
