@@ -490,11 +490,11 @@ def test_report_has_error_bars_and_noise_floors(tiny_report):
 
 
 def test_error_bars_can_be_switched_off_and_are_checked():
-    assert H.HarnessConfig.preset("tiny", bootstrap_resamples=0).bootstrap_resamples == 0
+    assert H.HarnessConfig.from_preset("tiny", bootstrap_resamples=0).bootstrap_resamples == 0
     with pytest.raises(ValueError, match="bootstrap_min_blocks"):
-        H.HarnessConfig.preset("tiny", bootstrap_min_blocks=3)
+        H.HarnessConfig.from_preset("tiny", bootstrap_min_blocks=3)
     with pytest.raises(ValueError, match="bootstrap_resamples"):
-        H.HarnessConfig.preset("tiny", bootstrap_resamples=-1)
+        H.HarnessConfig.from_preset("tiny", bootstrap_resamples=-1)
 
 
 def test_analysis_reproduces_its_error_bars_and_survives_their_failure(tiny_report, monkeypatch):
