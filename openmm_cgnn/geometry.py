@@ -54,6 +54,18 @@ def box_widths(boxes: np.ndarray) -> np.ndarray:
                      volume / np.linalg.norm(np.cross(a, b), axis=-1)], axis=-1)
 
 
+def as_frames(positions: Any, boxes: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (F, N, 3) and boxes (F, 3, 3) as float64 arrays, from one frame ((N, 3), (3, 3)) or many;
+    one box for many frames is repeated."""
+    positions = np.asarray(positions, dtype=np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if positions.ndim == 2:
+        positions = positions[None]
+    if boxes.ndim == 2:
+        boxes = np.broadcast_to(boxes, (positions.shape[0], 3, 3))
+    return positions, boxes
+
+
 def cutoff_fits(boxes: np.ndarray, cutoff: float) -> bool:
     """Whether a pair cutoff (nm) obeys the minimum-image convention in every box (..., 3, 3): every
     perpendicular width at least twice the cutoff."""

@@ -61,7 +61,7 @@ __all__ = [
     "HarnessConfig", "compare", "summary_lines", "metrics_table_markdown", "load_report", "load_curves",
     "device_name", "RunCache", "reference_piece", "cg_piece", "analysis_piece", "plan_comparison", "ComparisonPlan",
     "state_point_dir", "REPORT_KEYS", "STATE_POINT_KEYS", "MODEL_KEYS", "REFERENCE_KEYS", "CG_KEYS", "RDF_KEYS",
-    "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT",
+    "ADF_KEYS", "DENSITY_KEYS", "PRESSURE_KEYS", "REPORT_FORMAT", "UNCERTAINTY_KEYS",
 ]
 
 REPORT_FORMAT = "openmm-cgnn/comparison-report"
@@ -69,17 +69,27 @@ REPORT_VERSION = 1
 REPORT_KEYS = ("format", "version", "created", "config", "platform", "device", "versions", "model",
                "state_points", "summary", "files", "notes", "units", "timing_s")
 STATE_POINT_KEYS = ("label", "slug", "title", "state", "status", "message", "in_training", "reference", "cg",
-                    "rdf", "adf", "density", "by_type", "pressure", "timing_s")
+                    "rdf", "adf", "density", "by_type", "pressure", "timing_s", "uncertainty")
 MODEL_KEYS = ("file", "sha256", "kind", "label", "format", "type_names", "cutoff_nm", "network_class", "tensor_order",
               "dtype", "prior", "training_state_points", "training_datasets", "trained")
 REFERENCE_KEYS = ("source", "dataset", "sha256", "n_frames", "n_beads", "species", "forcefield", "platform",
                   "config", "time_ps")
 CG_KEYS = ("folder", "status", "error", "n_frames", "ns_per_day", "temperature_mean_K", "config")
+# error bars (analysis.comparison_uncertainty): "<metric>_se" is the block-bootstrap standard error of a
+# metric; "<metric>_noise_floor" (with its "_se") the value the metric takes from sampling noise alone
+RDF_DISTANCES = ("mad", "max_abs_dev", "rmsd")
+RDF_UNCERTAINTY_KEYS = (tuple(f"{k}_se" for k in RDF_DISTANCES + ("peak_position_error", "peak_height_error"))
+                        + tuple(f"{k}_noise_floor{e}" for k in RDF_DISTANCES for e in ("", "_se")))
+ADF_UNCERTAINTY_KEYS = ("l1_se", "l1_noise_floor", "l1_noise_floor_se")
+DENSITY_UNCERTAINTY_KEYS = ("abs_error_se_bootstrap", "relative_error_se_bootstrap")
+UNCERTAINTY_KEYS = ("method", "n_resamples", "seed", "n_sigma", "blocks", "noise_floor_method", "noise_floor_scale",
+                    "notes")
 RDF_KEYS = ("mad", "max_abs_dev", "rmsd", "peak_r_ref", "peak_r_cg", "peak_g_ref", "peak_g_cg",
-            "peak_position_error", "peak_height_error", "r_max_nm", "bin_width_nm")
-ADF_KEYS = ("shell_cutoff_nm", "n_bins", "l1")
+            "peak_position_error", "peak_height_error", "r_max_nm", "bin_width_nm") + RDF_UNCERTAINTY_KEYS
+ADF_KEYS = ("shell_cutoff_nm", "n_bins", "l1") + ADF_UNCERTAINTY_KEYS
 DENSITY_KEYS = ("ensemble", "fixed", "ref_mean", "ref_se", "cg_mean", "cg_se", "n_blocks", "abs_error",
-                "abs_error_se", "relative_error", "relative_error_se", "z")
+                "abs_error_se", "relative_error", "relative_error_se", "z") + DENSITY_UNCERTAINTY_KEYS
+N_SIGMA = 2.0            # a difference counts when it exceeds this many combined standard errors
 PRESSURE_KEYS = ("ref_mean", "ref_se", "cg_mean", "cg_se", "difference", "difference_se", "n_blocks")
 UNITS = {"temperature": "K", "density": "g/cm^3", "pressure": "bar", "distance": "nm", "angle": "degree",
          "adf": "1/degree", "time": "ps", "timing": "s"}
@@ -152,6 +162,8 @@ class HarnessConfig:
     adf_bins: int = 60                   # over 0..180 degrees
     adf_shell_cutoff: float | None = None  # nm; None: the first minimum of each reference g(r)
     density_blocks: int = 5              # blocks for the NPT density mean and standard error
+    bootstrap_resamples: int = 200       # block-bootstrap resamples for the error bars of every metric (0: none)
+    bootstrap_min_blocks: int = 8        # blocks per trajectory at least (analysis.plan_blocks); 4+ for a floor
     # common
     platform: str | None = None          # None: CUDA if available, else CPU (the same for AA and CG)
     torch_threads: int | None = 1        # torch intra-op threads while comparing (None: torch's default);
@@ -203,6 +215,8 @@ class HarnessConfig:
         if self.adf_shell_cutoff is not None:
             V.positive(self.adf_shell_cutoff, "adf_shell_cutoff", "nm")
         V.integer(self.density_blocks, "density_blocks", 2)
+        V.integer(self.bootstrap_resamples, "bootstrap_resamples", 0)
+        V.integer(self.bootstrap_min_blocks, "bootstrap_min_blocks", 4)
         if self.torch_threads is not None:
             V.integer(self.torch_threads, "torch_threads", 1)
         V.seed(self.seed)
@@ -503,6 +517,7 @@ def _empty_result(sp: StatePoint, in_training: bool) -> dict[str, Any]:
         "density": {**{k: None for k in DENSITY_KEYS}, "ensemble": sp.ensemble, "fixed": sp.ensemble == "NVT"},
         "by_type": {"composition": None, "rdf": {}, "adf": {}},
         "pressure": {k: None for k in PRESSURE_KEYS},
+        "uncertainty": {k: None for k in UNCERTAINTY_KEYS},
         "timing_s": {"reference": None, "cg": None, "analysis": None},
     }
 
@@ -1116,7 +1131,64 @@ class RunCache:
 
 def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None, res: dict[str, Any],
              curves: dict[str, np.ndarray]) -> list[str]:
-    """Fill ``res``'s rdf/adf/density entries and ``curves``; returns notes (e.g. why there is no ADF)."""
+    """Fill ``res``'s rdf/adf/density entries, their error bars and ``curves``; returns notes (e.g. why there is
+    no ADF)."""
+    sums_ref: dict[str, Any] = {}
+    sums_cg: dict[str, Any] = {}
+    notes = _analyse_metrics(sp, config, ds_path, sim_dir, res, curves, sums_ref, sums_cg)
+    return notes + _uncertainty(sp, config, sums_ref, sums_cg, res, curves)
+
+
+def _uncertainty(sp: StatePoint, config: HarnessConfig, sums_ref: dict[str, Any], sums_cg: dict[str, Any],
+                 res: dict[str, Any], curves: dict[str, np.ndarray] | None = None) -> list[str]:
+    """Block-bootstrap standard errors of every metric and the noise floors of the distances
+    (``analysis.comparison_uncertainty``) into ``res``'s new ``*_se`` / ``*_noise_floor`` keys and its
+    ``uncertainty`` entry; returns notes (too few frames for independent blocks, ...)."""
+    from . import analysis as A
+
+    if not config.bootstrap_resamples or not sums_ref:
+        return []
+    try:
+        unc = A.comparison_uncertainty(sums_ref, sums_cg or None, n_resamples=config.bootstrap_resamples,
+                                       seed=config.seed, min_blocks=config.bootstrap_min_blocks)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:   # the metrics stand without error bars
+        res["uncertainty"]["notes"] = [f"no error bars: {exc}"]
+        return [f"{sp.label()}: no error bars: {exc}"]
+    res["uncertainty"].update(method="block bootstrap", n_resamples=unc["n_resamples"], seed=unc["seed"],
+                              n_sigma=N_SIGMA, blocks=unc["blocks"], noise_floor_method=unc["floor_method"],
+                              noise_floor_scale=unc["floor_scale"], notes=unc["notes"])
+    for name, prefix in (("rdf", "g"), ("adf", "p")):
+        for side, tag in (("reference", "ref"), ("cg", "cg")):
+            se = unc["curve_se"].get(name, {}).get(side)
+            if curves is not None and se is not None:
+                curves[f"{prefix}_{tag}_se"] = se
+    bt = res["by_type"]
+    for name, m in unc["metrics"].items():
+        if name == "density":
+            res["density"]["abs_error_se_bootstrap"] = m["se"].get("abs_error")
+            res["density"]["relative_error_se_bootstrap"] = m["se"].get("relative_error")
+            continue
+        kind, _, part = name.partition(" ")
+        target = (res[kind] if not part else
+                  bt[kind].get(part) if isinstance(bt[kind].get(part), dict) else None)
+        if target is None:
+            continue
+        allowed = RDF_UNCERTAINTY_KEYS if kind == "rdf" else ADF_UNCERTAINTY_KEYS
+        for key, value in m["se"].items():
+            if f"{key}_se" in allowed:
+                target[f"{key}_se"] = value
+        for key, value in m["noise_floor"].items():
+            if f"{key}_noise_floor" in allowed:
+                target[f"{key}_noise_floor"] = value
+                target[f"{key}_noise_floor_se"] = m["noise_floor_se"].get(key)
+    return [f"{sp.label()}: {note}" for note in unc["notes"]]
+
+
+def _analyse_metrics(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path | None,
+                     res: dict[str, Any], curves: dict[str, np.ndarray], sums_ref: dict[str, Any],
+                     sums_cg: dict[str, Any]) -> list[str]:
+    """The metrics of ``_analyse``; fills ``sums_ref`` / ``sums_cg`` with the per-frame sums of every curve
+    (``analysis.FrameSums``, named as ``analysis.comparison_uncertainty`` expects)."""
     from . import analysis as A
     from .dataset import CGDataset
     from .simulate import load_cg_frames
@@ -1133,7 +1205,8 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     if cg is not None:
         r_max = min(r_max, A.minimum_image_radius(cg["boxes"]))
     bw = config.rdf_bin_width
-    r, g_ref = A.rdf(ds.positions, ds.boxes, r_max=r_max, bin_width=bw)
+    sums_ref["rdf"] = A.rdf_frames(ds.positions, ds.boxes, r_max=r_max, bin_width=bw)
+    r, g_ref = sums_ref["rdf"].x, sums_ref["rdf"].curve()
     ref_rho = ds.densities()
     curves.update(r=r, g_ref=g_ref, density_ref=ref_rho)
     res["rdf"].update(r_max_nm=r_max, bin_width_nm=bw)
@@ -1156,12 +1229,13 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
         except ValueError as exc:
             notes.append(f"{sp.label()}: no ADF: {exc}")
     if shell is not None:
-        theta, p_ref = A.adf(ds.positions, ds.boxes, shell, n_bins=config.adf_bins)
+        sums_ref["adf"] = A.adf_frames(ds.positions, ds.boxes, shell, n_bins=config.adf_bins)
+        theta, p_ref = sums_ref["adf"].x, sums_ref["adf"].curve()
         curves.update(theta=theta, p_ref=p_ref)
         res["adf"].update(shell_cutoff_nm=shell, n_bins=config.adf_bins)
     res["by_type"]["composition"] = {name: int(np.sum(ds.bead_types == t)) for t, name in enumerate(ds.type_names)}
     if cg is not None and len(ds.type_names) > 1:
-        _analyse_by_type(ds, cg, r_max, bw, shell, config.adf_bins, res["by_type"], curves)
+        _analyse_by_type(ds, cg, r_max, bw, shell, config.adf_bins, res["by_type"], curves, sums_ref, sums_cg)
     dens = res["density"]
     pres = res["pressure"]
     if ds.pressure is not None:
@@ -1173,10 +1247,12 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
     else:
         m, se, nb = A.series_mean_se(ref_rho, config.density_blocks)
         dens.update(ref_mean=m, ref_se=se, n_blocks=nb)
+        sums_ref["density"] = A.FrameSums.of_series(ref_rho)
     if cg is None:
         return notes
 
-    r_cg, g_cg = A.rdf(cg["positions"], cg["boxes"], r_max=r_max, bin_width=bw)
+    sums_cg["rdf"] = A.rdf_frames(cg["positions"], cg["boxes"], r_max=r_max, bin_width=bw)
+    r_cg, g_cg = sums_cg["rdf"].x, sums_cg["rdf"].curve()
     if r_cg.shape != r.shape or not np.allclose(r_cg, r):
         raise RuntimeError("the reference and CG RDF grids differ")
     cg_rho = np.asarray(cg["density"], dtype=np.float64)
@@ -1191,7 +1267,8 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
                 pres["difference_se"] = math.hypot(se, pres["ref_se"])
     res["rdf"].update(A.rdf_metrics(r, g_ref, g_cg))
     if shell is not None:
-        _, p_cg = A.adf(cg["positions"], cg["boxes"], shell, n_bins=config.adf_bins)
+        sums_cg["adf"] = A.adf_frames(cg["positions"], cg["boxes"], shell, n_bins=config.adf_bins)
+        p_cg = sums_cg["adf"].curve()
         curves["p_cg"] = p_cg
         if p_cg.sum() > 0 and curves["p_ref"].sum() > 0:
             res["adf"]["l1"] = A.adf_l1(curves["p_ref"], p_cg, curves["theta"])
@@ -1201,6 +1278,7 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
         dens.update(cg_mean=float(np.mean(cg_rho)), cg_se=0.0)
         return notes
     m, se, nb = A.series_mean_se(cg_rho, config.density_blocks)
+    sums_cg["density"] = A.FrameSums.of_series(cg_rho)
     dens.update(cg_mean=m, cg_se=se, n_blocks=min(nb, dens["n_blocks"]) if nb and dens["n_blocks"] else None)
     for side, series in (("all-atom", ref_rho), ("CG", cg_rho)):
         drift = A.block_drift(series, config.density_blocks)
@@ -1214,10 +1292,15 @@ def _analyse(sp: StatePoint, config: HarnessConfig, ds_path: Path, sim_dir: Path
 
 
 def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float, shell: float | None, adf_bins: int,
-                     out: dict[str, Any], curves: dict[str, np.ndarray]) -> None:
+                     out: dict[str, Any], curves: dict[str, np.ndarray], sums_ref: dict[str, Any] | None = None,
+                     sums_cg: dict[str, Any] | None = None) -> None:
     """Partial RDFs of every bead-type pair and ADFs per central bead type (reference vs CG); the CG run
-    keeps the bead order and types of the reference data set it started from."""
+    keeps the bead order and types of the reference data set it started from. Their per-frame sums go into
+    ``sums_ref`` / ``sums_cg`` as "rdf A-B" and "adf A"."""
     from . import analysis as A
+
+    sums_ref = {} if sums_ref is None else sums_ref
+    sums_cg = {} if sums_cg is None else sums_cg
 
     types = ds.bead_types
     if cg["positions"].shape[1] != len(types):
@@ -1229,8 +1312,11 @@ def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float
             if (na < 2 if a == b else na * nb == 0):
                 continue
             key = f"{names[a]}-{names[b]}"
-            r, g_ref = A.rdf(ds.positions, ds.boxes, r_max=r_max, bin_width=bw, types=types, pair=(a, b))
-            _, g_cg = A.rdf(cg["positions"], cg["boxes"], r_max=r_max, bin_width=bw, types=types, pair=(a, b))
+            sums_ref[f"rdf {key}"] = A.rdf_frames(ds.positions, ds.boxes, r_max=r_max, bin_width=bw, types=types,
+                                                  pair=(a, b))
+            sums_cg[f"rdf {key}"] = A.rdf_frames(cg["positions"], cg["boxes"], r_max=r_max, bin_width=bw, types=types,
+                                                 pair=(a, b))
+            r, g_ref, g_cg = sums_ref[f"rdf {key}"].x, sums_ref[f"rdf {key}"].curve(), sums_cg[f"rdf {key}"].curve()
             curves[f"g_ref_{key}"], curves[f"g_cg_{key}"] = g_ref, g_cg
             try:
                 out["rdf"][key] = A.rdf_metrics(r, g_ref, g_cg)
@@ -1239,8 +1325,10 @@ def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float
     if shell is None:
         return
     for t, name in enumerate(names):
-        _, p_ref = A.adf(ds.positions, ds.boxes, shell, n_bins=adf_bins, types=types, centre=t)
-        theta, p_cg = A.adf(cg["positions"], cg["boxes"], shell, n_bins=adf_bins, types=types, centre=t)
+        sums_ref[f"adf {name}"] = A.adf_frames(ds.positions, ds.boxes, shell, n_bins=adf_bins, types=types, centre=t)
+        sums_cg[f"adf {name}"] = A.adf_frames(cg["positions"], cg["boxes"], shell, n_bins=adf_bins, types=types,
+                                              centre=t)
+        theta, p_ref, p_cg = sums_ref[f"adf {name}"].x, sums_ref[f"adf {name}"].curve(), sums_cg[f"adf {name}"].curve()
         curves[f"p_ref_{name}"], curves[f"p_cg_{name}"] = p_ref, p_cg
         l1 = A.adf_l1(p_ref, p_cg, theta) if p_ref.sum() > 0 and p_cg.sum() > 0 else None
         out["adf"][name] = {"l1": l1, "shell_cutoff_nm": shell}
@@ -1250,7 +1338,7 @@ def _analyse_by_type(ds: Any, cg: dict[str, np.ndarray], r_max: float, bw: float
 # outputs
 # ---------------------------------------------------------------------------------------------
 _CURVE_NAMES = ("r", "g_ref", "g_cg", "theta", "p_ref", "p_cg", "density_ref", "density_cg", "pressure_ref",
-                "pressure_cg")
+                "pressure_cg", "g_ref_se", "g_cg_se", "p_ref_se", "p_cg_se")
 
 
 def _write_curves(out: Path, points: list[StatePoint], curves: list[dict[str, np.ndarray]]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from .geometry import as_frames
 from .units import BOLTZMANN_KJ_PER_MOL_K
 
 #: 1 kJ/mol/nm^3 in bar (1e3 J / 6.02214076e23 / 1e-27 m^3 / 1e5 Pa).
@@ -86,12 +87,7 @@ def virial_pressure(energy: Callable[[np.ndarray, np.ndarray], float], positions
     :param rel_dv: relative volume change of the central difference (V (1 +- rel_dv)).
     :return: (F,) pressures in bar.
     """
-    positions = np.asarray(positions, dtype=np.float64)
-    boxes = np.asarray(boxes, dtype=np.float64)
-    if positions.ndim == 2:
-        positions = positions[None]
-    if boxes.ndim == 2:
-        boxes = np.broadcast_to(boxes, (positions.shape[0], 3, 3))
+    positions, boxes = as_frames(positions, boxes)
     n = positions.shape[1]
     out = np.empty(positions.shape[0])
     for f in range(positions.shape[0]):

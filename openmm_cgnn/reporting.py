@@ -99,13 +99,20 @@ def _note(ax, text: str) -> None:
               framealpha=0.9, edgecolor="0.8", borderpad=0.4, labelspacing=0.2)
 
 
-def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, decorate, note) -> Path:
+_BAND_LABEL = "noise band: \u00b12\u03c3 of g_CG \u2212 g_AA"
+
+
+def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, decorate, note, extra=None,
+                    bands=None) -> Path:
     """Shared layout of plot_rdfs/plot_adfs: one panel per entry, one legend for the figure."""
     if not curves:
         raise ValueError("no curves to plot")
     fig, axes = _figure(len(curves), ncols, (4.2, 3.2))
     handles: dict[str, Any] = {}
     for ax, (label, (x, y_ref, y_cg)) in zip(axes, curves.items()):
+        if bands and bands.get(label) is not None:
+            lo, hi = bands[label]
+            handles[_BAND_LABEL] = ax.fill_between(x, lo, hi, color="0.82", lw=0, zorder=0)
         if y_ref is not None:
             handles[ref_label], = ax.plot(x, y_ref, **_REF_STYLE)
         if y_cg is not None:
@@ -115,9 +122,12 @@ def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, dec
         ax.set_ylim(0, 1.12 * ax.get_ylim()[1])           # headroom for the metric box
         if y_ref is not None and y_cg is not None:
             try:
-                _note(ax, note(x, y_ref, y_cg))
+                text = note(x, y_ref, y_cg)
             except ValueError:
-                pass
+                text = None
+            more = (extra or {}).get(label)
+            if text or more:
+                _note(ax, "\n".join(t for t in (text, more) if t))
     # one legend below the panels, where it can never hide data
     fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
                ncols=max(1, len(handles)), frameon=False, fontsize=9)
@@ -128,11 +138,15 @@ def _overlay_panels(curves, path, *, ref_label, cg_label, title, ncols, dpi, dec
 
 def plot_rdfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
               ref_label: str = "all-atom (mapped)", cg_label: str = "CG (GNN)", title: str | None = None,
-              ncols: int | None = None, dpi: int = 150) -> Path:
+              ncols: int | None = None, dpi: int = 150, extra: Mapping[str, str] | None = None,
+              bands: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     """One panel per state point: reference and CG g(r) overlaid, written as a PNG.
 
     curves : {panel title (e.g. "300 K, 0.79 g/cm3") -> (r nm, g_ref, g_cg)}; either g may be None.
-    Panels with both curves show ``rdf_metrics``' MAD and first-peak errors. Returns ``path``.
+    Panels with both curves show ``rdf_metrics``' MAD and first-peak errors; ``extra`` {panel title ->
+    text} adds lines to a panel's box (the harness: standard error and noise floor); ``bands`` {panel
+    title -> (lower, upper) on the panel's r} draws a grey band behind the curves (the harness: g_AA
+    \u00b1 2 sqrt(SE_AA\u00b2 + SE_CG\u00b2) per bin, where the CG curve is within noise). Returns ``path``.
     """
     def decorate(ax, r):
         ax.axhline(1.0, color="0.6", lw=0.7, ls=":")
@@ -148,16 +162,16 @@ def plot_rdfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarr
                 f"peak \u0394g {m['peak_height_error']:+.2f}")
 
     return _overlay_panels(curves, path, ref_label=ref_label, cg_label=cg_label, title=title,
-                           ncols=ncols, dpi=dpi, decorate=decorate, note=note)
+                           ncols=ncols, dpi=dpi, decorate=decorate, note=note, extra=extra, bands=bands)
 
 
 def plot_adfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], path: str | Path, *,
               ref_label: str = "all-atom (mapped)", cg_label: str = "CG (GNN)", title: str | None = None,
-              ncols: int | None = None, dpi: int = 150) -> Path:
+              ncols: int | None = None, dpi: int = 150, extra: Mapping[str, str] | None = None) -> Path:
     """One panel per state point: reference and CG ADF P(theta) overlaid, written as a PNG.
 
     curves : {panel title -> (theta degrees, p_ref 1/degree, p_cg 1/degree)}; either p may be None.
-    Panels with both curves show ``adf_l1``. Returns ``path``.
+    Panels with both curves show ``adf_l1``; ``extra`` as in ``plot_rdfs``. Returns ``path``.
     """
     def decorate(ax, theta):
         ax.set_xlim(0, 180)
@@ -171,7 +185,7 @@ def plot_adfs(curves: Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarr
         return f"L1 {adf_l1(p_ref, p_cg, theta):.3f}"
 
     return _overlay_panels(curves, path, ref_label=ref_label, cg_label=cg_label, title=title,
-                           ncols=ncols, dpi=dpi, decorate=decorate, note=note)
+                           ncols=ncols, dpi=dpi, decorate=decorate, note=note, extra=extra)
 
 
 def plot_density_vs_temperature(rows: Iterable[Mapping[str, Any]], path: str | Path, *,
@@ -260,14 +274,20 @@ def write_harness_plots(out: Path, results: list[dict[str, Any]], curves: list[d
                  trained_temperatures: Sequence[float] = (), cg_label: str = "CG (GNN)") -> dict[str, str]:
     files = {"rdf_plot": "rdf.png", "adf_plot": "adf.png", "density_plot": "density.png"}
     rdfs = {_panel_title(res): (c["r"], c["g_ref"], c.get("g_cg")) for res, c in zip(results, curves) if "r" in c}
+    rdf_extra = {_panel_title(res): _error_note(res["rdf"], "mad") for res in results}
+    rdf_bands = {_panel_title(res): _noise_band(c.get("g_ref"), c.get("g_ref_se"), c.get("g_cg_se"))
+                 for res, c in zip(results, curves)}
     if rdfs:
-        plot_rdfs(rdfs, out / "rdf.png", title="Bead-bead radial distribution function", cg_label=cg_label)
+        plot_rdfs(rdfs, out / "rdf.png", title="Bead-bead radial distribution function", cg_label=cg_label,
+                  extra=rdf_extra, bands=rdf_bands)
     else:
         _message_png(out / "rdf.png", "no RDF: no state point has a reference")
     adfs = {_panel_title(res, f"shell < {res['adf']['shell_cutoff_nm']:.3f} nm"):
             (c["theta"], c["p_ref"], c.get("p_cg")) for res, c in zip(results, curves) if "theta" in c}
+    adf_extra = {_panel_title(res, f"shell < {res['adf']['shell_cutoff_nm']:.3f} nm"): _error_note(res["adf"], "l1")
+                 for res in results if res["adf"].get("shell_cutoff_nm") is not None}
     if adfs:
-        plot_adfs(adfs, out / "adf.png", title="First-shell angle distribution", cg_label=cg_label)
+        plot_adfs(adfs, out / "adf.png", title="First-shell angle distribution", cg_label=cg_label, extra=adf_extra)
     else:
         _message_png(out / "adf.png", "no ADF: no state point has a reference with a first RDF minimum")
     groups: dict[float, list[dict[str, Any]]] = {}
@@ -290,6 +310,35 @@ def write_harness_plots(out: Path, results: list[dict[str, Any]], curves: list[d
     return files
 
 
+def _noise_band(y_ref: np.ndarray | None, se_ref: np.ndarray | None, se_cg: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lower, upper): y_ref \u00b1 2 sqrt(se_ref\u00b2 + se_cg\u00b2) per bin (the CG side's error 0 when it has
+    none; the lower edge not below 0); None without the reference's errors."""
+    if y_ref is None or se_ref is None:
+        return None
+    half = 2.0 * np.sqrt(np.asarray(se_ref) ** 2 + (np.asarray(se_cg) ** 2 if se_cg is not None else 0.0))
+    return np.maximum(np.asarray(y_ref) - half, 0.0), np.asarray(y_ref) + half
+
+
+def _error_note(metrics: Mapping[str, Any], key: str) -> str | None:
+    """"SE 0.004, floor 0.012 ± 0.002" for a panel's box, from a report's ``<key>_se`` and
+    ``<key>_noise_floor`` entries (None when there are neither)."""
+    parts = []
+    if metrics.get(f"{key}_se") is not None:
+        parts.append(f"SE {metrics[f'{key}_se']:.3f}")
+    if metrics.get(f"{key}_noise_floor") is not None:
+        se = metrics.get(f"{key}_noise_floor_se")
+        parts.append(f"floor {metrics[f'{key}_noise_floor']:.3f}" + (f" ± {se:.3f}" if se is not None else ""))
+    return ", ".join(parts) or None
+
+
+def _with_se(value: Any, se: Any, spec: str) -> str:
+    """"0.0532 ± 0.0021" (value and its standard error), "0.0532" without an error, "—" without a value."""
+    if value is None:
+        return _fmt(None)
+    return format(value, spec) + (f" ± {format(se, spec.lstrip('+'))}" if se is not None else "")
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """Three lines with the key errors: RDF, ADF, density (used by the demo and report.md)."""
     sps = report["state_points"]
@@ -306,6 +355,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         dg = max(abs(s["rdf"]["peak_height_error"]) for s in done)
         line1 = (f"{head}RDF: mean |g_CG - g_AA| {mean_mad:.3f} (worst {worst['rdf']['mad']:.3f} at "
                  f"{worst['label']}); first peak off by up to {dr:.3f} nm and {dg:.2f} in height.")
+        floors = [s["rdf"].get("mad_noise_floor") for s in done]
+        if all(f is not None for f in floors):
+            line1 += (f" Noise floor (two all-atom halves, scaled): {float(np.mean(floors)):.3f} on average; "
+                      f"{_n_above_floor(done, 'rdf', 'mad')} of {len(done)} state points above it by 2 sigma.")
     else:
         line1 = f"{head}RDF: no CG run completed, nothing to compare."
     with_adf = [s for s in done if s["adf"]["l1"] is not None]
@@ -335,12 +388,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return [line1, line2, line3]
 
 
+def _n_above_floor(states: Sequence[Mapping[str, Any]], group: str, key: str) -> int:
+    """How many state points have ``group.key`` above its noise floor by more than 2 combined standard errors."""
+    from .analysis import significant_difference
+
+    return sum(1 for s in states if significant_difference(
+        s[group].get(key), s[group].get(f"{key}_se"), s[group].get(f"{key}_noise_floor"),
+        s[group].get(f"{key}_noise_floor_se")) == 1)
+
+
+def _floor_cell(metrics: Mapping[str, Any], key: str, spec: str) -> str:
+    return _with_se(metrics.get(f"{key}_noise_floor"), metrics.get(f"{key}_noise_floor_se"), spec)
+
+
 def metrics_table_markdown(report: dict[str, Any]) -> str:
     """The metrics of every state point as a Markdown table."""
-    head = ("| state point | ensemble | trained here | status | RDF MAD | RDF max \\|\u0394g\\| | peak \u0394r (nm) "
-            "| peak \u0394g | ADF L1 | \u03c1 AA (g/cm\u00b3) | \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) "
-            "| P AA (bar) | P CG (bar) |")
-    rows = [head, "|" + "---|" * 14]
+    head = ("| state point | ensemble | trained here | status | RDF MAD | RDF MAD floor | RDF max \\|\u0394g\\| "
+            "| peak \u0394r (nm) | peak \u0394g | ADF L1 | ADF L1 floor | \u03c1 AA (g/cm\u00b3) "
+            "| \u03c1 CG (g/cm\u00b3) | \u03c1 error (%) | P AA (bar) | P CG (bar) |")
+    rows = [head, "|" + "---|" * 16]
     for s in report["state_points"]:
         r, a, d = s["rdf"], s["adf"], s["density"]
         if d["fixed"]:
@@ -355,8 +421,11 @@ def metrics_table_markdown(report: dict[str, Any]) -> str:
                 err += f" \u00b1 {100 * d['relative_error_se']:.2f}"
         rows.append("| " + " | ".join([
             s["label"], s["state"]["ensemble"], "yes" if s["in_training"] else "no", s["status"].replace("_", " "),
-            _fmt(r["mad"], ".4f"), _fmt(r["max_abs_dev"], ".3f"), _fmt(r["peak_position_error"], "+.4f"),
-            _fmt(r["peak_height_error"], "+.3f"), _fmt(a["l1"], ".3f"), rho_aa, rho_cg, err,
+            _with_se(r["mad"], r.get("mad_se"), ".4f"), _floor_cell(r, "mad", ".4f"),
+            _with_se(r["max_abs_dev"], r.get("max_abs_dev_se"), ".3f"),
+            _with_se(r["peak_position_error"], r.get("peak_position_error_se"), "+.4f"),
+            _with_se(r["peak_height_error"], r.get("peak_height_error_se"), "+.3f"),
+            _with_se(a["l1"], a.get("l1_se"), ".3f"), _floor_cell(a, "l1", ".3f"), rho_aa, rho_cg, err,
             _pressure_cell(s, "ref"), _pressure_cell(s, "cg")]) + " |")
     return "\n".join(rows) + "\n"
 
@@ -369,8 +438,12 @@ def _by_type_markdown(report: dict[str, Any]) -> list[str]:
         if not bt.get("rdf") and not bt.get("adf"):
             continue
         comp = ", ".join(f"{k} {v}" for k, v in (bt.get("composition") or {}).items())
-        rdfs = ", ".join(f"{k} {_fmt(v.get('mad'), '.3f')}" for k, v in bt["rdf"].items())
-        adfs = ", ".join(f"{k} {_fmt(v.get('l1'), '.3f')}" for k, v in bt.get("adf", {}).items())
+        rdfs = ", ".join(f"{k} {_with_se(v.get('mad'), v.get('mad_se'), '.3f')}"
+                         + (f" (floor {v['mad_noise_floor']:.3f})" if v.get("mad_noise_floor") is not None else "")
+                         for k, v in bt["rdf"].items())
+        adfs = ", ".join(f"{k} {_with_se(v.get('l1'), v.get('l1_se'), '.3f')}"
+                         + (f" (floor {v['l1_noise_floor']:.3f})" if v.get("l1_noise_floor") is not None else "")
+                         for k, v in bt.get("adf", {}).items())
         rows.append(f"| {sp['label']} | {comp} | {rdfs} | {adfs or _fmt(None, '')} |")
     if not rows:
         return []
@@ -416,6 +489,12 @@ def harness_markdown(report: dict[str, Any]) -> str:
         "block-averaged mean \u00b1 standard error of NPT runs; NVT densities are imposed. P: instantaneous "
         "pressure (OpenMM's finite-difference estimator, molecular for all-atom), block-averaged mean \u00b1 "
         "standard error.", "",
+        "Error bars: \u00b1 is the standard error of the metric from a block bootstrap over both trajectories "
+        "(blocks a few autocorrelation times long). Floor: the same metric between the first and the second "
+        "half of the all-atom run, scaled to the length of this comparison \u2014 what a perfect CG model "
+        "would score from sampling noise alone. An error is real only where it exceeds its floor by more than "
+        "2 combined standard errors; a difference between two models counts only where it exceeds 2 "
+        "sqrt(SE_a\u00b2 + SE_b\u00b2).", "",
     ]
     lines += _by_type_markdown(report)
     problems = [s for s in report["state_points"] if s["status"] != "complete"]
@@ -447,19 +526,51 @@ def write_study_plots(rows: list[dict[str, Any]], out: Path) -> None:
     for key, ylabel, fname in specs:
         fig = Figure(figsize=(6.4, 4.2))
         ax = fig.add_subplot(111)
+        _floor_band(ax, nvt, key)
         for name in dict.fromkeys(r["model"] for r in rows):
-            pts = sorted((r["temperature_K"], r[key]) for r in nvt if r["model"] == name and r[key] is not None)
+            pts = sorted((r["temperature_K"], r[key], r.get(f"{key}_se")) for r in nvt
+                         if r["model"] == name and r[key] is not None)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name, linestyle="--" if name == "pair-fm" else "-")
+                t, y, se = zip(*pts)
+                bars = [2 * e if e is not None else 0.0 for e in se]
+                ax.errorbar(t, y, yerr=bars if any(bars) else None, marker="o", capsize=3, label=name,
+                            linestyle="--" if name == "pair-fm" else "-")
         trained = sorted({r["temperature_K"] for r in rows if r["in_training"]})
         for t in trained:
             ax.axvline(t, color="0.8", zorder=0)
         ax.set_xlabel("temperature (K)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel} across temperature (NVT; grey: training)", fontsize=10)
+        ax.set_title(f"{ylabel} across temperature (NVT; grey: training)"
+                     + ("\nbars: \u00b12 standard errors" if any(r.get(f"{key}_se") is not None for r in nvt) else ""),
+                     fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         atomic_write(out / fname, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
+
+
+def _floor_band(ax, rows: Sequence[Mapping[str, Any]], key: str) -> None:
+    """The noise floor of metric ``key`` against temperature (mean over models of ``<key>_noise_floor``), as a
+    dotted line in a grey band of \u00b12 standard errors; nothing for a metric without floors."""
+    by_t: dict[float, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r.get(f"{key}_noise_floor") is not None:
+            by_t.setdefault(r["temperature_K"], []).append(
+                (r[f"{key}_noise_floor"], r.get(f"{key}_noise_floor_se") or 0.0))
+    if not by_t:
+        return
+    t = sorted(by_t)
+    floor = np.array([np.mean([f for f, _ in by_t[x]]) for x in t])
+    se = np.array([np.mean([e for _, e in by_t[x]]) for x in t])
+    ax.fill_between(t, np.maximum(floor - 2 * se, 0.0), floor + 2 * se, color="0.85", zorder=0, lw=0)
+    ax.plot(t, floor, color="0.45", ls=":", lw=1.2, zorder=1, label="noise floor (\u00b12 SE)")
+
+
+def _above_floor_cell(r: Mapping[str, Any], key: str) -> str:
+    from .analysis import significant_difference
+
+    verdict = significant_difference(r.get(key), r.get(f"{key}_se"), r.get(f"{key}_noise_floor"),
+                                     r.get(f"{key}_noise_floor_se"))
+    return {1: "yes", 0: "no (noise)", -1: "no (below)", None: "\u2014"}[verdict]
 
 
 def study_markdown(result: dict[str, Any]) -> str:
@@ -470,16 +581,26 @@ def study_markdown(result: dict[str, Any]) -> str:
     lines += [f"- {line}" for line in result["conclusion"]["lines"]]
     lines += ["", "![RDF MAD vs T](rdf_mad_vs_T.png)", "", "![ADF L1 vs T](adf_l1_vs_T.png)", "",
               "![relative error](relative_error.png)", "", "## Every model at every state point", "",
-              "| model | state | trained here | status | RDF MAD | RDF MAD / training | peak height err | "
-              "ADF L1 | density rel. err |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | state | trained here | status | RDF MAD | RDF MAD floor | above floor (2\u03c3) | "
+              "RDF MAD / training | peak height err | ADF L1 | ADF L1 floor | density rel. err |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         dens = "—" if r["density_relative_error"] is None else \
             f"{r['density_relative_error']:+.3f} ± {r['density_relative_error_se'] or 0:.3f}"
+        relative = _with_se(r["rdf_mad_relative_to_training"], r.get("rdf_mad_relative_to_training_se"), ".2f")
         lines.append(f"| {r['model']} | {r['state']} | {'yes' if r['in_training'] else ''} | {r['status']} | "
-                     f"{_fmt(r['rdf_mad'])} | {_fmt(r['rdf_mad_relative_to_training'], '.2f')} | "
-                     f"{_fmt(r['rdf_peak_height_error'], '+.3f')} | {_fmt(r['adf_l1'])} | {dens} |")
+                     f"{_with_se(r['rdf_mad'], r.get('rdf_mad_se'), '.4f')} | "
+                     f"{_with_se(r.get('rdf_mad_noise_floor'), r.get('rdf_mad_noise_floor_se'), '.4f')} | "
+                     f"{_above_floor_cell(r, 'rdf_mad')} | {relative} | {_fmt(r['rdf_peak_height_error'], '+.3f')} | "
+                     f"{_with_se(r['adf_l1'], r.get('adf_l1_se'), '.4f')} | "
+                     f"{_with_se(r.get('adf_l1_noise_floor'), r.get('adf_l1_noise_floor_se'), '.4f')} | {dens} |")
     lines += ["", "RDF MAD: mean |g_CG(r) - g_AA(r)| over bins where either is non-zero. ADF L1: "
               "integral of |P_CG - P_AA| over angle (0 same, 2 disjoint). Density relative error: "
-              "rho_CG / rho_AA - 1 for NPT state points, with its standard error.", ""]
+              "rho_CG / rho_AA - 1 for NPT state points, with its standard error.", "",
+              "\u00b1: standard error from a block bootstrap of the all-atom and the CG run (sampling noise only, "
+              "not the spread between networks trained again). Floor: the same metric between the two halves of "
+              "the all-atom run, scaled to the comparison: what a perfect model would score. 'above floor': the "
+              "error exceeds the floor by more than 2 sqrt(SE\u00b2 + SE_floor\u00b2); 'no (noise)': the data "
+              "cannot tell it from sampling noise. The conclusion states a difference between two models only "
+              "beyond 2 sqrt(SE_a\u00b2 + SE_b\u00b2).", ""]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ in ``docs/formats.md``; the plots and ``study.md`` are written by :mod:`~openmm_
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -319,6 +320,7 @@ def _rows(name: str, trained_at: list[str], report: dict[str, Any]) -> list[dict
     train_sp = next((s for s in sps if s["in_training"] and s["status"] == "complete"), None)
     base_mad = train_sp["rdf"]["mad"] if train_sp else None
     base_l1 = train_sp["adf"]["l1"] if train_sp else None
+    base_mad_se = train_sp["rdf"].get("mad_se") if train_sp else None
     rows = []
     for s in sps:
         rdf, adf, dens = s.get("rdf") or {}, s.get("adf") or {}, s.get("density") or {}
@@ -331,20 +333,80 @@ def _rows(name: str, trained_at: list[str], report: dict[str, Any]) -> list[dict
             "density_relative_error_se": dens.get("relative_error_se") if dens else None,
             "rdf_mad_relative_to_training": (mad / base_mad) if (mad is not None and base_mad) else None,
             "adf_l1_relative_to_training": (l1 / base_l1) if (l1 is not None and base_l1) else None,
+            # error bars from the harness report (None in reports written without them)
+            "rdf_mad_se": rdf.get("mad_se"), "rdf_mad_noise_floor": rdf.get("mad_noise_floor"),
+            "rdf_mad_noise_floor_se": rdf.get("mad_noise_floor_se"),
+            "adf_l1_se": adf.get("l1_se"), "adf_l1_noise_floor": adf.get("l1_noise_floor"),
+            "adf_l1_noise_floor_se": adf.get("l1_noise_floor_se"),
+            "rdf_mad_relative_to_training_se": 0.0 if s is train_sp and rdf.get("mad_se") is not None else
+            _ratio_se(mad, rdf.get("mad_se"), base_mad, base_mad_se),
         })
     return rows
 
 
+def _ratio_se(a: float | None, se_a: float | None, b: float | None, se_b: float | None) -> float | None:
+    """First-order standard error of a / b from independent errors of a and b (None if anything is missing)."""
+    if a is None or b is None or se_a is None or se_b is None or not b:
+        return None
+    return abs(a / b) * math.hypot(se_a / a if a else 0.0, se_b / b)
+
+
+N_SIGMA = 2.0        # a difference is stated only beyond this many combined standard errors
+
+
+def _mean_se(values: list[float], ses: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean of independent values (one per state point) and its standard error sqrt(sum se^2) / n;
+    (None, None) without values, SE None when any value lacks one."""
+    if not values:
+        return None, None
+    se = None if any(e is None for e in ses) else math.sqrt(sum(e * e for e in ses)) / len(values)
+    return float(np.mean(values)), se
+
+
+def _pm(value: float | None, se: float | None, spec: str = ".4f") -> str:
+    if value is None:
+        return "\u2014"
+    return format(value, spec) + (f" \u00b1 {format(se, spec.lstrip('+'))}" if se is not None else " (no error bar)")
+
+
+def conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]:
+    """The conclusion of a study from its rows (``study.json``'s ``rows``): ``per_model`` numbers, ``lines``,
+    ``n_sigma`` and ``claim`` (-1: HIP-NN-TS lower beyond 2 sigma, +1: pair lower, 0: the data cannot tell,
+    None: no error bars). See ``_conclude``."""
+    return _conclude(rows, config)
+
+
 def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]:
-    """Mean absolute and relative errors away from training, per model, and a plain verdict."""
+    """Mean errors away from training per model, with standard errors and noise floors, and verdicts that
+    say no more than the error bars allow.
+
+    A model's error counts as real only where it exceeds its noise floor (two halves of the all-atom run)
+    by more than ``N_SIGMA`` combined standard errors; HIP-NN-TS (l=2) and the pair baseline count as
+    different only where their mean off-training RDF MADs differ by more than ``N_SIGMA``
+    sqrt(se_a^2 + se_b^2). Otherwise the lines say that the data cannot tell. The means over state points
+    treat the state points as independent (they are separate runs).
+    """
+    from .analysis import significant_difference
+
     per_model: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         off = [r for r in mine if not r["in_training"] and r["status"] == "complete" and r["rdf_mad"] is not None]
         on = [r for r in mine if r["in_training"] and r["rdf_mad"] is not None]
+        mad, mad_se = _mean_se([r["rdf_mad"] for r in off], [r.get("rdf_mad_se") for r in off])
+        with_floor = [r for r in off if r.get("rdf_mad_noise_floor") is not None]
+        floor, floor_se = (None, None)
+        if len(with_floor) == len(off):
+            floor, floor_se = _mean_se([r["rdf_mad_noise_floor"] for r in off],
+                                       [r.get("rdf_mad_noise_floor_se") for r in off])
         per_model[name] = {
             "train_rdf_mad": on[0]["rdf_mad"] if on else None,
-            "off_rdf_mad_mean": float(np.mean([r["rdf_mad"] for r in off])) if off else None,
+            "train_rdf_mad_se": on[0].get("rdf_mad_se") if on else None,
+            "off_rdf_mad_mean": mad,
+            "off_rdf_mad_mean_se": mad_se,
+            "off_rdf_mad_noise_floor_mean": floor,
+            "off_rdf_mad_noise_floor_mean_se": floor_se,
+            "off_rdf_mad_above_floor": significant_difference(mad, mad_se, floor, floor_se, N_SIGMA),
             "off_adf_l1_mean": float(np.mean([r["adf_l1"] for r in off if r["adf_l1"] is not None]))
             if any(r["adf_l1"] is not None for r in off) else None,
             "off_rdf_mad_relative_mean": float(np.mean([r["rdf_mad_relative_to_training"] for r in off
@@ -353,19 +415,69 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
             "n_blew_up": sum(1 for r in mine if r["status"] != "complete"),
         }
     lines = []
+    claim = ratio = ratio_se = None
     gnn = per_model.get("hipnn-ts-l2")
     pair = per_model.get("pair-fm")
     if gnn and pair and gnn["off_rdf_mad_mean"] is not None and pair["off_rdf_mad_mean"] is not None:
-        ratio = gnn["off_rdf_mad_mean"] / pair["off_rdf_mad_mean"]
-        verdict = "holds" if ratio < 0.9 else ("does not hold" if ratio > 1.1 else "is not resolved")
-        lines.append(f"Away from training, HIP-NN-TS (l=2) RDF MAD {gnn['off_rdf_mad_mean']:.4f} vs pair "
-                     f"{pair['off_rdf_mad_mean']:.4f} (ratio {ratio:.2f}): the paper's claim {verdict} here.")
+        g, p = gnn["off_rdf_mad_mean"], pair["off_rdf_mad_mean"]
+        g_se, p_se = gnn["off_rdf_mad_mean_se"], pair["off_rdf_mad_mean_se"]
+        claim = significant_difference(g, g_se, p, p_se, N_SIGMA)
+        combined = math.hypot(g_se, p_se) if g_se is not None and p_se is not None else None
+        verdict = {
+            -1: f"HIP-NN-TS is lower by more than {N_SIGMA:g} sigma: the paper's claim holds here",
+            1: f"the pair model is lower by more than {N_SIGMA:g} sigma: the paper's claim does not hold here",
+            0: f"the difference is within {N_SIGMA:g} sigma of the combined uncertainty: the data cannot tell "
+               "whether the paper's claim holds",
+            None: "without error bars on both sides the data cannot tell whether the paper's claim holds",
+        }[claim]
+        ratio, ratio_se = (g / p, _ratio_se(g, g_se, p, p_se)) if p else (None, None)
+        lines.append(f"Away from training, HIP-NN-TS (l=2) RDF MAD {_pm(g, g_se)} vs pair {_pm(p, p_se)} "
+                     f"(difference {_pm(g - p, combined, '+.4f')}"
+                     + (f", ratio {_pm(ratio, ratio_se, '.2f')}" if ratio is not None else "") + f"): {verdict}.")
+        lines.append(_per_state_verdicts(rows))
     for name, m in per_model.items():
+        if m["off_rdf_mad_mean"] is None:
+            continue
+        line = (f"{name}: training-point RDF MAD {_pm(m['train_rdf_mad'], m['train_rdf_mad_se'])}, off-training "
+                f"mean {_pm(m['off_rdf_mad_mean'], m['off_rdf_mad_mean_se'])}")
         if m["off_rdf_mad_relative_mean"] is not None:
-            lines.append(f"{name}: training-point RDF MAD {m['train_rdf_mad']:.4f}, off-training mean "
-                         f"{m['off_rdf_mad_mean']:.4f} ({m['off_rdf_mad_relative_mean']:.2f}x its training error)"
-                         + (f", {m['n_blew_up']} runs did not complete" if m["n_blew_up"] else ""))
+            line += f" ({m['off_rdf_mad_relative_mean']:.2f}x its training error)"
+        above = m["off_rdf_mad_above_floor"]
+        if m["off_rdf_mad_noise_floor_mean"] is None:
+            line += "; no noise floor, so it cannot be told from sampling noise"
+        else:
+            floor = _pm(m["off_rdf_mad_noise_floor_mean"], m["off_rdf_mad_noise_floor_mean_se"])
+            line += f"; noise floor {floor}: " + {
+                1: f"a real error (above the floor by more than {N_SIGMA:g} sigma)",
+                0: f"within {N_SIGMA:g} sigma of the floor, so the data cannot tell it from sampling noise",
+                -1: "below the floor (the floor is conservative): no error this run length can resolve",
+                None: "without error bars the data cannot tell it from sampling noise",
+            }[above]
+        if m["n_blew_up"]:
+            line += f"; {m['n_blew_up']} runs did not complete"
+        lines.append(line)
     if config.preset in ("toy", "small"):
-        lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and a small network; "
-                     "differences of this size can be noise. Use --preset full on a GPU for a conclusion.")
-    return {"per_model": per_model, "lines": lines}
+        lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and small networks. "
+                     "The error bars cover the sampling noise of the runs only, not the spread between networks "
+                     "trained again (compare the variants); use --preset full on a GPU for a conclusion.")
+    return {"per_model": per_model, "lines": lines, "n_sigma": N_SIGMA, "claim": claim,
+            "gnn_to_pair_ratio": ratio, "gnn_to_pair_ratio_se": ratio_se}
+
+
+def _per_state_verdicts(rows: list[dict[str, Any]]) -> str:
+    """Where, state point by state point, HIP-NN-TS (l=2) and the pair model differ beyond 2 sigma."""
+    from .analysis import significant_difference
+
+    by_state: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["model"] in ("hipnn-ts-l2", "pair-fm") and not r["in_training"] and r["status"] == "complete":
+            by_state.setdefault(r["state"], {})[r["model"]] = r
+    groups: dict[Any, list[str]] = {-1: [], 1: [], 0: [], None: []}
+    for state, pair_rows in by_state.items():
+        if len(pair_rows) == 2:
+            g, p = pair_rows["hipnn-ts-l2"], pair_rows["pair-fm"]
+            groups[significant_difference(g["rdf_mad"], g.get("rdf_mad_se"), p["rdf_mad"], p.get("rdf_mad_se"),
+                                          N_SIGMA)].append(state)
+    parts = [f"HIP-NN-TS lower at {', '.join(groups[-1]) or 'none'}", f"pair lower at {', '.join(groups[1]) or 'none'}",
+             f"cannot tell at {', '.join(groups[0] + groups[None]) or 'none'}"]
+    return f"State point by state point (RDF MAD, {N_SIGMA:g} sigma): " + "; ".join(parts) + "."

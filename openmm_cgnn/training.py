@@ -56,7 +56,7 @@ from .deprecation import renamed
 from .files import check_output_path, versions, write_json_atomic, write_text_atomic, atomic_write
 from .dataset import CGDataset
 from .errors import CGNNError, ConfigError, InputFileError, MissingInputError
-from .geometry import box_widths, cutoff_fits
+from .geometry import as_frames, box_widths, cutoff_fits
 from .prior import PriorParams, fit_prior, prior_energy_forces
 from .units import ANGSTROM_PER_NM, KJ_PER_KCAL
 
@@ -1031,12 +1031,7 @@ def predict_hippynn(model: TrainedModel | str | Path, positions_nm: np.ndarray, 
     """
     if not isinstance(model, TrainedModel):
         model = load_trained(model)
-    pos = np.asarray(positions_nm, dtype=np.float64)
-    box = np.asarray(boxes_nm, dtype=np.float64)
-    if pos.ndim == 2:
-        pos = pos[None]
-    if box.ndim == 2:
-        box = np.broadcast_to(box, (pos.shape[0], 3, 3))
+    pos, box = as_frames(positions_nm, boxes_nm)
     types = np.asarray(bead_types, dtype=np.int64)
     if types.shape != pos.shape[1:2]:
         raise ValueError(f"bead_types has shape {types.shape}, expected ({pos.shape[1]},)")

@@ -455,6 +455,72 @@ def test_analysis_notebook_runs_on_a_report(tiny_report, tmp_path, monkeypatch):
     assert "64 beads" in text_out and "self-diffusion" in text_out
 
 
+def test_report_has_error_bars_and_noise_floors(tiny_report):
+    """Every metric of a completed state point carries its block-bootstrap standard error, every distance
+    its noise floor (two halves of the reference), and report.md shows both."""
+    out, report = tiny_report
+    for sp in report["state_points"]:
+        r, a, u = sp["rdf"], sp["adf"], sp["uncertainty"]
+        assert set(H.UNCERTAINTY_KEYS) <= set(u)
+        assert u["method"] == "block bootstrap" and u["n_resamples"] == 200 and u["n_sigma"] == 2.0
+        assert u["blocks"]["reference"]["n_blocks"] >= 8 and u["blocks"]["cg"]["n_blocks"] >= 8
+        assert u["noise_floor_method"] == "halves" and 0 < u["noise_floor_scale"] < 1
+        for key in H.RDF_UNCERTAINTY_KEYS:
+            assert r[key] is not None and r[key] >= 0, key
+        assert r["mad_se"] > 0 and r["mad_noise_floor"] > 0 and r["mad_noise_floor_se"] > 0
+        # a floor is a distance between two samples of one distribution: below the largest
+        # deviation it is measured against, and the same for every model of this state point
+        assert r["mad_noise_floor"] < r["max_abs_dev_noise_floor"]
+        for key in H.ADF_UNCERTAINTY_KEYS:
+            assert a[key] is not None and a[key] > 0, key
+    nvt, npt = report["state_points"]
+    assert nvt["density"]["abs_error_se_bootstrap"] is None          # NVT: the density is imposed
+    assert npt["density"]["abs_error_se_bootstrap"] > 0 and npt["density"]["relative_error_se_bootstrap"] > 0
+    md = (out / "report.md").read_text()
+    assert "| RDF MAD | RDF MAD floor |" in md and "| ADF L1 | ADF L1 floor |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 300K:1bar |"))
+    assert f"{npt['rdf']['mad']:.4f} \u00b1 {npt['rdf']['mad_se']:.4f}" in row
+    assert f"{npt['rdf']['mad_noise_floor']:.4f} \u00b1 {npt['rdf']['mad_noise_floor_se']:.4f}" in row
+    assert "Noise floor" in report["summary"]["lines"][0]
+    # per-bin errors for the noise band of rdf.png, kept in curves.npz
+    for c in H.load_curves(out).values():
+        assert c["g_ref_se"].shape == c["g_cg_se"].shape == c["r"].shape
+        assert np.all(c["g_ref_se"] >= 0) and c["g_ref_se"].max() > 0
+        assert c["p_ref_se"].shape == c["theta"].shape
+
+
+def test_error_bars_can_be_switched_off_and_are_checked():
+    assert H.HarnessConfig.from_preset("tiny", bootstrap_resamples=0).bootstrap_resamples == 0
+    with pytest.raises(ValueError, match="bootstrap_min_blocks"):
+        H.HarnessConfig.from_preset("tiny", bootstrap_min_blocks=3)
+    with pytest.raises(ValueError, match="bootstrap_resamples"):
+        H.HarnessConfig.from_preset("tiny", bootstrap_resamples=-1)
+
+
+def test_analysis_reproduces_its_error_bars_and_survives_their_failure(tiny_report, monkeypatch):
+    """The error bars of a finished state point come out the same when its analysis is rerun (seeded
+    bootstrap); if the bootstrap fails, the metrics stay and a note says why there are no error bars."""
+    from openmm_cgnn import analysis as A
+
+    out, report = tiny_report
+    config = H.HarnessConfig.from_json(out / "config.json")
+    sp = H.parse_state_point("300K:1bar")
+    entry = next(s for s in report["state_points"] if s["label"] == sp.label())
+    ds_path = H.state_point_dir(out, sp) / "reference-cg.npz"
+    sim_dir = H.state_point_dir(out, sp) / "cg"
+    res, _, _ = H.analysis_piece(sp, config, ds_path, sim_dir)
+    for key in H.RDF_UNCERTAINTY_KEYS:
+        assert res["rdf"][key] == pytest.approx(entry["rdf"][key], rel=1e-9), key
+
+    def broken(*args, **kwargs):
+        raise ValueError("no frames")
+
+    monkeypatch.setattr(A, "comparison_uncertainty", broken)
+    res, _, notes = H.analysis_piece(sp, config, ds_path, sim_dir)
+    assert res["rdf"]["mad"] == pytest.approx(entry["rdf"]["mad"]) and res["rdf"]["mad_se"] is None
+    assert any("no error bars: no frames" in n for n in notes)
+
+
 # ---------------------------------------------------------------------------------------------
 # the same comparison on a Dask cluster
 # ---------------------------------------------------------------------------------------------
