@@ -132,29 +132,12 @@ def _neighbor_list(full_list: bool, cutoff: float):
 
 
 def _gaussian_smooth(y: np.ndarray, sigma_bins: float) -> np.ndarray:
-    """Gaussian smoothing (edges padded with the end values), like scipy's gaussian_filter1d."""
+    """Gaussian smoothing with a standard deviation of ``sigma_bins`` samples (edges padded with the end
+    values); unchanged for ``sigma_bins <= 0``."""
+    from scipy.ndimage import gaussian_filter1d
+
     y = np.asarray(y, dtype=np.float64)
-    if sigma_bins <= 0:
-        return y
-    half = int(4 * sigma_bins + 0.5)
-    x = np.arange(-half, half + 1)
-    kernel = np.exp(-0.5 * (x / sigma_bins) ** 2)
-    kernel /= kernel.sum()
-    return np.convolve(np.pad(y, half, mode="edge"), kernel, mode="valid")
-
-
-def _local_maxima(y: np.ndarray) -> np.ndarray:
-    """Interior indices k with y[k-1] < y[k] >= y[k+1] (the left end of a flat top)."""
-    return np.nonzero((y[1:-1] > y[:-2]) & (y[1:-1] >= y[2:]))[0] + 1
-
-
-def _prominence(y: np.ndarray, k: int) -> float:
-    """Topographic prominence of the maximum y[k] (scipy.signal.peak_prominences' definition)."""
-    higher = np.nonzero(y[:k] > y[k])[0]
-    left = y[(higher[-1] if len(higher) else 0):k + 1].min()
-    higher = np.nonzero(y[k + 1:] > y[k])[0]
-    right = y[k:(k + 1 + higher[0] if len(higher) else len(y))].min()
-    return float(y[k] - max(left, right))
+    return gaussian_filter1d(y, sigma_bins, mode="nearest") if sigma_bins > 0 else y
 
 
 def _uniform_spacing(x: np.ndarray, name: str) -> float:
@@ -371,7 +354,9 @@ def first_minimum(r: np.ndarray, g: np.ndarray, smooth: float = 0.01, prominence
     dr = _uniform_spacing(r, "r")
     gs = _gaussian_smooth(g, smooth / dr)
     kp = _first_peak_index(gs)
-    minima = [m for m in _local_maxima(-gs) if m > kp and _prominence(-gs, m) >= prominence]
+    from scipy.signal import find_peaks
+
+    minima = [m for m in find_peaks(-gs, prominence=prominence)[0] if m > kp]
     if not minima:
         raise ValueError("no minimum after the first peak of g(r) within the r range "
                          f"(prominence >= {prominence}); extend r_max or lower the prominence")

@@ -410,21 +410,6 @@ def test_plots_write_valid_pngs(tmp_path):
     assert not list(tmp_path.glob("**/.*.tmp"))               # atomic writes leave no temp files
 
 
-def test_smoothing_and_prominence_match_scipy():
-    from scipy.ndimage import gaussian_filter1d
-    from scipy.signal import find_peaks
-
-    rng = np.random.default_rng(10)
-    r = np.arange(0.0025, 1.2, 0.005)
-    g = _model_rdf(r) + rng.normal(0, 0.05, r.shape)
-    for sigma in (0.7, 2.0, 3.3):
-        np.testing.assert_allclose(A._gaussian_smooth(g, sigma), gaussian_filter1d(g, sigma, mode="nearest"),
-                                   atol=1e-12)
-    peaks, props = find_peaks(-g, prominence=0.0)
-    np.testing.assert_array_equal(A._local_maxima(-g), peaks)
-    np.testing.assert_allclose([A._prominence(-g, k) for k in peaks], props["prominences"], atol=1e-12)
-
-
 def test_first_peak_of_a_split_shell_is_the_inner_peak_even_when_lower():
     from openmm_cgnn.analysis import first_peak
 
