@@ -4,8 +4,8 @@ Pipeline, one module per stage: ``reference`` (all-atom data) -> ``mapping`` (be
 ``training`` (hippynn force matching) -> ``export`` (TorchScript) -> ``system`` (OpenMM System)
 -> ``simulate`` (CG MD) -> ``analysis``/``harness`` (comparison with the all-atom reference).
 
-Importing the package registers vesin's TorchScript neighbour list, which exported models use, so
-a plain OpenMM script that does ``import openmm_cgnn`` can load them. The models are OpenMM-ML
+Exported models carry their own neighbour search; importing the package also registers vesin's
+TorchScript neighbour list, which models exported in the first file format need. The models are OpenMM-ML
 potentials: ``MLPotential("cgnn", model="model.pt")`` (exported HIP-NN-TS models) and
 ``MLPotential("cgpair", model="pair.json")`` (pair force fields).
 

@@ -1,6 +1,6 @@
 """The short-range repulsive prior: a pair energy U(r) = g exp(-a r) between all beads.
 
-Its parameters come from the data, as in the paper's pipeline (see SCIENCE.md):
+Its parameters come from the data, as in the pipeline of Shinkle et al. (2024):
 * taper: the first distance at which the mapped bead-bead RDF exceeds ``rdf_threshold``;
 * strength: the mean absolute mapped force component;
 * the force -dU/dr equals ``strength`` at ``taper - dr`` and ``perc * strength`` at ``taper``,

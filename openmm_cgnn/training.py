@@ -175,7 +175,7 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> "TrainConfig":
-        """``"paper"``: the settings of Shinkle et al. 2024 (see SCIENCE.md);
+        """``"paper"``: the settings of Shinkle et al. 2024 (arXiv:2406.12112);
         ``"fast"``: a distillation student (HIP-NN-TS, l=2, with 32 features, 10 sensitivities, two
         atom layers and a 9 angstrom cutoff: about 5x fewer pairs than the paper's 15 angstrom),
         trained otherwise like the paper network;
