@@ -96,3 +96,15 @@ def make_synthetic_dataset(path: str | Path | None = None, n_frames: int = 20, n
     if path is not None:
         ds.save(path)
     return ds
+
+
+def ar1_series(phi: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A stationary AR(1) series x_t = phi x_(t-1) + e_t with unit normal innovations, shape (n,):
+    variance 1 / (1 - phi^2), statistical inefficiency (1 + phi) / (1 - phi). A correlated series with a
+    known answer for tests of error bars."""
+    e = rng.normal(size=n)
+    x = np.empty(n)
+    x[0] = e[0] / np.sqrt(1 - phi ** 2)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    return x

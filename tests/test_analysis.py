@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from openmm_cgnn import analysis as A
+from openmm_cgnn.testing import ar1_series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -282,19 +283,10 @@ def test_density_of_known_boxes():
     assert rho[1] == pytest.approx(1000 * 32.042 / 6.02214076e23 / (8 / math.sqrt(2) * 1e-21))
 
 
-def _ar1(phi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    e = rng.normal(size=n)
-    x = np.empty(n)
-    x[0] = e[0] / math.sqrt(1 - phi ** 2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + e[t]
-    return x
-
-
 def test_block_average_is_honest_for_correlated_data():
     rng = np.random.default_rng(8)
     phi, n = 0.9, 20000
-    x = _ar1(phi, n, rng)
+    x = ar1_series(phi, n, rng)
     mean, se = A.block_average(x, n_blocks=20)
     naive = x.std(ddof=1) / math.sqrt(n)
     g_true = (1 + phi) / (1 - phi)                            # 19 for an AR(1) series

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from openmm_cgnn import analysis as A
+from openmm_cgnn.testing import ar1_series
 
 R = np.arange(0.005, 1.0, 0.01)                    # 100 bins of 0.01 nm
 SHELL = 4.0 / 3.0 * np.pi * ((R + 0.005) ** 3 - (R - 0.005) ** 3)
@@ -26,16 +27,6 @@ def model_g(shift: float = 0.0) -> np.ndarray:
     return np.where(R < 0.3 + shift, 0.0, g)
 
 
-def ar1(phi: float, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Stationary AR(1) series with unit innovations: variance 1 / (1 - phi^2), g = (1 + phi) / (1 - phi)."""
-    e = rng.normal(size=n)
-    x = np.empty(n)
-    x[0] = e[0] / math.sqrt(1 - phi ** 2)
-    for t in range(1, n):
-        x[t] = phi * x[t - 1] + e[t]
-    return x
-
-
 def poisson_rdf(n: int, rng: np.random.Generator, shift: float = 0.0, phi: float = 0.0,
                 amplitude: float = 0.0) -> A.FrameSums:
     """n frames of Poisson pair counts around model_g(shift); with amplitude > 0 the expected counts of
@@ -43,7 +34,7 @@ def poisson_rdf(n: int, rng: np.random.Generator, shift: float = 0.0, phi: float
     g = model_g(shift)
     scale = np.ones(n)
     if amplitude:
-        scale = 1 + amplitude * ar1(phi, n, rng) * math.sqrt(1 - phi ** 2)
+        scale = 1 + amplitude * ar1_series(phi, n, rng) * math.sqrt(1 - phi ** 2)
     counts = rng.poisson(LAM * SHELL * g * scale[:, None])
     return A.FrameSums(x=R, num=counts, den=np.ones(n), norm=LAM * SHELL)
 
@@ -71,7 +62,7 @@ def mean_difference(ref, cg):
 def test_block_plan_follows_the_integrated_autocorrelation_time():
     rng = np.random.default_rng(1)
     phi = 0.8                                               # g = 9 frames
-    plan = A.plan_blocks(ar1(phi, 20000, rng))
+    plan = A.plan_blocks(ar1_series(phi, 20000, rng))
     # the estimator scatters by ~10 % at this length (30 seeds: 0.90 to 1.26 x the truth)
     assert plan.statistical_inefficiency == pytest.approx(9.0, rel=0.3)
     assert plan.length == math.ceil(3 * plan.statistical_inefficiency)
@@ -81,13 +72,13 @@ def test_block_plan_follows_the_integrated_autocorrelation_time():
     iid = A.plan_blocks(rng.normal(size=(5000, 3)))
     assert iid.statistical_inefficiency < 1.3 and iid.length <= 4 and iid.independent
     # the slowest of several series sets the length
-    both = A.plan_blocks(np.stack([rng.normal(size=20000), ar1(phi, 20000, rng)], axis=1))
+    both = A.plan_blocks(np.stack([rng.normal(size=20000), ar1_series(phi, 20000, rng)], axis=1))
     assert both.statistical_inefficiency == pytest.approx(9.0, rel=0.3)
 
 
 def test_too_few_frames_shorten_the_blocks_and_say_so():
     rng = np.random.default_rng(2)
-    plan = A.plan_blocks(ar1(0.9, 120, rng), min_blocks=8)      # g ~ 19: 8 blocks of 3 g do not fit
+    plan = A.plan_blocks(ar1_series(0.9, 120, rng), min_blocks=8)      # g ~ 19: 8 blocks of 3 g do not fit
     assert not plan.independent
     assert (plan.n_blocks, plan.length) == (8, 15)
     assert plan.to_dict()["independent"] is False
@@ -127,8 +118,8 @@ def test_bootstrap_se_of_a_correlated_mean_includes_the_autocorrelation():
     rng = np.random.default_rng(5)
     phi, n = 0.9, 20000
     g_true = (1 + phi) / (1 - phi)                            # 19
-    ref = A.FrameSums.of_series(ar1(phi, n, rng))
-    cg = A.FrameSums.of_series(ar1(phi, n, rng))
+    ref = A.FrameSums.of_series(ar1_series(phi, n, rng))
+    cg = A.FrameSums.of_series(ar1_series(phi, n, rng))
     out = A.bootstrap_metric(mean_difference, ref, cg, plan_for(ref), plan_for(cg), n_resamples=1000, seed=0)
     theory = math.sqrt(2 * g_true / n / (1 - phi ** 2))       # sqrt(2) sigma_x sqrt(g / n)
     naive = math.sqrt(2 / n / (1 - phi ** 2))                 # frames treated as independent: 4.4x too small
