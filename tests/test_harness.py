@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -464,7 +465,14 @@ def test_report_has_error_bars_and_noise_floors(tiny_report):
         assert set(H.UNCERTAINTY_KEYS) <= set(u)
         assert u["method"] == "block bootstrap" and u["n_resamples"] == 200 and u["n_sigma"] == 2.0
         assert u["blocks"]["reference"]["n_blocks"] >= 8 and u["blocks"]["cg"]["n_blocks"] >= 8
-        assert u["noise_floor_method"] == "halves" and 0 < u["noise_floor_scale"] < 1
+        assert u["noise_floor_method"] == "halves"
+        # the floor of two halves is scaled to the comparison by sqrt((1/n_ref + 1/n_cg) / (2 / n_half)), with
+        # n = independent samples (frames / g): below 1 when the CG run holds enough of them, above otherwise
+        ref, cg = u["blocks"]["reference"], u["blocks"]["cg"]
+        g_ref, g_cg = max(1.0, ref["statistical_inefficiency"]), max(1.0, cg["statistical_inefficiency"])
+        n_half = ref["n_blocks"] // 2 * ref["block_length"] / g_ref
+        expected = math.sqrt((g_ref / ref["n_frames"] + g_cg / cg["n_frames"]) / (2.0 / n_half))
+        assert u["noise_floor_scale"] == pytest.approx(expected, rel=1e-9)
         for key in H.RDF_UNCERTAINTY_KEYS:
             assert r[key] is not None and r[key] >= 0, key
         assert r["mad_se"] > 0 and r["mad_noise_floor"] > 0 and r["mad_noise_floor_se"] > 0
