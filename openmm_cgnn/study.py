@@ -12,6 +12,7 @@ in ``docs/formats.md``; the plots and ``study.md`` are written by :mod:`~openmm_
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -79,12 +80,12 @@ class StudyConfig:
         """``"toy"``: under a minute (tests: HIP-NN-TS l=2, the temperature-aware model and the pair
         baseline at four state points); ``"small"``: a CPU hour (64 molecules, tiny networks for 6
         epochs, 35 ps CG runs); ``"medium"``: a few hours on a 2-core CPU (216 molecules, the ``fast``
-        student network for 30 epochs, 120 ps all-atom references, 10 + 100 ps CG runs: see
+        student network for up to 40 epochs, 20 + 100 ps all-atom references, 5 + 50 ps CG runs: see
         ``MEDIUM``); ``"full"``: the paper network and sizes, for a GPU."""
         if name == "small":
             return cls()
         if name == "medium":
-            return cls(preset="medium", **MEDIUM)
+            return cls(preset="medium", **copy.deepcopy(MEDIUM))
         if name == "toy":  # the test suite: three models, four state points, seconds each
             return cls(preset="toy", variants=[Variant("hipnn-ts-l2", 2)], multi_variant=False,
                        eval_states=["300K:0.787g/cm3", "400K:0.787g/cm3", "450K:0.787g/cm3", "300K:1bar"],
@@ -107,9 +108,9 @@ class StudyConfig:
 MEDIUM: dict[str, Any] = dict(
     n_molecules=216,
     variants=[Variant("hipnn-l0", 0), Variant("hipnn-ts-l1", 1), Variant("hipnn-ts-l2", 2)],
-    train_preset="fast", max_epochs=30, harness_preset="default",
+    train_preset="fast", max_epochs=40, harness_preset="default",
     harness_overrides=dict(aa_equilibration=20.0, aa_production=100.0, aa_frame_interval=0.5,
-                           cg_equilibration=10.0, cg_production=100.0, cg_frame_interval=0.5),
+                           cg_equilibration=5.0, cg_production=50.0, cg_frame_interval=0.5),
 )
 
 

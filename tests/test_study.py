@@ -72,6 +72,7 @@ def _check_thermal_model(study, result):
     assert result["conclusion"]["thermal_claim"] in (-1, 0, 1)
     text = (study / "study.md").read_text()
     assert f"Temperature-aware model ({THERMAL}): RDF MAD grows {growth['growth']:.2f}" in text
+    assert f"{THERMAL} (300K:0.787g/cm3, 400K:0.787g/cm3)" in text
 
 
 def test_study_pieces_train_every_model_after_its_data(tmp_path):
@@ -223,5 +224,5 @@ def test_medium_preset_has_every_cpu_model_at_five_temperatures(tmp_path):
         f"{t}K:0.787g/cm3" for t in (250, 300, 350, 400, 500)]
     hc = _harness_config(cfg)
     hc.validate()
-    assert hc.n_molecules == 216 and hc.cg.production == 100.0 and hc.reference.production == 100.0
+    assert hc.n_molecules == 216 and hc.cg.production == 50.0 and hc.reference.production == 100.0
     assert not list(tmp_path.iterdir())
