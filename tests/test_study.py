@@ -226,3 +226,14 @@ def test_medium_preset_has_every_cpu_model_at_five_temperatures(tmp_path):
     hc.validate()
     assert hc.n_molecules == 216 and hc.cg.production == 50.0 and hc.reference.production == 100.0
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_runs_the_medium_preset(monkeypatch, tmp_path):
+    import openmm_cgnn.study as study
+    from openmm_cgnn.cli import main
+
+    seen = {}
+    monkeypatch.setattr(study, "run_transfer_study", lambda out, cfg, cluster=None: seen.update(out=out, cfg=cfg))
+    assert main(["study", "transfer", "--preset", "medium", "--out", str(tmp_path / "s"), "--workers", "1"]) == 0
+    assert seen["cfg"] == StudyConfig.from_preset("medium") and seen["out"] == str(tmp_path / "s")
+    assert StudyConfig.from_preset("medium").variants is not StudyConfig.from_preset("medium").variants
