@@ -22,7 +22,12 @@ layout chosen by :meth:`CGPotential.configure`, and nothing in a step reads a te
 so openmm-torch can capture the step in a CUDA graph. The capacity K is recorded at export from the
 training data (the most neighbours any bead had, plus a margin); an overflow makes the energy NaN.
 The box must be wider than twice the cutoff along each perpendicular width. Sensitivity exponents are
-clamped at -75 (exp() of larger negative arguments would underflow into slow denormals).
+floored at :data:`EXPONENT_FLOOR` (smaller values and their products would underflow into slow denormals).
+
+Forces: for a network of one interaction block (every preset) :meth:`CGPotential.energy_from_table`
+computes the gradient by hand, as batched matrix products over the neighbour table, rather than by
+autograd through the (N, K, n_dist) sensitivity tensors; the energy it returns differentiates to that
+gradient, so openmm-torch's force call is unchanged. Deeper networks use autograd.
 The exported file carries a ``metadata.json`` extra file (cutoff, bead type names, dtype, units,
 neighbour capacity, prior parameters, training metadata).
 """
@@ -57,6 +62,10 @@ NEIGHBOUR_SLACK = 8
 # On a CPU the neighbour table is reused from a list of neighbours within cutoff + this skin (nm),
 # searched again when a bead has moved half of it.
 VERLET_SKIN_NM = 0.1
+# Sensitivity exponents are floored here: exp(-40) = 4e-18 keeps every product of a sensitivity with the
+# cutoff factor, its slope and the network's gradients far above the denormal range of float32 (1e-38),
+# where CPUs are one to two orders of magnitude slower; terms this small change nothing measurable.
+EXPONENT_FLOOR = -40.0
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -80,6 +89,7 @@ class _Interaction(torch.nn.Module):
         self.order = order
         self.hard_cutoff = hard_cutoff
         self.cusp_reg = cusp_reg
+        self.exponent_floor = EXPONENT_FLOOR
         self.n_comp = 1 if order == 0 else (4 if order == 1 else 9)
         self.ones_input = False  # True for the first layer of a one-type model: input features all 1
         self.mu = torch.nn.Parameter(torch.zeros(1, n_dist))
@@ -100,9 +110,60 @@ class _Interaction(torch.nn.Module):
         exponent = torch.square(inv_r - 1.0 / self.mu) * minus_half_sigma2
         cut = torch.cos((math.pi / 2) * r / self.hard_cutoff) ** 2
         cut = torch.where(r <= self.hard_cutoff, cut, torch.zeros_like(cut))
-        # the exponent is clamped at -75: exp of large negative arguments produces denormals, an order
-        # of magnitude slower on CPUs; the clamped terms (< 3e-33) are negligible and carry no gradient
-        return torch.exp(torch.clamp(exponent, min=-75.0)) * cut.unsqueeze(2)
+        # the exponent is floored: exp of large negative arguments, and products of such values, are
+        # denormal numbers, an order of magnitude slower on CPUs; the floored terms are negligible
+        return torch.exp(torch.clamp(exponent, min=self.exponent_floor)) * cut.unsqueeze(2)
+
+    def sensitivity_and_slope(self, r: Tensor) -> Tuple[Tensor, Tensor]:
+        """(N, K) distances in angstrom -> the sensitivities (N, K, n_dist) of :meth:`sensitivity` and their
+        derivatives with respect to r (per angstrom), both zero beyond r_c and in empty slots. No autograd:
+        the (N, K, n_dist) work happens in place on two buffers (each new buffer costs page faults)."""
+        inv_r = (1.0 / r).unsqueeze(2)
+        sigma2 = torch.square(self.sigma)
+        offset = inv_r - 1.0 / self.mu
+        gauss = torch.square(offset).mul_(-0.5 * sigma2).clamp_(min=self.exponent_floor).exp_()
+        angle = (math.pi / 2 / self.hard_cutoff) * r
+        inside = (r <= self.hard_cutoff).to(r.dtype)
+        cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
+        cut_slope = (torch.sin(2.0 * angle) * inside * (-math.pi / 2 / self.hard_cutoff)).unsqueeze(2)
+        # d/dr = gauss * (cut * (1/r - 1/mu) sigma^2 / r^2 + cut'); where the floor holds, the first term
+        # is below exp(EXPONENT_FLOOR) relative to the others: negligible, and cheaper than masking it
+        slope = offset.mul_(sigma2).mul_(torch.square(inv_r) * cut).add_(cut_slope).mul_(gauss)
+        return gauss.mul_(cut), slope
+
+    def mix(self, env: Tensor, features: Tensor) -> Tuple[Tensor, Tensor]:
+        """The layer's output (N, nf_out) from the environment ``env`` (N, n_comp, n_dist * nf_in) and
+        the input features (N, nf_in); also the mixed environment (N, n_comp, nf_out) for :meth:`mix_gradient`."""
+        n = env.shape[0]
+        out = torch.matmul(env.reshape(n, self.n_comp, self.n_dist * self.nf_in), self.weights)  # (N, C, nf_out)
+        total = out[:, 0, :] + self.selfint(features)
+        if self.order >= 1:
+            vec = out[:, 1:4, :]
+            total = total + torch.sqrt(torch.square(vec).sum(dim=1) + self.cusp_reg) * self.vecscales.unsqueeze(0)
+        if self.order >= 2:
+            q = out[:, 4:9, :]
+            qnorm = 2 * (torch.square(q).sum(dim=1) + q[:, 0, :] * q[:, 3, :])
+            total = total + torch.sqrt(qnorm + self.cusp_reg) * self.quadscales.unsqueeze(0)
+        return total, out
+
+    def mix_gradient(self, grad_total: Tensor, out: Tensor) -> Tensor:
+        """The gradient with respect to the environment (N, n_comp, n_dist * nf_in) given the gradient
+        ``grad_total`` (N, nf_out) with respect to :meth:`mix`'s output and its mixed environment ``out``."""
+        parts = [grad_total.unsqueeze(1)]
+        if self.order >= 1:
+            vec = out[:, 1:4, :]
+            norm = torch.sqrt(torch.square(vec).sum(dim=1) + self.cusp_reg)
+            parts.append(vec * (grad_total * self.vecscales.unsqueeze(0) / norm).unsqueeze(1))
+        if self.order >= 2:
+            q = out[:, 4:9, :]
+            norm = torch.sqrt(2 * (torch.square(q).sum(dim=1) + q[:, 0, :] * q[:, 3, :]) + self.cusp_reg)
+            scale = (grad_total * self.quadscales.unsqueeze(0) / norm).unsqueeze(1)
+            # d sqrt(2 (|q|^2 + q0 q3) + cusp) / dq_c = (2 q_c + [c = 0] q3 + [c = 3] q0) / norm
+            cross = torch.stack([q[:, 3, :], torch.zeros_like(q[:, 0, :]), torch.zeros_like(q[:, 0, :]),
+                                 q[:, 0, :], torch.zeros_like(q[:, 0, :])], dim=1)
+            parts.append((2.0 * q + cross) * scale)
+        grad_out = torch.cat(parts, dim=1)  # (N, C, nf_out)
+        return torch.matmul(grad_out, self.weights.t())
 
     def forward(self, features: Tensor, r: Tensor, comps: Tensor, nbr: Tensor) -> Tensor:
         """features (N, nf_in); r (N, K) angstrom; comps (N, >= n_comp, K); nbr (N, K), empty slots = N."""
@@ -125,37 +186,54 @@ class _Interaction(torch.nn.Module):
                 stacked = (comp.unsqueeze(2) * sense.transpose(1, 2).unsqueeze(1)).reshape(
                     n, self.n_comp * self.n_dist, k_max)
                 env = torch.bmm(stacked, f_pad)  # (N, C*D, nf_in)
-        out = torch.matmul(env.reshape(n, self.n_comp, self.n_dist * self.nf_in), self.weights)  # (N, C, nf_out)
-        total = out[:, 0, :] + self.selfint(features)
-        if self.order >= 1:
-            vec = out[:, 1:4, :]
-            total = total + torch.sqrt(torch.square(vec).sum(dim=1) + self.cusp_reg) * self.vecscales.unsqueeze(0)
-        if self.order >= 2:
-            q = out[:, 4:9, :]
-            qnorm = 2 * (torch.square(q).sum(dim=1) + q[:, 0, :] * q[:, 3, :])
-            total = total + torch.sqrt(qnorm + self.cusp_reg) * self.quadscales.unsqueeze(0)
+        total, _ = self.mix(env, features)
         return total
+
+
+def _softplus_slope(pre: Tensor) -> Tensor:
+    """The derivative of torch's softplus (beta 1, threshold 20: linear above) at ``pre``."""
+    return torch.where(pre > 20.0, torch.ones_like(pre), torch.sigmoid(pre))
 
 
 class _AtomLayer(torch.nn.Module):
     """A dense layer, optionally in hippynn's ResNet wrapper: ``res(softplus(W x + b)) + adjust(x)``."""
 
+    __constants__ = ["resnet", "has_adjust"]  # TorchScript compiles only the branches these select
+
     def __init__(self, nf_in: int, nf_middle: int, nf_out: int, resnet: bool):
         super().__init__()
         self.resnet = resnet
+        self.has_adjust = resnet and nf_in != nf_out
         self.base = torch.nn.Linear(nf_in, nf_middle)
         self.res = torch.nn.Linear(nf_middle, nf_out) if resnet else torch.nn.Identity()
-        self.adjust = torch.nn.Linear(nf_in, nf_out, bias=False) if resnet and nf_in != nf_out else torch.nn.Identity()
+        self.adjust = torch.nn.Linear(nf_in, nf_out, bias=False) if self.has_adjust else torch.nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.nn.functional.softplus(self.base(x))
+        return self.forward_keeping(x)[0]
+
+    def forward_keeping(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """The output and the pre-activation ``base(x)`` that :meth:`input_gradient` needs."""
+        pre = self.base(x)
+        y = torch.nn.functional.softplus(pre)
         if self.resnet:
-            return self.res(y) + self.adjust(x)
-        return y
+            return self.res(y) + self.adjust(x), pre
+        return y, pre
+
+    def input_gradient(self, grad_out: Tensor, pre: Tensor) -> Tensor:
+        """The gradient with respect to the input (N, nf_in) from that w.r.t. the output (N, nf_out)."""
+        if self.resnet:
+            grad_pre = torch.matmul(grad_out, self.res.weight) * _softplus_slope(pre)
+            grad_in = torch.matmul(grad_pre, self.base.weight)
+            if self.has_adjust:
+                return grad_in + torch.matmul(grad_out, self.adjust.weight)
+            return grad_in + grad_out
+        return torch.matmul(grad_out * _softplus_slope(pre), self.base.weight)
 
 
 class _Block(torch.nn.Module):
     """An interaction layer, in hippynn's ResNet wrapper or followed by softplus, then the block's atom layers."""
+
+    __constants__ = ["resnet"]
 
     def __init__(self, interaction: _Interaction, atom_layers: List[_AtomLayer], resnet: bool,
                  int_res: torch.nn.Module, int_adjust: torch.nn.Module):
@@ -175,6 +253,86 @@ class _Block(torch.nn.Module):
         for layer in self.atom_layers:
             x = layer(x)
         return x
+
+    def output_and_slot_gradient(self, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
+                                 head_weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For a network of this one block: its output features (N, nf_out) and the gradient of the read-out
+        (output x ``head_weight`` (1, nf_out), summed over beads) with respect to each slot's displacement
+        r_j - r_i, as three (N, K) planes (x, y, z) per angstrom. ``features`` (N, nf_in) one-hot input;
+        ``vec`` (3, N, K) and ``r`` (N, K) angstrom; ``nbr`` (N, K), empty slots = N.
+
+        With u = r_ij / r, tensor components Y_c(u) and sensitivities s_d(r), the environment is
+        env[i, c, d] = sum_k Y_c s_d; G = d(read-out)/d env comes from the per-bead layers by hand; then per
+        slot dE/d r_ij = (sum_c Y_c sum_d G[c, d] s'_d) u + (w - (w.u) u) / r, with
+        w = sum_c (sum_d G[c, d] s_d) dY_c/du. Every per-slot product over the sensitivities is a batched
+        matrix product."""
+        inter = self.interaction
+        n = r.shape[0]
+        k_max = r.shape[1]
+        inv_r = 1.0 / r
+        x = vec[0] * inv_r
+        y = vec[1] * inv_r
+        z = vec[2] * inv_r
+        comps = [torch.ones_like(r)]
+        if inter.order >= 1:
+            comps += [x, y, z]
+        if inter.order >= 2:
+            xx = x * x
+            yy = y * y
+            tr = (xx + yy + z * z) / 3.0
+            comps += [xx - tr, x * y, x * z, yy - tr, y * z]
+        comp = torch.stack(comps, dim=1)  # (N, C, K)
+        sense, slope = inter.sensitivity_and_slope(r)  # (N, K, D)
+        if not inter.ones_input:  # each slot's sensitivities times its neighbour's input features (N, K, D*F)
+            f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, inter.nf_in)], 0), nbr).unsqueeze(2)
+            sense = (sense.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
+            slope = (slope.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
+        env = torch.bmm(comp, sense)  # (N, C, D*F)
+        output, grad_env = self.output_and_env_gradient(features, env, head_weight)
+        # (N, C, K) products: for these shapes several times faster than the (N, K, C) ones
+        along = torch.bmm(grad_env, sense.transpose(1, 2))  # sum_d G[c, d] s_d
+        radial = (torch.bmm(grad_env, slope.transpose(1, 2)) * comp).sum(dim=1)  # dE/dr (N, K)
+        zero = torch.zeros_like(r)
+        wx, wy, wz = zero, zero, zero
+        if inter.order >= 1:
+            wx = along[:, 1]
+            wy = along[:, 2]
+            wz = along[:, 3]
+        if inter.order >= 2:
+            q0 = along[:, 4]
+            q1 = along[:, 5]
+            q2 = along[:, 6]
+            q3 = along[:, 7]
+            q4 = along[:, 8]
+            wx = wx + 2.0 * q0 * x + q1 * y + q2 * z
+            wy = wy + q1 * x + 2.0 * q3 * y + q4 * z
+            wz = wz + q2 * x + q4 * y
+        w_along = (wx * x + wy * y + wz * z - radial * r) * inv_r  # grad = w / r + u * (radial - w.u / r)
+        return output, wx * inv_r - w_along * x, wy * inv_r - w_along * y, wz * inv_r - w_along * z
+
+    def output_and_env_gradient(self, features: Tensor, env: Tensor, head_weight: Tensor) -> Tuple[Tensor, Tensor]:
+        """For a network of this one block: the block's output features (N, nf_out) from the input features
+        and the interaction's environment ``env`` (N, n_comp, n_dist * nf_in), and the gradient with
+        respect to ``env`` of the read-out (output features x ``head_weight`` (1, nf_out)) summed over
+        beads, by hand: the chain rule through the per-bead layers, a few (N, features) products."""
+        y, out = self.interaction.mix(env, features)
+        if self.resnet:
+            x = self.int_res(torch.nn.functional.softplus(y)) + self.int_adjust(features)
+        else:
+            x = torch.nn.functional.softplus(y)
+        pres: List[Tensor] = []
+        for layer in self.atom_layers:
+            x, pre = layer.forward_keeping(x)
+            pres.append(pre)
+        grad = head_weight.expand(x.shape[0], x.shape[1])
+        for k in range(len(pres) - 1, -1, -1):
+            for j, atom_layer in enumerate(self.atom_layers):  # TorchScript indexes a ModuleList only in a loop
+                if j == k:
+                    grad = atom_layer.input_gradient(grad, pres[k])
+        if self.resnet:
+            grad = torch.matmul(grad, self.int_res.weight)
+        grad = grad * _softplus_slope(y)
+        return x, self.interaction.mix_gradient(grad, out)
 
 
 class CGPotential(torch.nn.Module):
@@ -240,6 +398,9 @@ class CGPotential(torch.nn.Module):
         self.register_buffer("verlet_box", torch.zeros(3, 3))
         self.register_buffer("verlet_overflow", torch.zeros((), dtype=torch.bool))
         self.register_buffer("types", torch.zeros(0, dtype=torch.long))
+        # True: energy_from_table computes the forces by hand (a network of at most one interaction block,
+        # whose input features do not move); False: by autograd through the whole network
+        self.analytic_gradient = len(blocks) == 0 or (len(blocks) == 1 and len(heads) == 2)
         self.register_buffer("_dtype_ref", torch.zeros((), dtype=dtype))
         self.volume_term = VolumeTerm(None, dtype)  # U_V(V, N): zero unless set at export (openmm_cgnn.volume)
         self.to(dtype)
@@ -511,6 +672,64 @@ class CGPotential(torch.nn.Module):
         pair = self.prior_e0 * (torch.exp(-self.prior_a * x) - self.prior_shift)
         return 0.5 * torch.where(inside, pair, torch.zeros_like(pair)).sum()
 
+    def prior_energy_and_slope(self, r_nm: Tensor) -> Tuple[Tensor, Tensor]:
+        """:meth:`prior_energy` and its derivative (N, K) with respect to each slot's distance, kJ/mol/nm."""
+        inside = r_nm < self.prior_cutoff
+        x = torch.clamp(r_nm, max=self.prior_cutoff) - self.prior_taper
+        decay = torch.exp(-self.prior_a * x)
+        pair = torch.where(inside, self.prior_e0 * (decay - self.prior_shift), torch.zeros_like(r_nm))
+        slope = torch.where(inside, (-0.5 * self.prior_e0 * self.prior_a) * decay, torch.zeros_like(r_nm))
+        return 0.5 * pair.sum(), slope
+
+    def _network_energy_and_slot_gradient(self, types: Tensor, vec: Tensor, r: Tensor,
+                                          nbr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The energy of a one-block network (kcal/mol) and its gradient (kcal/mol/angstrom) with respect to
+        each slot's displacement r_j - r_i, as three (N, K) planes (x, y, z); arguments as for
+        :meth:`network_energy`. See :meth:`_Block.output_and_slot_gradient`."""
+        features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
+        head_weight = torch.zeros(0)
+        for k, head in enumerate(self.heads):
+            if k == 1:
+                head_weight = head.weight
+        output = features
+        zero = torch.zeros_like(r)
+        gx, gy, gz = zero, zero, zero
+        for block in self.blocks:  # one (analytic_gradient)
+            output, gx, gy, gz = block.output_and_slot_gradient(features, vec, r, nbr, head_weight)
+        energy = torch.zeros((), dtype=vec.dtype, device=vec.device)
+        for k, head in enumerate(self.heads):  # the hierarchical read-out of the input and the output
+            energy = energy + head(features if k == 0 else output).sum()
+        return energy, gx, gy, gz
+
+    def _energy_and_gradient(self, pos: Tensor, box: Tensor, nbr: Tensor) -> Tuple[Tensor, Tensor]:
+        """Energy (kJ/mol) and its gradient (N, 3) kJ/mol/nm with respect to the positions (N, 3) nm, by
+        hand (no autograd): for a prior and at most one interaction block (``analytic_gradient``)."""
+        n = pos.shape[0]
+        vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
+        energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
+        radial_nm = torch.zeros_like(r_nm)  # dE/dr of the prior, kJ/mol/nm
+        if self.has_prior:
+            e_prior, radial_nm = self.prior_energy_and_slope(r_nm)
+            energy = energy + e_prior
+        inv_r = 1.0 / r_nm
+        gx = radial_nm * vec_nm[0] * inv_r
+        gy = radial_nm * vec_nm[1] * inv_r
+        gz = radial_nm * vec_nm[2] * inv_r
+        if len(self.blocks) > 0:
+            types = self._bead_types(n, pos.device)
+            e_net, nx, ny, nz = self._network_energy_and_slot_gradient(
+                types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
+            energy = energy + self.kj_per_kcal * e_net
+            to_nm = self.kj_per_kcal * self.angstrom_per_nm
+            gx = gx + to_nm * nx
+            gy = gy + to_nm * ny
+            gz = gz + to_nm * nz
+        # each slot's r_ij = r_j - r_i: +gradient on j (scattered; empty slots land on row N, dropped), - on i
+        slot_grad = torch.stack([gx, gy, gz], dim=2)  # (N, K, 3)
+        grad = torch.zeros(n + 1, 3, dtype=pos.dtype, device=pos.device).index_add_(
+            0, nbr.reshape(-1), slot_grad.reshape(-1, 3))
+        return energy, grad[:n] - slot_grad.sum(dim=1)
+
     def network_energy(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor) -> Tensor:
         """Network energy (kcal/mol) from the neighbour table ``nbr`` (N, K) (empty slots = N), its
         components ``vec`` (3, N, K) of r_j - r_i and distances ``r`` (N, K) in angstrom; ``types`` (N,) 0-based."""
@@ -588,14 +807,24 @@ class CGPotential(torch.nn.Module):
         """The energy (kJ/mol) of positions (N, 3) nm in ``box`` (3, 3) nm given the neighbour table
         ``nbr`` (N, K) and its 0-d overflow flag (True: the result is NaN)."""
         n = pos.shape[0]
-        types = self._bead_types(n, pos.device)
-        vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
-        energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
-        if self.has_prior:
-            energy = energy + self.prior_energy(r_nm)
-        if len(self.blocks) > 0 or len(self.heads) > 0:
-            e_net = self.network_energy(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
-            energy = energy + self.kj_per_kcal * e_net
+        if self.analytic_gradient:
+            # forces by hand; autograd (openmm-torch's force call) sees only energy + (x - x0) . grad, with x0
+            # a copy of x made without gradient tracking: its value is the energy, its gradient is grad. Not
+            # x.detach(): torch.jit.freeze, which openmm-torch applies, removes detach as a no-op (x - x would
+            # then have a zero gradient). No derivative w.r.t. the box (pressures are finite differences).
+            with torch.no_grad():
+                fixed = pos.clone()
+                energy, grad = self._energy_and_gradient(fixed, box.clone(), nbr)
+            energy = energy + ((pos - fixed) * grad).sum()
+        else:
+            types = self._bead_types(n, pos.device)
+            vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
+            energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
+            if self.has_prior:
+                energy = energy + self.prior_energy(r_nm)
+            if len(self.blocks) > 0 or len(self.heads) > 0:
+                e_net = self.network_energy(types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
+                energy = energy + self.kj_per_kcal * e_net
         energy = energy + self.volume_term(box, n)  # box only: no bead forces; seen by the MC barostat
         # an overflowing table makes energy and forces NaN rather than silently wrong
         invalid = torch.where(overflow, torch.full_like(energy, float("nan")), torch.ones_like(energy))

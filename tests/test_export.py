@@ -86,6 +86,36 @@ def test_exported_module_equals_hippynn(tensor_order, dataset_path, dataset, tmp
             assert _rel(forces, f_ref[0]) <= tol
 
 
+@pytest.mark.parametrize("overrides", [{"resnet": False}, {"n_interaction_layers": 2}], ids=["plain", "two-blocks"])
+def test_other_architectures_equal_hippynn(overrides, dataset_path, dataset, tmp_path_factory):
+    """Plain (non-ResNet) layers take the hand-written force path, two interaction blocks take autograd:
+    both equal hippynn in float64."""
+    model_dir = tiny_model(dataset_path, tmp_path_factory, n_frames=6, max_epochs=1, **overrides)
+    e_ref, f_ref = predict_hippynn(load_trained(model_dir), dataset.positions[:1], dataset.boxes[:1],
+                                   dataset.bead_types)
+    pot, _ = potential_from_model_dir(model_dir, "float64")
+    module = torch.jit.script(pot)
+    assert module.analytic_gradient == (overrides.get("n_interaction_layers", 1) == 1)
+    e, forces = _energy_forces(module, dataset.positions[0], dataset.boxes[0])
+    assert abs(e - e_ref[0]) <= 1e-6 * abs(e_ref[0])
+    assert _rel(forces, f_ref[0]) <= 1e-6
+
+
+def test_hand_written_forces_equal_autograd(exported, dataset):
+    """The hand-written gradient (the default for one interaction block) equals autograd through the same
+    network, to rounding, in float64 and float32."""
+    for dtype, tol in (("float64", 1e-10), ("float32", 1e-5)):
+        module, _ = load_exported(exported[dtype])
+        assert module.analytic_gradient
+        for frame in (0, dataset.n_frames - 1):
+            e_hand, f_hand = _energy_forces(module, dataset.positions[frame], dataset.boxes[frame])
+            module.analytic_gradient = False
+            e_auto, f_auto = _energy_forces(module, dataset.positions[frame], dataset.boxes[frame])
+            module.analytic_gradient = True
+            assert e_hand == pytest.approx(e_auto, rel=tol)
+            assert _rel(f_hand, f_auto) <= tol
+
+
 def test_metadata_of_the_exported_file(exported, model_dir, dataset):
     module, meta = load_exported(exported["float32"])
     assert meta["dtype"] == "float32"
