@@ -433,9 +433,13 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
     independent). Where two tested temperatures are equally far, the larger growth counts. Returns None
     when the model has no NVT training row or no NVT row away from training; else a dict with
     ``growth``, ``growth_se`` (None without error bars), ``training_K``, ``farthest_K``, ``farthest_state``,
-    ``farthest_rdf_mad`` (+ ``_se``), ``training_rdf_mad_mean`` (+ ``_se``) and ``failed`` (the farthest
-    run did not complete, or a training run did not: then ``growth`` is None).
+    ``farthest_rdf_mad`` (+ ``_se``), ``training_rdf_mad_mean`` (+ ``_se``), ``failed`` (the farthest
+    run did not complete, or a training run did not: then ``growth`` is None), and ``training_above_floor``,
+    ``farthest_above_floor`` (:func:`~openmm_cgnn.analysis.significant_difference` of each error against its
+    noise floor: +1 a real error, 0 within 2 sigma of sampling noise, None without floors).
     """
+    from .analysis import significant_difference
+
     mine = [r for r in rows if r["model"] == model and r["ensemble"] == "NVT"]
     trained = [r for r in mine if r["in_training"]]
     away = [r for r in mine if not r["in_training"]]
@@ -450,7 +454,8 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
     farthest = [r for r in away if distance(r) == far]
     out: dict[str, Any] = {"training_K": train_t, "farthest_K": None, "farthest_state": None, "growth": None,
                            "growth_se": None, "farthest_rdf_mad": None, "farthest_rdf_mad_se": None,
-                           "training_rdf_mad_mean": None, "training_rdf_mad_mean_se": None, "failed": None}
+                           "training_rdf_mad_mean": None, "training_rdf_mad_mean_se": None, "failed": None,
+                           "training_above_floor": None, "farthest_above_floor": None}
 
     def usable(r: dict[str, Any]) -> bool:
         return r["status"] == "complete" and r["rdf_mad"] is not None
@@ -462,6 +467,10 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
         return out
     base, base_se = _mean_se([r["rdf_mad"] for r in trained], [r.get("rdf_mad_se") for r in trained])
     out.update(training_rdf_mad_mean=base, training_rdf_mad_mean_se=base_se)
+    if all(r.get("rdf_mad_noise_floor") is not None for r in trained):
+        floor, floor_se = _mean_se([r["rdf_mad_noise_floor"] for r in trained],
+                                   [r.get("rdf_mad_noise_floor_se") for r in trained])
+        out["training_above_floor"] = significant_difference(base, base_se, floor, floor_se, N_SIGMA)
     broken = [r for r in farthest if not usable(r)]
     if broken:
         out.update(failed=broken[0]["state"], farthest_K=float(broken[0]["temperature_K"]),
@@ -476,7 +485,10 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
         return out
     g, g_se, r = best
     out.update(growth=g, growth_se=g_se, farthest_K=float(r["temperature_K"]), farthest_state=r["state"],
-               farthest_rdf_mad=r["rdf_mad"], farthest_rdf_mad_se=r.get("rdf_mad_se"))
+               farthest_rdf_mad=r["rdf_mad"], farthest_rdf_mad_se=r.get("rdf_mad_se"),
+               farthest_above_floor=significant_difference(r["rdf_mad"], r.get("rdf_mad_se"),
+                                                           r.get("rdf_mad_noise_floor"),
+                                                           r.get("rdf_mad_noise_floor_se"), N_SIGMA))
     return out
 
 
@@ -506,6 +518,12 @@ def _growth_line(name: str, growth: dict[str, Any] | None, target: float = GROWT
             f"{_pm(growth['training_rdf_mad_mean'], growth['training_rdf_mad_mean_se'])}) to the farthest tested, "
             f"{growth['farthest_K']:g} K ({_pm(growth['farthest_rdf_mad'], growth['farthest_rdf_mad_se'])}): "
             f"{verdict}.")
+    noisy = [where for where, key in (("its training points", "training_above_floor"),
+                                      (f"{growth['farthest_K']:g} K", "farthest_above_floor"))
+             if growth[key] is not None and growth[key] != 1]
+    if noisy:
+        line += (f" But its error at {' and at '.join(noisy)} is not above the noise floor by {N_SIGMA:g} sigma, "
+                 "so this ratio measures sampling noise as much as the model.")
     return line, claim
 
 

@@ -237,3 +237,15 @@ def test_cli_runs_the_medium_preset(monkeypatch, tmp_path):
     assert main(["study", "transfer", "--preset", "medium", "--out", str(tmp_path / "s"), "--workers", "1"]) == 0
     assert seen["cfg"] == StudyConfig.from_preset("medium") and seen["out"] == str(tmp_path / "s")
     assert StudyConfig.from_preset("medium").variants is not StudyConfig.from_preset("medium").variants
+
+
+def test_error_growth_says_when_its_errors_are_sampling_noise():
+    cfg = StudyConfig.from_preset("full")
+    # floors 0.02 +- 0.002 (_row): training errors 0.05 +- 0.002 are real, a far error of 0.024 +- 0.002 is not
+    clear = conclude(_thermal_rows(0.055, 0.002), cfg)
+    assert clear["thermal_growth"]["training_above_floor"] == 1 and clear["thermal_growth"]["farthest_above_floor"] == 1
+    assert not any("sampling noise as much" in x for x in clear["lines"])
+    noisy = conclude(_thermal_rows(0.024, 0.002), cfg)
+    assert noisy["thermal_growth"]["farthest_above_floor"] == 0
+    line = next(x for x in noisy["lines"] if x.startswith("Temperature-aware model"))
+    assert "its error at 500 K is not above the noise floor by 2 sigma" in line
