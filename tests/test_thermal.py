@@ -350,3 +350,38 @@ def test_volume_term_matches_the_pressure_at_each_training_temperature(thermal_m
         e_r, s_r = (float(x) for x in module.energy_entropy(pos, box))
         with torch.no_grad():
             assert float(module(pos, box, t)) == pytest.approx(e_r - ds.temperature * s_r, rel=1e-9, abs=1e-7)
+
+
+def test_volume_term_from_cg_nvt_runs_at_each_temperature(thermal_model, datasets, tmp_path):
+    """The "cg-nvt" pressure matching of a temperature-aware model: a short CG NVT run at each data set's
+    volume and temperature (the model's TorchForce parameter). U_V puts no force on beads, so the same run
+    (same seed) with the fitted term added samples the same frames, and its mean pressure must then be the
+    all-atom one at both temperatures (two points, a and c: an exact fit)."""
+    import shutil
+
+    from openmm_cgnn.thermal import fit_thermal_volume_term, thermal_potential_from_trained
+    from openmm_cgnn.volume import VolumeTerm, cg_nvt_pressures
+
+    model = tmp_path / "model"
+    shutil.copytree(thermal_model, model)
+    targets = {250.0: -200.0, 350.0: 300.0}
+    paths = []
+    for k, ds in enumerate(datasets):
+        ds.pressure = np.full(ds.n_frames, targets[ds.temperature])
+        paths.append(ds.save(tmp_path / f"with-pressure-{k}.npz"))
+        ds.pressure = None
+    config = _config(True)
+    config.volume_source, config.volume_nvt_ps, config.volume_nvt_equilibration_ps = "cg-nvt", 0.2, 0.05
+    config.seed = 7           # the runs' seeds are seed + k; OpenMM takes a seed of 0 as "pick one at random"
+    params = fit_thermal_volume_term(model, paths, config)
+    points = params.fit["points"]
+    assert [p["temperature"] for p in points] == [250.0, 350.0] and params.fit["terms"] == ["a", "c"]
+    loaded = load_trained(model)
+    pot = thermal_potential_from_trained(loaded, torch.float32)
+    pot.volume_term = VolumeTerm(params, torch.float32)
+    module = torch.jit.script(pot)
+    for k, ds in enumerate(datasets):
+        rerun = cg_nvt_pressures(module, ds, ds.temperature, 0.2, 0.05, seed=config.seed + k,
+                                 temperature_aware=loaded.thermal.to_dict())
+        assert float(np.mean(rerun)) == pytest.approx(targets[ds.temperature], abs=1.0)
+        assert float(np.mean(rerun)) != pytest.approx(points[k]["p_cg"], abs=50.0)   # the term changed it
