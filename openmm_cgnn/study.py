@@ -432,7 +432,9 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
     standard error ``growth_se`` from the rows' ``rdf_mad_se`` (the state points are separate runs, so
     independent). Where two tested temperatures are equally far, the larger growth counts. Returns None
     when the model has no NVT training row or no NVT row away from training; else a dict with
-    ``growth``, ``growth_se`` (None without error bars), ``training_K``, ``farthest_K``, ``farthest_state``,
+    ``growth``, ``growth_se`` (None without error bars), ``training_K`` (the training temperatures evaluated),
+    ``training_not_evaluated_K`` (those of ``trained_at`` that were not; distances count from them too),
+    ``farthest_K``, ``farthest_state``,
     ``farthest_rdf_mad`` (+ ``_se``), ``training_rdf_mad_mean`` (+ ``_se``), ``failed`` (the farthest
     run did not complete, or a training run did not: then ``growth`` is None), and ``training_above_floor``,
     ``farthest_above_floor`` (:func:`~openmm_cgnn.analysis.significant_difference` of each error against its
@@ -440,22 +442,30 @@ def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | Non
     """
     from .analysis import significant_difference
 
+    from .statepoints import parse_state_point
+
     mine = [r for r in rows if r["model"] == model and r["ensemble"] == "NVT"]
     trained = [r for r in mine if r["in_training"]]
     away = [r for r in mine if not r["in_training"]]
     if not trained or not away:
         return None
     train_t = sorted({float(r["temperature_K"]) for r in trained})
+    # distances count from every training temperature, evaluated or not (``trained_at``)
+    all_train_t = set(train_t)
+    for r in mine:
+        for label in r.get("trained_at") or []:
+            all_train_t.add(float(parse_state_point(label).temperature))
 
     def distance(r: dict[str, Any]) -> float:
-        return min(abs(float(r["temperature_K"]) - t) for t in train_t)
+        return min(abs(float(r["temperature_K"]) - t) for t in all_train_t)
 
     far = max(distance(r) for r in away)
     farthest = [r for r in away if distance(r) == far]
     out: dict[str, Any] = {"training_K": train_t, "farthest_K": None, "farthest_state": None, "growth": None,
                            "growth_se": None, "farthest_rdf_mad": None, "farthest_rdf_mad_se": None,
                            "training_rdf_mad_mean": None, "training_rdf_mad_mean_se": None, "failed": None,
-                           "training_above_floor": None, "farthest_above_floor": None}
+                           "training_above_floor": None, "farthest_above_floor": None,
+                           "training_not_evaluated_K": sorted(all_train_t - set(train_t))}
 
     def usable(r: dict[str, Any]) -> bool:
         return r["status"] == "complete" and r["rdf_mad"] is not None
@@ -499,9 +509,12 @@ def _growth_line(name: str, growth: dict[str, Any] | None, target: float = GROWT
 
     if growth is None:
         return f"{name}: no error growth (no NVT state point at and away from its training temperatures).", None
-    trained = ", ".join(f"{t:g}" for t in growth["training_K"])
+    trained = ", ".join(f"{t:g}" for t in growth["training_K"]) + " K"
+    missing = growth.get("training_not_evaluated_K") or []
+    if missing:
+        trained += f"; also trained at {', '.join(f'{t:g}' for t in missing)} K, not evaluated there"
     if growth["failed"]:
-        return (f"{name}: the run at {growth['failed']} did not complete, so its error growth from {trained} K to "
+        return (f"{name}: the run at {growth['failed']} did not complete, so its error growth from {trained} to "
                 f"{growth['farthest_K']:g} K cannot be computed (a failure to transfer there).", None)
     if growth["growth"] is None:
         return f"{name}: its training-point RDF MAD is zero; no error growth can be computed.", None
@@ -514,7 +527,7 @@ def _growth_line(name: str, growth: dict[str, Any] | None, target: float = GROWT
         None: f"without error bars the data cannot tell whether it stays <= {target:g}x",
     }[claim]
     line = (f"{name}: RDF MAD grows {_pm(growth['growth'], growth['growth_se'], '.2f')}x from its training "
-            f"temperatures ({trained} K, mean "
+            f"temperatures ({trained}; mean "
             f"{_pm(growth['training_rdf_mad_mean'], growth['training_rdf_mad_mean_se'])}) to the farthest tested, "
             f"{growth['farthest_K']:g} K ({_pm(growth['farthest_rdf_mad'], growth['farthest_rdf_mad_se'])}): "
             f"{verdict}.")

@@ -160,7 +160,10 @@ def _thermal_rows(far_mad, far_se, train_se=0.002, extra=()):
             _row(THERMAL, "250K:0.787g/cm3", 0.2, 0.002), _row(THERMAL, "350K:0.787g/cm3", 0.2, 0.002),
             _row(THERMAL, "500K:0.787g/cm3", far_mad, far_se), {**_row(THERMAL, "500K:1bar", 0.9, 0.002),
                                                                  "ensemble": "NPT"}]
-    return rows + [_row(THERMAL, state, mad, se) for state, mad, se in extra]
+    rows += [_row(THERMAL, state, mad, se) for state, mad, se in extra]
+    for r in rows:
+        r["trained_at"] = ["300K:0.787g/cm3", "400K:0.787g/cm3"]
+    return rows
 
 
 def test_error_growth_is_stated_against_1_3_only_beyond_two_sigma():
@@ -175,6 +178,7 @@ def test_error_growth_is_stated_against_1_3_only_beyond_two_sigma():
     assert below["thermal_claim"] == -1
     line = next(x for x in below["lines"] if x.startswith("Temperature-aware model"))
     assert "grows 1.10 \u00b1 0.05x" in line and "500 K" in line and "the target (<= 1.3x) holds here" in line
+    assert "(300, 400 K; mean 0.0500 \u00b1 0.0014)" in line
     # 0.080 +- 0.002: 1.60 +- 1.6 x hypot(0.025, 0.0283) = 0.0604: 1.60 - 2 x 0.0604 > 1.3
     above = conclude(_thermal_rows(0.080, 0.002), cfg)
     assert above["thermal_growth"]["growth_se"] == pytest.approx(0.0604, rel=2e-3)
@@ -192,6 +196,14 @@ def test_error_growth_is_stated_against_1_3_only_beyond_two_sigma():
     # two temperatures equally far (200 and 500 K): the larger growth counts
     tie = error_growth(_thermal_rows(0.055, 0.002, extra=[("200K:0.787g/cm3", 0.07, 0.002)]), THERMAL)
     assert tie["farthest_K"] == 200.0 and tie["growth"] == pytest.approx(1.4)
+    # a training temperature that was not evaluated still counts for the distance: trained at 300 and 400 K,
+    # evaluated at 300, 350 and 450 K: 450 K (50 K from 400 K) ties with 350 K, not "150 K from 300 K"
+    partial = [r for r in _thermal_rows(0.055, 0.002, extra=[("450K:0.787g/cm3", 0.06, 0.002)])
+               if r["state"] in ("300K:0.787g/cm3", "350K:0.787g/cm3", "450K:0.787g/cm3")]
+    growth = error_growth(partial, THERMAL)
+    assert growth["training_K"] == [300.0] and growth["training_not_evaluated_K"] == [400.0]
+    assert growth["farthest_K"] == 350.0 and growth["growth"] == pytest.approx(4.0)     # 0.2 / 0.05 beats 0.06 / 0.05
+    assert any("(300 K; also trained at 400 K, not evaluated there; mean" in x for x in conclude(partial, cfg)["lines"])
     # a run that blew up at the farthest temperature: no growth, and the line says why
     broken = _thermal_rows(0.055, 0.002)
     broken[4].update(status="blew_up", rdf_mad=None)
