@@ -788,19 +788,35 @@ class CGPotential(torch.nn.Module):
             self.verlet_ready = True
         dx, dy, dz = self._displacements(pos, box, self.verlet_list)
         inside = (dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm) & (self.verlet_list != n)
-        nbr, count = self._compact(self.verlet_list, inside, self.table_capacity)
-        return nbr, (count > self.table_capacity).any() | self.verlet_overflow
+        # rows as wide as the fullest one this step, not the whole capacity: on a CPU the shapes may change,
+        # and the empty slots of a table sized for the densest training frame are wasted work
+        counts = inside.sum(dim=1)
+        width = min(max(int(counts.max()), 1), self.table_capacity)
+        nbr, _ = self._compact(self.verlet_list, inside, width)
+        return nbr, (counts > self.table_capacity).any() | self.verlet_overflow
 
     @torch.jit.export
     def energy_of_layout(self, pos: Tensor, box: Tensor) -> Tensor:
         """The energy (kJ/mol) with the configured layout, NaN when the neighbour table overflows. On a
         GPU every call searches afresh: static shapes, no host synchronisation (CUDA graphs). On a CPU
-        the table comes from a Verlet list reused between steps."""
-        if self.reuse_on_cpu and pos.device.type == "cpu":
-            nbr, overflow = self._reused_table(pos, box)
+        the table comes from a Verlet list reused between steps where the box has room for it, and is
+        as wide as its fullest row."""
+        if pos.device.type == "cpu":
+            if self.reuse_on_cpu:
+                nbr, overflow = self._reused_table(pos, box)
+            else:
+                nbr, overflow = self._narrowed(self.neighbour_table(pos, box))
         else:
             nbr, overflow = self.neighbour_table(pos, box)
         return self.energy_from_table(pos, box, nbr, overflow)
+
+    def _narrowed(self, table: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        """A neighbour table cut to its fullest row (its rows are packed from the left): the CPU's step may
+        change shapes, and the empty slots of a table sized for the densest training frame are wasted
+        work there (a host read: CPU only)."""
+        nbr, overflow = table
+        width = max(int((nbr != nbr.shape[0]).sum(dim=1).max()), 1)
+        return nbr[:, :width].contiguous(), overflow
 
     @torch.jit.export
     def energy_from_table(self, pos: Tensor, box: Tensor, nbr: Tensor, overflow: Tensor) -> Tensor:

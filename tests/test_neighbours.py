@@ -61,19 +61,20 @@ def _ops(graph) -> set[str]:
 
 def test_step_has_no_host_synchronisation(tiny_model_pt):
     """The GPU step (fresh search + energy) contains no op that reads a tensor value on the host; only the
-    one-off layout (configure) and the CPU-only reuse of the table may."""
+    one-off layout (configure) and the CPU-only reuse and narrowing of the table may."""
     from openmm_cgnn.export import load_exported
 
     module, _ = load_exported(tiny_model_pt)
     for method in (module.neighbour_table, module.energy_from_table):
         assert not _ops(method.inlined_graph) & SYNC_OPS, (method.name, _ops(method.inlined_graph) & SYNC_OPS)
     for method, allowed_calls in ((module.forward, {"configure", "energy_of_layout"}),
-                                  (module.energy_of_layout, {"_reused_table", "neighbour_table", "energy_from_table"})):
+                                  (module.energy_of_layout,
+                                   {"_reused_table", "_narrowed", "neighbour_table", "energy_from_table"})):
         assert not _ops(method.graph) & SYNC_OPS
         assert {n.s("name") for n in method.graph.findAllNodes("prim::CallMethod")} == allowed_calls
     # the CPU-only reuse sits in a branch taken only for tensors on the CPU
     top_level_calls = {n.s("name") for n in module.energy_of_layout.graph.nodes() if n.kind() == "prim::CallMethod"}
-    assert "_reused_table" not in top_level_calls and "neighbour_table" not in top_level_calls
+    assert not top_level_calls & {"_reused_table", "_narrowed"}
     assert "prim::device" in _ops(module.energy_of_layout.graph)
     # the one-off layout does read the box on the host, which is why it is kept out of the step
     assert _ops(module.configure.graph) & SYNC_OPS
