@@ -100,6 +100,8 @@ class _Interaction(torch.nn.Module):
         self.selfint = torch.nn.Linear(nf_in, nf_out)
         self.vecscales = torch.nn.Parameter(torch.zeros(nf_out))
         self.quadscales = torch.nn.Parameter(torch.zeros(nf_out))
+        # the two (N, K, n_dist) buffers of sensitivity_and_slope, sized by its first call for a table
+        self.register_buffer("workspace", torch.zeros(0), persistent=False)
 
     def sensitivity(self, r: Tensor) -> Tensor:
         """(N, K) distances in angstrom -> (N, K, n_dist) sensitivities, as hippynn's
@@ -117,11 +119,19 @@ class _Interaction(torch.nn.Module):
     def sensitivity_and_slope(self, r: Tensor) -> Tuple[Tensor, Tensor]:
         """(N, K) distances in angstrom -> the sensitivities (N, K, n_dist) of :meth:`sensitivity` and their
         derivatives with respect to r (per angstrom), both zero beyond r_c and in empty slots. No autograd:
-        the (N, K, n_dist) work happens in place on two buffers (each new buffer costs page faults)."""
+        the (N, K, n_dist) work happens in place in two buffers kept between calls (``workspace``: a fresh
+        buffer of that size costs page faults on every call, as much as two passes over it). The results
+        are views of the workspace, valid until the next call."""
         inv_r = (1.0 / r).unsqueeze(2)
         sigma2 = torch.square(self.sigma)
-        offset = inv_r - 1.0 / self.mu
-        gauss = torch.square(offset).mul_(-0.5 * sigma2).clamp_(min=self.exponent_floor).exp_()
+        shape = [r.shape[0], r.shape[1], self.n_dist]
+        size = shape[0] * shape[1] * shape[2]
+        if self.workspace.numel() < 2 * size or self.workspace.dtype != r.dtype or self.workspace.device != r.device:
+            # room for a slightly wider table too: the CPU's table is as wide as its fullest row
+            self.workspace = torch.empty(2 * size + size // 4, dtype=r.dtype, device=r.device)
+        offset = torch.sub(inv_r, 1.0 / self.mu, out=self.workspace[size : 2 * size].view(shape))
+        gauss = torch.mul(offset, offset, out=self.workspace[:size].view(shape)).mul_(-0.5 * sigma2) \
+            .clamp_(min=self.exponent_floor).exp_()
         angle = (math.pi / 2 / self.hard_cutoff) * r
         inside = (r <= self.hard_cutoff).to(r.dtype)
         cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
@@ -391,6 +401,7 @@ class CGPotential(torch.nn.Module):
         # the CPU's Verlet list (see configure): neighbours within cutoff + skin, the positions and box
         # it was searched at, and whether that search overflowed
         self.reuse_on_cpu = False
+        self.narrow_on_cpu = True  # False: the CPU runs the GPU's step exactly (static shapes), for tests
         self.verlet_ready = False
         self.verlet_capacity = 0
         self.register_buffer("verlet_list", torch.zeros(0, 0, dtype=torch.long))
@@ -791,7 +802,7 @@ class CGPotential(torch.nn.Module):
         # rows as wide as the fullest one this step, not the whole capacity: on a CPU the shapes may change,
         # and the empty slots of a table sized for the densest training frame are wasted work
         counts = inside.sum(dim=1)
-        width = min(max(int(counts.max()), 1), self.table_capacity)
+        width = min(max(int(counts.max()), 1), self.table_capacity) if self.narrow_on_cpu else self.table_capacity
         nbr, _ = self._compact(self.verlet_list, inside, width)
         return nbr, (counts > self.table_capacity).any() | self.verlet_overflow
 
@@ -804,8 +815,10 @@ class CGPotential(torch.nn.Module):
         if pos.device.type == "cpu":
             if self.reuse_on_cpu:
                 nbr, overflow = self._reused_table(pos, box)
-            else:
+            elif self.narrow_on_cpu:
                 nbr, overflow = self._narrowed(self.neighbour_table(pos, box))
+            else:
+                nbr, overflow = self.neighbour_table(pos, box)
         else:
             nbr, overflow = self.neighbour_table(pos, box)
         return self.energy_from_table(pos, box, nbr, overflow)

@@ -125,7 +125,9 @@ def test_every_intermediate_keeps_its_shape_from_call_to_call(tiny_model_pt, met
     ds = CGDataset.load(methanol_dataset)
     module, _ = load_exported(tiny_model_pt)
     module(torch.tensor(ds.positions[0]), torch.tensor(ds.boxes[0]))  # lays out the table
-    module.reuse_on_cpu = False  # the GPU path: a fresh search every call
+    module.reuse_on_cpu = False  # the GPU path: a fresh search every call, at the table's full width
+    module.narrow_on_cpu = False
+    module(torch.tensor(ds.positions[0]), torch.tensor(ds.boxes[0]))  # sizes the workspace for that width
     first = _op_shapes(module, ds.positions[1], ds.boxes[1])
     for frame in (5, ds.n_frames - 1):
         box = ds.boxes[frame] * 1.02  # a barostat move as well
