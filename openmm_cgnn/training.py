@@ -94,6 +94,7 @@ class TrainConfig:
     cusp_reg: float = 1e-6             # HIP-NN-TS cusp regularisation (tensor_order >= 1)
     pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box), for prediction
     cache_pairs: bool = True           # training: find each frame's pairs once (vesin), not in every batch
+    force_mode: str = "autograd"       # training forces: "explicit" (written out, one backward) or "autograd"
     # optimisation
     learning_rate: float = 1e-3
     batch_size: int = 1                # starting batch size, doubled on plateau ...
@@ -133,6 +134,7 @@ class TrainConfig:
         if self.tensor_order not in _NETWORK_CLASSES:
             raise ConfigError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}", "tensor_order")
         V.one_of(self.pair_finder, "pair_finder", ("kdtree", "periodic"))
+        V.one_of(self.force_mode, "force_mode", ("explicit", "autograd"))
         V.one_of(self.sensitivity_type, "sensitivity_type", ("inverse", "linear"))
         for name in ("n_features", "n_sensitivities", "n_interaction_layers", "n_atom_layers", "batch_size",
                      "max_batch_size", "plateau_patience", "max_epochs", "termination_patience", "eval_batch_size",
@@ -303,7 +305,7 @@ class _Graph:
 
 
 def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str, cached_pairs: bool = False,
-                 thermal: Any = None) -> _Graph:
+                 thermal: Any = None, force_mode: str = "autograd") -> _Graph:
     """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR.
 
     With ``cached_pairs`` the pairs come from the database arrays of :mod:`openmm_cgnn.pair_cache`
@@ -347,10 +349,24 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
         from .thermal import add_thermal_energy
 
         temperature, hentropy, total = add_thermal_energy(network, henergy, thermal)
-    grad = MultiGradientNode("forces", total, (positions,), signs=-1)
-    force = grad.children[0]
-    force.db_name = "forces"
+    if force_mode == "explicit" and explicit_forces_available(network.torch_module, henergy.torch_module, thermal):
+        from .explicit_forces import explicit_force_node
+
+        force = explicit_force_node("forces", network, henergy, pdx, pairs)
+    else:
+        grad = MultiGradientNode("forces", total, (positions,), signs=-1)
+        force = grad.children[0]
+        force.db_name = "forces"
     return _Graph(species, positions, cells, network, henergy, force, temperature, hentropy, total)
+
+
+def explicit_forces_available(network: torch.nn.Module, energy: torch.nn.Module, thermal: Any = None) -> bool:
+    """Whether ``force_mode = "explicit"`` applies to this hippynn network and HEnergy read-out: one
+    interaction block and no temperature dependence (:mod:`openmm_cgnn.explicit_forces`); otherwise
+    training falls back to autograd forces."""
+    from .explicit_forces import explicit_forces_unsupported
+
+    return thermal is None and explicit_forces_unsupported(network, energy) is None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -693,7 +709,8 @@ def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any], t
     from hippynn.experiment.assembly import assemble_for_training
     from hippynn.graphs.nodes import loss
 
-    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs, thermal=thermal)
+    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs, thermal=thermal,
+                     force_mode=config.force_mode)
     force_rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
     force_mae = loss.MAELoss.of_node(g.force)
     force_rsq = loss.Rsq.of_node(g.force)
