@@ -114,14 +114,10 @@ class _Interaction(torch.nn.Module):
         # denormal numbers, an order of magnitude slower on CPUs; the floored terms are negligible
         return torch.exp(torch.clamp(exponent, min=self.exponent_floor)) * cut.unsqueeze(2)
 
-    def sensitivity_and_slope(self, r: Tensor, differentiable: bool = False) -> Tuple[Tensor, Tensor]:
+    def sensitivity_and_slope(self, r: Tensor) -> Tuple[Tensor, Tensor]:
         """(N, K) distances in angstrom -> the sensitivities (N, K, n_dist) of :meth:`sensitivity` and their
         derivatives with respect to r (per angstrom), both zero beyond r_c and in empty slots. No autograd:
-        the (N, K, n_dist) work happens in place on two buffers (each new buffer costs page faults).
-        ``differentiable``: out of place instead, so that autograd can differentiate the results with
-        respect to the weights (mu, sigma): training with explicit forces (``openmm_cgnn.explicit_forces``)."""
-        if differentiable:
-            return self._sensitivity_and_slope_out_of_place(r)
+        the (N, K, n_dist) work happens in place on two buffers (each new buffer costs page faults)."""
         inv_r = (1.0 / r).unsqueeze(2)
         sigma2 = torch.square(self.sigma)
         offset = inv_r - 1.0 / self.mu
@@ -134,19 +130,6 @@ class _Interaction(torch.nn.Module):
         # is below exp(EXPONENT_FLOOR) relative to the others: negligible, and cheaper than masking it
         slope = offset.mul_(sigma2).mul_(torch.square(inv_r) * cut).add_(cut_slope).mul_(gauss)
         return gauss.mul_(cut), slope
-
-    def _sensitivity_and_slope_out_of_place(self, r: Tensor) -> Tuple[Tensor, Tensor]:
-        """:meth:`sensitivity_and_slope` without in-place operations (autograd records it)."""
-        inv_r = (1.0 / r).unsqueeze(2)
-        sigma2 = torch.square(self.sigma)
-        offset = inv_r - 1.0 / self.mu
-        gauss = torch.exp(torch.clamp(torch.square(offset) * (-0.5 * sigma2), min=self.exponent_floor))
-        angle = (math.pi / 2 / self.hard_cutoff) * r
-        inside = (r <= self.hard_cutoff).to(r.dtype)
-        cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
-        cut_slope = (torch.sin(2.0 * angle) * inside * (-math.pi / 2 / self.hard_cutoff)).unsqueeze(2)
-        slope = (offset * sigma2 * (torch.square(inv_r) * cut) + cut_slope) * gauss
-        return gauss * cut, slope
 
     def mix(self, env: Tensor, features: Tensor) -> Tuple[Tensor, Tensor]:
         """The layer's output (N, nf_out) from the environment ``env`` (N, n_comp, n_dist * nf_in) and
@@ -272,7 +255,7 @@ class _Block(torch.nn.Module):
         return x
 
     def output_and_slot_gradient(self, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
-                                 head_weight: Tensor, differentiable: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                                 head_weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """For a network of this one block: its output features (N, nf_out) and the gradient of the read-out
         (output x ``head_weight`` (1, nf_out), summed over beads) with respect to each slot's displacement
         r_j - r_i, as three (N, K) planes (x, y, z) per angstrom. ``features`` (N, nf_in) one-hot input;
@@ -282,8 +265,7 @@ class _Block(torch.nn.Module):
         env[i, c, d] = sum_k Y_c s_d; G = d(read-out)/d env comes from the per-bead layers by hand; then per
         slot dE/d r_ij = (sum_c Y_c sum_d G[c, d] s'_d) u + (w - (w.u) u) / r, with
         w = sum_c (sum_d G[c, d] s_d) dY_c/du. Every per-slot product over the sensitivities is a batched
-        matrix product. ``differentiable``: no in-place work, so that the results can be differentiated with
-        respect to the weights (training, ``openmm_cgnn.explicit_forces``)."""
+        matrix product."""
         inter = self.interaction
         n = r.shape[0]
         k_max = r.shape[1]
@@ -300,7 +282,7 @@ class _Block(torch.nn.Module):
             tr = (xx + yy + z * z) / 3.0
             comps += [xx - tr, x * y, x * z, yy - tr, y * z]
         comp = torch.stack(comps, dim=1)  # (N, C, K)
-        sense, slope = inter.sensitivity_and_slope(r, differentiable)  # (N, K, D)
+        sense, slope = inter.sensitivity_and_slope(r)  # (N, K, D)
         if not inter.ones_input:  # each slot's sensitivities times its neighbour's input features (N, K, D*F)
             f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, inter.nf_in)], 0), nbr).unsqueeze(2)
             sense = (sense.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)

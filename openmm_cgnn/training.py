@@ -352,7 +352,8 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     if force_mode == "explicit" and explicit_forces_available(network.torch_module, henergy.torch_module, thermal):
         from .explicit_forces import explicit_force_node
 
-        force = explicit_force_node("forces", network, henergy, pdx, pairs)
+        force = explicit_force_node("forces", network, henergy, pdx, pairs=None if cached_pairs else pairs,
+                                    positions=positions, cell=cells)
     else:
         grad = MultiGradientNode("forces", total, (positions,), signs=-1)
         force = grad.children[0]
@@ -721,12 +722,16 @@ def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any], t
     return g, training_modules, db_info
 
 
-def _with_pair_arrays(config: TrainConfig, net_kw: dict[str, Any], arrays: dict[str, np.ndarray]):
-    if not config.cache_pairs:
-        return arrays
-    from .pair_cache import add_pair_arrays
+def _with_pair_arrays(db_info: dict[str, Any], net_kw: dict[str, Any], arrays: dict[str, np.ndarray]):
+    """``arrays`` plus the cached pairs that the graph reads (:mod:`openmm_cgnn.pair_cache`): half pair
+    lists for autograd forces, full neighbour tables for explicit forces, none without a cache."""
+    from .pair_cache import PAIR_KEYS, SLOT_KEYS, add_pair_arrays, add_slot_arrays
 
-    return add_pair_arrays(arrays, net_kw["dist_hard_max"])
+    if any(k in db_info["inputs"] for k in SLOT_KEYS):
+        return add_slot_arrays(arrays, net_kw["dist_hard_max"])
+    if any(k in db_info["inputs"] for k in PAIR_KEYS):
+        return add_pair_arrays(arrays, net_kw["dist_hard_max"])
+    return arrays
 
 
 class TrainingStep:
@@ -750,7 +755,7 @@ class TrainingStep:
         self.model = modules.model.to(self.device, dtype)
         self.loss = modules.loss.to(self.device, dtype)
         t0 = time.perf_counter()
-        arrays = _with_pair_arrays(config, net_kw, dataset.to_hippynn_arrays())
+        arrays = _with_pair_arrays(db_info, net_kw, dataset.to_hippynn_arrays())
         self.pair_seconds = time.perf_counter() - t0  # cost of caching the pairs (0 without a cache)
 
         def tensor(name: str) -> torch.Tensor:
@@ -793,7 +798,7 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
     from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
 
     g, training_modules, db_info = _assemble(config, network_class, net_kw, thermal)
-    arrays = _with_pair_arrays(config, net_kw, arrays)
+    arrays = _with_pair_arrays(db_info, net_kw, arrays)
     device = resolve_device(config.device)
     database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=device.type == "cuda", quiet=True,
                         **db_info)
