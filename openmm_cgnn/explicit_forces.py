@@ -324,7 +324,10 @@ def explicit_force_node(name: str, network_node: Any, henergy_node: Any, padding
         _index_state = IdxType.MolAtom
         _input_names = ("features", "nbr", "vec", "r", "real_atoms", "n_molecules", "n_atoms_max")
 
-    module = ExplicitForces(network, henergy_node.torch_module)
+    # the export's layers that ExplicitForces builds (and fills with hippynn's) draw initial weights: keep
+    # the random stream (batch order, ...) what it is with autograd forces
+    with torch.random.fork_rng(devices=[]):
+        module = ExplicitForces(network, henergy_node.torch_module)
     parents = (padding_indexer.indexed_features, table.nbr, table.vec, table.r, padding_indexer.real_atoms,
                padding_indexer.n_molecules, padding_indexer.n_atoms_max)
     node = ExplicitForceNode(name, parents, module=module)

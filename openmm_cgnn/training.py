@@ -23,8 +23,9 @@ Model directory written by :func:`train` (every file written atomically)::
     metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
                     and pooled, plus the per-epoch training curve
     metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
-                    their frame splits, package versions, timings; ``temperature_aware`` (training
-                    temperatures, form) for temperature-aware models
+                    their frame splits, package versions, timings, ``training_forces`` ("explicit"
+                    or "autograd": how training computed the forces, see ``TrainConfig.force_mode``);
+                    ``temperature_aware`` (training temperatures, form) for temperature-aware models
     train.log       hippynn's own console output
     volume.json     the volume term U_V fitted by pressure matching (``openmm_cgnn.volume``), when
                     every data set carries all-atom pressures and ``fit_volume`` is on
@@ -599,6 +600,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
                           "composition": _composition(ds),
                           "splits": {k: v.tolist() for k, v in sp.items()}}
                          for p, ds, sp in zip(paths, sets, splits)],
+            "training_forces": model_state["force_mode"],
             "versions": versions(), "train_seconds": train_seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra_metadata or {}),
@@ -745,17 +747,25 @@ class TrainingStep:
     :param dataset: the frames of the batch. :param device: "auto", "cpu", "cuda", ...
     """
 
-    def __init__(self, config: TrainConfig, dataset: CGDataset, device: str = "auto", dtype: torch.dtype = torch.float32):
+    def __init__(self, config: TrainConfig, dataset: CGDataset | Sequence[CGDataset], device: str = "auto",
+                 dtype: torch.dtype = torch.float32):
         _import_hippynn()
         self.config = config
         self.device = resolve_device(device)
-        net_kw = network_kwargs(config, len(dataset.type_names))
+        sets = [dataset] if isinstance(dataset, CGDataset) else list(dataset)
+        net_kw = network_kwargs(config, len(sets[0].type_names))
         with _quiet_hippynn(io.StringIO()):
             self.graph, modules, db_info = _assemble(config, _NETWORK_CLASSES[config.tensor_order], net_kw)
         self.model = modules.model.to(self.device, dtype)
         self.loss = modules.loss.to(self.device, dtype)
         t0 = time.perf_counter()
-        arrays = _with_pair_arrays(db_info, net_kw, dataset.to_hippynn_arrays())
+        if len(sets) == 1:
+            frames = sets[0].to_hippynn_arrays()
+        else:  # data sets of different sizes: beads padded with species 0, as train() does
+            frames = _hippynn_arrays(sets, [ds.forces for ds in sets],
+                                     [{"train": np.arange(ds.n_frames), "valid": [], "test": []} for ds in sets],
+                                     np.float64)
+        arrays = _with_pair_arrays(db_info, net_kw, frames)
         self.pair_seconds = time.perf_counter() - t0  # cost of caching the pairs (0 without a cache)
 
         def tensor(name: str) -> torch.Tensor:
@@ -766,7 +776,13 @@ class TrainingStep:
         self.inputs = [tensor(k) for k in db_info["inputs"]]
         self.targets = [tensor(k) for k in db_info["targets"]]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.n_frames = dataset.n_frames
+        self.n_frames = sum(ds.n_frames for ds in sets)
+        # stable parameter names (those of hippynn's modules), whichever way the forces are computed
+        self._names = {}
+        for prefix, node in (("network.", self.graph.network), ("energy.", self.graph.henergy),
+                             ("entropy.", self.graph.hentropy)):
+            if node is not None:
+                self._names.update({id(p): prefix + n for n, p in node.torch_module.named_parameters()})
 
     def step(self) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -780,13 +796,15 @@ class TrainingStep:
         return float(loss.detach())
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
-        """Loss and parameter gradients at the current weights (no update): (loss, {name: grad})."""
+        """Loss and parameter gradients at the current weights (no update): (loss, {name: grad}), named
+        as in hippynn's modules (``network.<name>``, ``energy.<name>``)."""
         self.optimizer.zero_grad(set_to_none=True)
         with _quiet_hippynn(None):
             outputs = self.model(*self.inputs)
             loss = self.loss(*outputs, *self.targets)[0]
         loss.backward()
-        grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        grads = {self._names.get(id(p), n): p.grad.detach().clone() for n, p in self.model.named_parameters()
+                 if p.grad is not None}
         return float(loss.detach()), grads
 
 
@@ -868,7 +886,16 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
     }
     if g.hentropy is not None:
         state["entropy"] = {k: _cpu(v) for k, v in g.hentropy.torch_module.state_dict().items()}
+    state["force_mode"] = _force_mode_of(g)
     return curve, hippynn_test, state
+
+
+def _force_mode_of(g: _Graph) -> str:
+    """How the graph's training forces are computed: "explicit" or "autograd" (the fallback, see
+    :func:`explicit_forces_available`)."""
+    from .explicit_forces import ExplicitForces
+
+    return "explicit" if isinstance(getattr(g.force, "torch_module", None), ExplicitForces) else "autograd"
 
 
 def _no_plots() -> None:
