@@ -95,7 +95,7 @@ class TrainConfig:
     cusp_reg: float = 1e-6             # HIP-NN-TS cusp regularisation (tensor_order >= 1)
     pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box), for prediction
     cache_pairs: bool = True           # training: find each frame's pairs once (vesin), not in every batch
-    force_mode: str = "autograd"       # training forces: "explicit" (written out, one backward) or "autograd"
+    force_mode: str = "explicit"       # training forces: "explicit" (written out, one backward) or "autograd"
     # optimisation
     learning_rate: float = 1e-3
     batch_size: int = 1                # starting batch size, doubled on plateau ...
