@@ -78,7 +78,12 @@ _FORCE_TO_KJ_NM = KJ_PER_KCAL * ANGSTROM_PER_NM
 @dataclass
 class TrainConfig:
     """Every hyperparameter of a training run. Distances of the network are in angstrom (hippynn's
-    units); the prior's ``prior_dr`` is in nm. See :meth:`preset` for the "paper" and "tiny" sets."""
+    units); the prior's ``prior_dr`` is in nm. See :meth:`preset` for the "paper" and "tiny" sets.
+
+    ``force_mode``: "explicit" (default) computes the training forces of a one-block network as a
+    closed expression of the weights (:mod:`openmm_cgnn.explicit_forces`: one backward pass per step);
+    "autograd" differentiates hippynn's energy (a double backward). Both give the same loss and
+    gradients; deeper and temperature-aware networks always use autograd."""
 
     name: str = "paper"
     # network: HIP-NN-TS

@@ -69,11 +69,17 @@ def test_explicit_gradients_with_two_bead_types_and_padded_frames():
                                    msg=name)
 
 
-def test_two_interaction_blocks_fall_back_to_autograd():
+def test_two_interaction_blocks_and_temperature_aware_models_fall_back_to_autograd():
+    from openmm_cgnn.training import explicit_forces_available
+
     ds = make_synthetic_dataset(None, n_frames=1, n_side=4, box_nm=1.6, seed=3)
     steps = _steps(ds, n_interaction_layers=2)
     assert not isinstance(getattr(steps["explicit"].graph.force, "torch_module", None), ExplicitForces)
     assert steps["explicit"].gradients()[0] == pytest.approx(steps["autograd"].gradients()[0], rel=1e-12)
+    one_block = _steps(ds)["explicit"].graph
+    network, energy = one_block.network.torch_module, one_block.henergy.torch_module
+    assert explicit_forces_available(network, energy)
+    assert not explicit_forces_available(network, energy, thermal=object())
 
 
 def test_slot_tables_hold_every_pair_in_both_directions():
