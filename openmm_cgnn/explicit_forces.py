@@ -23,8 +23,11 @@ from torch import Tensor
 
 from .export import _AtomLayer, _Block, _Interaction, _gather_rows
 
-#: what :func:`supports_explicit_forces` accepts: one interaction block of these network classes
+#: the sensitivity modules whose form the explicit forces know
 _SENSITIVITIES = ("InverseSensitivityModule", "GaussianSensitivityModule")
+#: on a CPU, the table is worked through in blocks of rows of at most this many (slot x sensitivity x
+#: feature) elements per tensor (16 MB in float32): larger blocks are several times slower per element
+ROW_BLOCK_ELEMENTS = 1 << 22
 
 
 def explicit_forces_unsupported(network: torch.nn.Module, energy: torch.nn.Module) -> str | None:
@@ -157,21 +160,32 @@ class ExplicitForces(torch.nn.Module):
     def atom_forces(self, features: Tensor, nbr: Tensor, vec: Tensor, r: Tensor) -> Tensor:
         """Forces (N, 3) on the batch's real atoms from their input features (N, nf_in) and their neighbour
         table: ``nbr`` (N, K) (empty slots = N), the slots' vectors r_j - r_i (3, N, K) and distances (N, K),
-        angstrom, with empty slots at twice the cutoff (see :func:`table_from_pairs`)."""
+        angstrom, with empty slots at twice the cutoff (see :class:`TableFromPairs`).
+
+        Every term but the final scatter belongs to one row (bead) of the table, so large batches are
+        worked through in blocks of rows (:data:`ROW_BLOCK_ELEMENTS`): on a CPU, tensors above a few tens
+        of MB come fresh from the operating system on every allocation, page by page, several times slower."""
         n = features.shape[0]
         features = features.to(self.head.weight.dtype)
         lay = self.layer
         inter = self.block.interaction
+        per_row = max(1, nbr.shape[1] * inter.n_dist * (1 if inter.ones_input else inter.nf_in))
+        rows = max(1, ROW_BLOCK_ELEMENTS // per_row) if features.device.type == "cpu" else n
         inter.weights = lay.int_weights.permute(0, 2, 1).reshape(lay.n_dist * lay.nf_in, lay.nf_out)
+        grad = torch.zeros(n + 1, 3, dtype=features.dtype, device=features.device)
+        own = []
         try:
-            gx, gy, gz = _slot_gradient(self.block, features, vec, r, nbr, self.head.weight)
+            for start in range(0, n, rows):
+                block = slice(start, min(start + rows, n))
+                gx, gy, gz = _slot_gradient(self.block, features, vec[:, block], r[block], nbr[block],
+                                            self.head.weight, features[block])
+                # each slot's vector r_j - r_i: dE/dr_j = +g (scattered; empty slots land on row N), dE/dr_i = -g
+                slot_grad = torch.stack([gx, gy, gz], dim=2)  # (rows, K, 3)
+                grad = grad.index_add(0, nbr[block].reshape(-1), slot_grad.reshape(-1, 3))
+                own.append(slot_grad.sum(dim=1))
         finally:
             inter.weights = None   # no reference to this call's graph outlives it
-        # each slot's vector r_j - r_i: dE/dr_j = +g (scattered; empty slots land on row N, dropped), dE/dr_i = -g
-        slot_grad = torch.stack([gx, gy, gz], dim=2)  # (N, K, 3)
-        grad = torch.zeros(n + 1, 3, dtype=slot_grad.dtype, device=slot_grad.device).index_add(
-            0, nbr.reshape(-1), slot_grad.reshape(-1, 3))
-        return slot_grad.sum(dim=1) - grad[:n]   # -dE/dr
+        return torch.cat(own) - grad[:n]   # -dE/dr
 
     def forward(self, features: Tensor, nbr: Tensor, vec: Tensor, r: Tensor, real_atoms: Tensor,
                 n_molecules: int, n_atoms_max: int) -> Tensor:
@@ -182,11 +196,12 @@ class ExplicitForces(torch.nn.Module):
 
 
 def _slot_gradient(block: _Block, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
-                   head_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                   head_weight: Tensor, row_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """:meth:`openmm_cgnn.export._Block.output_and_slot_gradient` (the same mathematics and notation),
     arranged for autograd to differentiate once with respect to the weights: the slots' tensor
     components are constants, the sensitivities come from :class:`_SensitivityAndSlope`, and the
-    per-component planes are taken with one ``unbind`` (one backward op) rather than nine selections."""
+    per-component planes are taken with one ``unbind`` (one backward op) rather than nine selections.
+    For a block of rows: ``vec``, ``r``, ``nbr`` and ``row_features`` are the rows', ``features`` every bead's."""
     inter = block.interaction
     n, k_max = r.shape
     with torch.no_grad():
@@ -209,7 +224,7 @@ def _slot_gradient(block: _Block, features: Tensor, vec: Tensor, r: Tensor, nbr:
         sense = (sense.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
         slope = (slope.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
     env = torch.bmm(comp, sense)  # (N, C, D*F)
-    _, grad_env = block.output_and_env_gradient(features, env, head_weight)
+    _, grad_env = block.output_and_env_gradient(row_features, env, head_weight)
     along = torch.bmm(grad_env, sense.transpose(1, 2)).unbind(1)  # sum_d G[c, d] s_d, C planes (N, K)
     radial = (torch.bmm(grad_env, slope.transpose(1, 2)) * comp).sum(dim=1)  # dE/dr (N, K)
     zero = torch.zeros_like(r)

@@ -55,8 +55,13 @@ def test_explicit_loss_and_gradients_equal_autograd(overrides):
     assert all(id(p) in hippynn_params for p in graph.force.torch_module.parameters())
 
 
-def test_explicit_gradients_with_two_bead_types_and_padded_frames():
-    """Two bead types and two data sets of different sizes in one batch (padding beads in the second)."""
+@pytest.mark.parametrize("row_block", [1 << 22, 2000], ids=["one-block", "row-blocks"])
+def test_explicit_gradients_with_two_bead_types_and_padded_frames(row_block, monkeypatch):
+    """Two bead types and two data sets of different sizes in one batch (padding beads in the second);
+    the table in one block of rows and in many."""
+    import openmm_cgnn.explicit_forces as explicit
+
+    monkeypatch.setattr(explicit, "ROW_BLOCK_ELEMENTS", row_block)
     big = make_synthetic_dataset(None, n_frames=1, n_side=5, box_nm=2.0, seed=5, type_names=("A", "B"))
     small = make_synthetic_dataset(None, n_frames=1, n_side=4, box_nm=1.6, seed=6, type_names=("A", "B"))
     steps = _steps([big, small])
