@@ -144,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--batches", nargs="+", default=["tiny=2,8", "fast=1,4", "paper=1,2"],
                    help="preset=batch,batch,... (default: tiny=2,8 fast=1,4 paper=1,2)")
+    p.add_argument("--explicit-batches", nargs="*", default=["paper=8"],
+                   help="preset=batch,... timed with explicit forces only (autograd is too slow there on a CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", default="paper=1", help="preset=batch of the profiled step ('' for none)")
     p.add_argument("--note", default="", help="a note for the results (e.g. 'contended 2-core CPU')")
@@ -156,10 +158,11 @@ def main(argv=None) -> int:
     res: dict[str, Any] = {"format": "openmm-cgnn/training-profile", "date": C.now(), "note": args.note,
                            "device": C.describe_device("CUDA" if args.device.startswith("cuda") else "CPU"),
                            "load_before": C.load_average(), "rows": [], "profiles": []}
-    for spec in args.batches:
+    specs = [(spec, VARIANTS) for spec in args.batches] + [(spec, VARIANTS[:1]) for spec in args.explicit_batches]
+    for spec, variants in specs:
         preset, sizes = spec.split("=")
         for b in (int(x) for x in sizes.split(",")):
-            rows = time_steps(preset, b, args.device, args.repeats)
+            rows = time_steps(preset, b, args.device, args.repeats, variants)
             res["rows"] += rows
             for r in rows:
                 print(f"{preset:6s} {r['beads']:5d} beads batch {b:3d} {r['forces']:8s} {r['pairs']:22s} "
