@@ -141,8 +141,9 @@ def measure_mts_drift(ctx: C.BenchmarkContext, model: C.ModelEntry, budget: C.Bu
 
 def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, single_fs: float, inner_fs: float,
                   k: int, budget: C.Budget) -> dict[str, Any]:
-    """Step times of the one-time-step run (LangevinMiddle, unsplit System) and of the MTS run
-    (MTSLangevin, split System), timed in alternating chunks so that both see the same machine load.
+    """Step times of the one-time-step run (LangevinMiddle, unsplit System), of the MTS run (MTSLangevin,
+    split System) and of the all-atom run of as many molecules (the throughput benchmark's, 2 fs), timed in
+    alternating chunks so that all three see the same machine load.
 
     Wall time and, on the CPU platform, the process's CPU time per step (with one thread for torch and
     OpenMM it is the work done, which other jobs on a shared machine do not inflate): the ratio uses
@@ -152,12 +153,15 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
 
     single_sys, positions, edge = C.cg_system(model, n)
     mts_sys, _, _ = _split_system(model, n)
+    aa_context, aa_integrator, aa_info = C.aa_context(n, platform)
     runs = {"single": (single_sys, C.langevin(single_fs * 1e-3), single_fs),
-            "mts": (mts_sys, langevin_integrator(C.TEMPERATURE, 1.0, inner_fs * 1e-3, k, seed=1), inner_fs * k)}
-    contexts, first = {}, {}
+            "mts": (mts_sys, langevin_integrator(C.TEMPERATURE, 1.0, inner_fs * 1e-3, k, seed=1), inner_fs * k),
+            "aa": (None, aa_integrator, C.AA_TIMESTEP_PS * 1e3)}
+    contexts, first = {"aa": aa_context}, {}
     for name, (system, integ, _) in runs.items():
-        contexts[name] = C.make_context(system, integ, platform, positions)
-        contexts[name].setVelocitiesToTemperature(C.TEMPERATURE * u.kelvin, 1)
+        if name != "aa":
+            contexts[name] = C.make_context(system, integ, platform, positions)
+            contexts[name].setVelocitiesToTemperature(C.TEMPERATURE * u.kelvin, 1)
         integ.step(settings.warmup_steps)
         C.context_sync(contexts[name])()
         t = time.perf_counter()
@@ -196,6 +200,9 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
                      "ns_per_day_wall": C.ns_per_day(wall, step_fs * 1e-3), "finite": bool(math.isfinite(energy))}
     out["single"]["integrator"] = "LangevinMiddle"
     out["mts"].update(integrator="MTSLangevin", inner_fs=inner_fs, substeps=k)
+    out["aa"].update(aa_info)
+    for name in ("single", "mts"):
+        out[name]["over_aa"] = out[name]["ns_per_day"] / out["aa"]["ns_per_day"]
     del contexts
     return out
 
@@ -368,11 +375,13 @@ def markdown(res: dict[str, Any]) -> str:
                      sp.get("n_beads"), single.get("ns_per_day") if single.get("status") == "ok" else single.get("status"),
                      mts.get("ns_per_day") if mts.get("status") == "ok" else mts.get("status"),
                      sp.get("outer_step_over_single_step_time"), sp.get("speedup"),
+                     sp.get("aa", {}).get("ns_per_day"), single.get("over_aa"), mts.get("over_aa"),
                      f"{C.fmt(a['mad'])} +- {C.fmt(a['se'])}" if a else "-",
                      f"{C.fmt(b['mad'])} +- {C.fmt(b['se'])}" if b else "-",
                      f"{C.fmt(ex['value'])} +- {C.fmt(ex['se'])}" if ex else "-"])
     out.append(C.md_table(["model", "single step (fs)", "MTS inner x K = outer (fs)", "beads", "single ns/day",
                            "MTS ns/day", "cost of an outer step / a single step", "MTS / single (ns/day)",
+                           "AA ns/day (2 fs)", "single / AA", "MTS / AA",
                            "RDF MAD MTS vs single", "RDF MAD single vs single", "excess MAD"], rows))
     drows = []
     for arch, r in res["models"].items():
@@ -393,7 +402,8 @@ def markdown(res: dict[str, Any]) -> str:
     clock = next((r["speed"].get("clock") for r in res["models"].values() if r.get("speed", {}).get("clock")), None)
     out += ["", f"Rule: the largest step with |drift| < {thr} kT/ns per degree of freedom, every smaller tested "
                 "step (K = 1) or K at that inner step passing too. Speed: LangevinMiddle at the chosen single "
-                "step against MTSLangevin at the chosen inner step and K, timed in alternating chunks; ns/day from "
+                "step against MTSLangevin at the chosen inner step and K and against all-atom methanol of as many "
+                "molecules at 2 fs (the throughput benchmark's), timed in alternating chunks; ns/day from "
                 + ("the process's CPU time per step (torch and OpenMM on one thread: the work done, not inflated by "
                    "other jobs on the machine)." if clock == "cpu" else "wall time per step.")]
     if st:
