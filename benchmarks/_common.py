@@ -76,7 +76,7 @@ class Settings:
     @classmethod
     def from_preset(cls, mode: str) -> "Settings":
         if mode == "quick":
-            return cls(mode="quick", archs=["tiny", "paper"], budget_s=180.0, warmup_steps=5, min_time_s=2.0,
+            return cls(mode="quick", archs=["tiny", "paper"], budget_s=300.0, warmup_steps=5, min_time_s=2.0,
                        max_chunks=5, model_frames={"tiny": 10, "paper": 5},
                        throughput_sizes=[64, 512], drift_timesteps_fs=[2.0, 4.0, 5.0, 6.0, 8.0], drift_min_beads=64,
                        drift_equilibration_ps=0.4, drift_nve_ps=1.0, drift_threshold=0.1, drift_samples=20,

@@ -579,6 +579,8 @@ def study_markdown(result: dict[str, Any]) -> str:
              f"Preset `{result['config']['preset']}`, {result['config']['n_molecules']} molecules, "
              f"{result['seconds'] / 60:.1f} min.", "", "## Conclusion", ""]
     lines += [f"- {line}" for line in result["conclusion"]["lines"]]
+    trained_at = {r["model"]: r.get("trained_at") or [] for r in rows}
+    lines += ["", "Models (trained at): " + "; ".join(f"{m} ({', '.join(t)})" for m, t in trained_at.items()) + "."]
     lines += ["", "![RDF MAD vs T](rdf_mad_vs_T.png)", "", "![ADF L1 vs T](adf_l1_vs_T.png)", "",
               "![relative error](relative_error.png)", "", "## Every model at every state point", "",
               "| model | state | trained here | status | RDF MAD | RDF MAD floor | above floor (2\u03c3) | "

@@ -1,13 +1,18 @@
 """Transferability study: HIP-NN(-TS) variants against a pairwise force-matched CG force field.
 
 Every model is trained at the same state point(s) and evaluated with the comparison harness at
-other temperatures and pressures. The output folder (``study_config.json``, ``data/``,
+other temperatures and pressures. Besides the paper's models (HIP-NN, HIP-NN-TS variants, an l=2 model
+trained at two temperatures, the pair baseline), the study trains a temperature-aware model U(R, T)
+(:mod:`openmm_cgnn.thermal`) at the two temperatures, evaluated at every state point at that state's
+temperature, and states how much its error grows from its training temperatures to the farthest one
+tested (:func:`error_growth`). The output folder (``study_config.json``, ``data/``,
 ``models/<name>/``, ``study.json``, ``study.md`` and three plots) and how to read it are described
 in ``docs/formats.md``; the plots and ``study.md`` are written by :mod:`~openmm_cgnn.reporting`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -27,17 +32,25 @@ from .reporting import study_markdown, write_study_plots
 
 @dataclass
 class Variant:
-    """One GNN model of the study (``tensor_order`` 0: HIP-NN, 1, 2: HIP-NN-TS)."""
+    """One GNN model of the study (``tensor_order`` 0: HIP-NN, 1, 2: HIP-NN-TS; ``temperature_aware``:
+    U(R, T) = E(R) - T S(R), :mod:`openmm_cgnn.thermal`)."""
 
     name: str
     tensor_order: int = 2
     n_interaction_layers: int = 1
     train_states: list[str] | None = None   # None: the study's train_states
+    temperature_aware: bool = False
+
+
+MULTI_VARIANT = "hipnn-ts-l2-multi"      # HIP-NN-TS l=2 trained on multi_train_states, no temperature input
+THERMAL_VARIANT = "hipnn-ts-l2-thermal"  # the temperature-aware model, trained on multi_train_states
+GROWTH_TARGET = 1.3                      # issue target: error growth <= 1.3x to the farthest temperature
 
 
 @dataclass
 class StudyConfig:
-    """All settings of a transferability study; ``preset`` "small" runs on a CPU, "full" wants a GPU."""
+    """All settings of a transferability study; ``preset`` "small" runs on a CPU in about an hour,
+    "medium" in a few hours, "full" wants a GPU (see :meth:`from_preset`)."""
 
     preset: str = "small"
     species: str = "methanol"
@@ -51,43 +64,68 @@ class StudyConfig:
         Variant("hipnn-l0", 0), Variant("hipnn-ts-l1", 1), Variant("hipnn-ts-l2", 2),
         Variant("hipnn-ts-l2-2int", 2, 2)])
     multi_variant: bool = True               # also train hipnn-ts-l2 on multi_train_states together
+    thermal_variant: bool = True             # also train the temperature-aware model on multi_train_states
     pair_baseline: bool = True
     pair_cutoff: float | None = None         # nm; None: the GNN's cutoff, capped at half the box
     train_preset: str = "tiny"
     max_epochs: int | None = 6
     harness_preset: str = "default"
+    harness_overrides: dict[str, Any] = field(default_factory=dict)   # fields of that preset to replace
+    #                                        (flat names such as cg_production work: HarnessConfig.from_preset)
     adf_shell_cutoff: float | None = 0.6     # nm, one first shell at every state point (see DemoConfig)
     platform: str | None = None
 
     @classmethod
     def from_preset(cls, name: str) -> "StudyConfig":
-        """``"toy"``: seconds (tests); ``"small"``: a CPU hour; ``"full"``: the paper network and sizes."""
+        """``"toy"``: under a minute (tests: HIP-NN-TS l=2, the temperature-aware model and the pair
+        baseline at four state points); ``"small"``: a CPU hour (64 molecules, tiny networks for 6
+        epochs, 35 ps CG runs); ``"medium"``: a few hours on a 2-core CPU (216 molecules, the ``fast``
+        student network for up to 40 epochs, 20 + 100 ps all-atom references, 5 + 50 ps CG runs: see
+        ``MEDIUM``); ``"full"``: the paper network and sizes, for a GPU."""
         if name == "small":
             return cls()
-        if name == "toy":  # the test suite: two models, three state points, seconds each
+        if name == "medium":
+            return cls(preset="medium", **copy.deepcopy(MEDIUM))
+        if name == "toy":  # the test suite: three models, four state points, seconds each
             return cls(preset="toy", variants=[Variant("hipnn-ts-l2", 2)], multi_variant=False,
-                       eval_states=["300K:0.787g/cm3", "400K:0.787g/cm3", "300K:1bar"], max_epochs=1,
+                       eval_states=["300K:0.787g/cm3", "400K:0.787g/cm3", "450K:0.787g/cm3", "300K:1bar"],
+                       max_epochs=1,
                        harness_preset="tiny")
         if name == "full":
             return cls(preset="full", n_molecules=512, train_preset="paper", max_epochs=None, harness_preset="full",
                        eval_states=["250K:0.787g/cm3", "300K:0.787g/cm3", "350K:0.787g/cm3", "400K:0.787g/cm3",
                                     "450K:0.787g/cm3", "500K:0.787g/cm3", "300K:1bar", "350K:1bar",
                                     "400K:1bar"])
-        raise ConfigError(f"unknown study preset {name!r}; choose 'toy', 'small' or 'full'", "preset")
+        raise ConfigError(f"unknown study preset {name!r}; choose 'toy', 'small', 'medium' or 'full'", "preset")
 
     preset_named = renamed("from_preset")   # the old name
+
+
+# The "medium" preset: every model of the paper's comparison that a CPU can train (HIP-NN l=0, HIP-NN-TS
+# l=1 and l=2 as the `fast` student network, l=2 at two temperatures, the temperature-aware model, the
+# pair baseline) at 216 molecules, 250 to 500 K and 1 bar. Its run time on a 2-core CPU is estimated in
+# the README from measured pieces.
+MEDIUM: dict[str, Any] = dict(
+    n_molecules=216,
+    variants=[Variant("hipnn-l0", 0), Variant("hipnn-ts-l1", 1), Variant("hipnn-ts-l2", 2)],
+    train_preset="fast", max_epochs=40, harness_preset="default",
+    harness_overrides=dict(aa_equilibration=20.0, aa_production=100.0, aa_frame_interval=0.5,
+                           cg_equilibration=5.0, cg_production=50.0, cg_frame_interval=0.5),
+)
 
 
 def _harness_config(config: StudyConfig):
     from .harness import HarnessConfig
 
-    return replace(HarnessConfig.from_preset(config.harness_preset), n_molecules=config.n_molecules,
+    return replace(HarnessConfig.from_preset(config.harness_preset, **config.harness_overrides),
+                   n_molecules=config.n_molecules,
                    species=config.species, platform=config.platform, adf_shell_cutoff=config.adf_shell_cutoff)
 
 
 def _training_labels(config: StudyConfig) -> list[str]:
     """The state points of every training reference, once each."""
-    return list(dict.fromkeys(config.train_states + (config.multi_train_states if config.multi_variant else [])))
+    multi = config.multi_variant or config.thermal_variant
+    return list(dict.fromkeys(config.train_states + (config.multi_train_states if multi else [])))
 
 
 def _training_reference(label: str, config: StudyConfig, data: Path, progress: bool) -> Path:
@@ -135,7 +173,13 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     tc.n_interaction_layers = variant.n_interaction_layers
     if config.max_epochs is not None:
         tc.max_epochs = config.max_epochs
+    if variant.temperature_aware:     # U(R, T) = E(R) - T S(R), as 'openmm-cgnn train --temperature-aware'
+        tc.temperature_aware, tc.temperature_form = True, "split"
     train(datasets, tc, folder / "model", overwrite=True, verbose=verbose)
+    if variant.temperature_aware and tc.fit_volume:   # training fits no volume term for these models
+        from .thermal import fit_thermal_volume_term
+
+        fit_thermal_volume_term(folder / "model", config=tc, verbose=verbose)
     return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
 
 
@@ -188,7 +232,9 @@ def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True)
     models: list[tuple[str, str, list[str]]] = []
     variants = [(v, config.train_states) for v in config.variants]
     if config.multi_variant:
-        variants.append((Variant("hipnn-ts-l2-multi", 2), config.multi_train_states))
+        variants.append((Variant(MULTI_VARIANT, 2), config.multi_train_states))
+    if config.thermal_variant:
+        variants.append((Variant(THERMAL_VARIANT, 2, temperature_aware=True), config.multi_train_states))
     for v, states in variants:
         key = f"train/{v.name}"
         pieces.append(Piece(key, _train_variant, (v, data(states), config, out / "models" / v.name, progress),
@@ -372,8 +418,126 @@ def _pm(value: float | None, se: float | None, spec: str = ".4f") -> str:
 def conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]:
     """The conclusion of a study from its rows (``study.json``'s ``rows``): ``per_model`` numbers, ``lines``,
     ``n_sigma`` and ``claim`` (-1: HIP-NN-TS lower beyond 2 sigma, +1: pair lower, 0: the data cannot tell,
-    None: no error bars). See ``_conclude``."""
+    None: no error bars); ``thermal_growth`` and ``thermal_claim`` for the temperature-aware model
+    (:func:`error_growth`; -1: its error grows less than ``GROWTH_TARGET`` times beyond 2 sigma, +1: more,
+    0: the data cannot tell, None: no error bars or no growth). See ``_conclude``."""
     return _conclude(rows, config)
+
+
+def error_growth(rows: list[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """How much a model's RDF MAD grows from its training temperatures to the farthest temperature tested.
+
+    ``growth`` = (RDF MAD at the temperature farthest from every training temperature) / (mean RDF MAD at
+    its training state points), over the model's NVT rows (the reference density), with the first-order
+    standard error ``growth_se`` from the rows' ``rdf_mad_se`` (the state points are separate runs, so
+    independent). Where two tested temperatures are equally far, the larger growth counts. Returns None
+    when the model has no NVT training row or no NVT row away from training; else a dict with
+    ``growth``, ``growth_se`` (None without error bars), ``training_K`` (the training temperatures evaluated),
+    ``training_not_evaluated_K`` (those of ``trained_at`` that were not; distances count from them too),
+    ``farthest_K``, ``farthest_state``,
+    ``farthest_rdf_mad`` (+ ``_se``), ``training_rdf_mad_mean`` (+ ``_se``), ``failed`` (the farthest
+    run did not complete, or a training run did not: then ``growth`` is None), and ``training_above_floor``,
+    ``farthest_above_floor`` (:func:`~openmm_cgnn.analysis.significant_difference` of each error against its
+    noise floor: +1 a real error, 0 within 2 sigma of sampling noise, None without floors).
+    """
+    from .analysis import significant_difference
+
+    from .statepoints import parse_state_point
+
+    mine = [r for r in rows if r["model"] == model and r["ensemble"] == "NVT"]
+    trained = [r for r in mine if r["in_training"]]
+    away = [r for r in mine if not r["in_training"]]
+    if not trained or not away:
+        return None
+    train_t = sorted({float(r["temperature_K"]) for r in trained})
+    # distances count from every training temperature, evaluated or not (``trained_at``)
+    all_train_t = set(train_t)
+    for r in mine:
+        for label in r.get("trained_at") or []:
+            all_train_t.add(float(parse_state_point(label).temperature))
+
+    def distance(r: dict[str, Any]) -> float:
+        return min(abs(float(r["temperature_K"]) - t) for t in all_train_t)
+
+    far = max(distance(r) for r in away)
+    farthest = [r for r in away if distance(r) == far]
+    out: dict[str, Any] = {"training_K": train_t, "farthest_K": None, "farthest_state": None, "growth": None,
+                           "growth_se": None, "farthest_rdf_mad": None, "farthest_rdf_mad_se": None,
+                           "training_rdf_mad_mean": None, "training_rdf_mad_mean_se": None, "failed": None,
+                           "training_above_floor": None, "farthest_above_floor": None,
+                           "training_not_evaluated_K": sorted(all_train_t - set(train_t))}
+
+    def usable(r: dict[str, Any]) -> bool:
+        return r["status"] == "complete" and r["rdf_mad"] is not None
+
+    if not all(usable(r) for r in trained):
+        bad = next(r for r in trained if not usable(r))
+        out.update(failed=bad["state"], farthest_K=float(farthest[0]["temperature_K"]),
+                   farthest_state=farthest[0]["state"])
+        return out
+    base, base_se = _mean_se([r["rdf_mad"] for r in trained], [r.get("rdf_mad_se") for r in trained])
+    out.update(training_rdf_mad_mean=base, training_rdf_mad_mean_se=base_se)
+    if all(r.get("rdf_mad_noise_floor") is not None for r in trained):
+        floor, floor_se = _mean_se([r["rdf_mad_noise_floor"] for r in trained],
+                                   [r.get("rdf_mad_noise_floor_se") for r in trained])
+        out["training_above_floor"] = significant_difference(base, base_se, floor, floor_se, N_SIGMA)
+    broken = [r for r in farthest if not usable(r)]
+    if broken:
+        out.update(failed=broken[0]["state"], farthest_K=float(broken[0]["temperature_K"]),
+                   farthest_state=broken[0]["state"])
+        return out
+    best = None
+    for r in farthest:
+        g = r["rdf_mad"] / base if base else None
+        if g is not None and (best is None or g > best[0]):
+            best = (g, _ratio_se(r["rdf_mad"], r.get("rdf_mad_se"), base, base_se), r)
+    if best is None:
+        return out
+    g, g_se, r = best
+    out.update(growth=g, growth_se=g_se, farthest_K=float(r["temperature_K"]), farthest_state=r["state"],
+               farthest_rdf_mad=r["rdf_mad"], farthest_rdf_mad_se=r.get("rdf_mad_se"),
+               farthest_above_floor=significant_difference(r["rdf_mad"], r.get("rdf_mad_se"),
+                                                           r.get("rdf_mad_noise_floor"),
+                                                           r.get("rdf_mad_noise_floor_se"), N_SIGMA))
+    return out
+
+
+def _growth_line(name: str, growth: dict[str, Any] | None, target: float = GROWTH_TARGET) -> tuple[str, int | None]:
+    """The conclusion line on a model's error growth (:func:`error_growth`) against ``target`` and its claim
+    (-1 below the target beyond ``N_SIGMA``, +1 above, 0 cannot tell, None no verdict)."""
+    from .analysis import significant_difference
+
+    if growth is None:
+        return f"{name}: no error growth (no NVT state point at and away from its training temperatures).", None
+    trained = ", ".join(f"{t:g}" for t in growth["training_K"]) + " K"
+    missing = growth.get("training_not_evaluated_K") or []
+    if missing:
+        trained += f"; also trained at {', '.join(f'{t:g}' for t in missing)} K, not evaluated there"
+    if growth["failed"]:
+        return (f"{name}: the run at {growth['failed']} did not complete, so its error growth from {trained} to "
+                f"{growth['farthest_K']:g} K cannot be computed (a failure to transfer there).", None)
+    if growth["growth"] is None:
+        return f"{name}: its training-point RDF MAD is zero; no error growth can be computed.", None
+    claim = significant_difference(growth["growth"], growth["growth_se"], target, 0.0, N_SIGMA)
+    verdict = {
+        -1: f"below {target:g}x by more than {N_SIGMA:g} sigma: the target (<= {target:g}x) holds here",
+        1: f"above {target:g}x by more than {N_SIGMA:g} sigma: the target (<= {target:g}x) fails here",
+        0: f"within {N_SIGMA:g} sigma of {target:g}x: the data cannot tell whether the target (<= {target:g}x) "
+           "holds",
+        None: f"without error bars the data cannot tell whether it stays <= {target:g}x",
+    }[claim]
+    line = (f"{name}: RDF MAD grows {_pm(growth['growth'], growth['growth_se'], '.2f')}x from its training "
+            f"temperatures ({trained}; mean "
+            f"{_pm(growth['training_rdf_mad_mean'], growth['training_rdf_mad_mean_se'])}) to the farthest tested, "
+            f"{growth['farthest_K']:g} K ({_pm(growth['farthest_rdf_mad'], growth['farthest_rdf_mad_se'])}): "
+            f"{verdict}.")
+    noisy = [where for where, key in (("its training points", "training_above_floor"),
+                                      (f"{growth['farthest_K']:g} K", "farthest_above_floor"))
+             if growth[key] is not None and growth[key] != 1]
+    if noisy:
+        line += (f" But its error at {' and at '.join(noisy)} is not above the noise floor by {N_SIGMA:g} sigma, "
+                 "so this ratio measures sampling noise as much as the model.")
+    return line, claim
 
 
 def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]:
@@ -456,12 +620,24 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
         if m["n_blew_up"]:
             line += f"; {m['n_blew_up']} runs did not complete"
         lines.append(line)
-    if config.preset in ("toy", "small"):
-        lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, short runs and small networks. "
+    thermal_growth = thermal_claim = None
+    for name in per_model:
+        per_model[name]["error_growth"] = error_growth(rows, name)
+    if THERMAL_VARIANT in per_model:
+        thermal_growth = per_model[THERMAL_VARIANT]["error_growth"]
+        line, thermal_claim = _growth_line(f"Temperature-aware model ({THERMAL_VARIANT})", thermal_growth)
+        multi = per_model.get(MULTI_VARIANT, {}).get("error_growth")
+        if multi and multi.get("growth") is not None:
+            line += (f" The same data without the temperature ({MULTI_VARIANT}): "
+                     f"{_pm(multi['growth'], multi['growth_se'], '.2f')}x to {multi['farthest_K']:g} K.")
+        lines.append(line)
+    if config.preset in ("toy", "small", "medium"):
+        lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, CPU-sized runs and networks. "
                      "The error bars cover the sampling noise of the runs only, not the spread between networks "
                      "trained again (compare the variants); use --preset full on a GPU for a conclusion.")
     return {"per_model": per_model, "lines": lines, "n_sigma": N_SIGMA, "claim": claim,
-            "gnn_to_pair_ratio": ratio, "gnn_to_pair_ratio_se": ratio_se}
+            "gnn_to_pair_ratio": ratio, "gnn_to_pair_ratio_se": ratio_se,
+            "thermal_growth": thermal_growth, "thermal_claim": thermal_claim, "growth_target": GROWTH_TARGET}
 
 
 def _per_state_verdicts(rows: list[dict[str, Any]]) -> str:

@@ -31,6 +31,11 @@ derivative with respect to the parameter, -S(R): openmm-torch would then run aut
 energy-only evaluation, which OpenMM's pressure estimator cannot do. ``module.energy_entropy``
 gives E(R) and S(R).)
 
+Volume term: :func:`fit_thermal_volume_term` pressure-matches the model at each training data
+set's own temperature (``volume.json`` in the model directory, which ``export_model`` builds in);
+with two temperatures at one density it fits the offset ``a`` and the temperature trend ``c`` of
+U_V(V, N, T). The exported model takes U_V at its temperature parameter.
+
 The model records its training temperatures; a run far outside them (more than
 :data:`EXTRAPOLATION_MARGIN` times their spread beyond the range) logs a warning: nothing
 constrains how S(R) behaves there.
@@ -225,8 +230,9 @@ class ThermalCGPotential(CGPotential):
     """:class:`~openmm_cgnn.export.CGPotential` with a temperature:
     ``forward(positions (N, 3) nm, boxvectors (3, 3) nm, temperature (K, any one-element tensor))
     -> U(R, T) kJ/mol``. "split" form: the network's features are computed once and read out twice
-    (A and B); "input" form: tau(T) is appended to every bead's input features. The prior and the
-    volume term are T-independent. Methods inherited from CGPotential that take no temperature
+    (A and B); "input" form: tau(T) is appended to every bead's input features. The prior is
+    T-independent; the volume term U_V(V, N, T) (:mod:`openmm_cgnn.volume`, zero unless fitted with
+    :func:`fit_thermal_volume_term`) is taken at the model's temperature. Methods inherited from CGPotential that take no temperature
     (``energy_of_layout``, ``energy_from_table``) give U at ``t_ref`` (split form only)."""
 
     def __init__(self, base: CGPotential, entropy_heads: List[torch.nn.Linear], scale: TemperatureScale,
@@ -251,8 +257,10 @@ class ThermalCGPotential(CGPotential):
 
     def _parts(self, pos: Tensor, box: Tensor, tau: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """(A, B, validity) in kJ/mol: split form: the energy at t_ref (prior, network read-out A,
-        volume term) and the read-out B; input form: U at ``tau`` and B = 0; then 1 or NaN
-        (neighbour-table overflow)."""
+        volume term at t_ref) and the read-out B (with t_scale dU_V/dT: U_V is linear in T too);
+        input form: U at ``tau`` (volume term at that temperature) and B = 0; then 1 or NaN
+        (neighbour-table overflow). The volume term follows the model's temperature, not the buffer
+        that ``create_system`` sets, so that ``context.setParameter`` changes both."""
         nbr, overflow = self._table(pos, box)
         n = pos.shape[0]
         types = self._bead_types(n, pos.device)
@@ -271,9 +279,15 @@ class ThermalCGPotential(CGPotential):
         b_net = torch.zeros((), dtype=pos.dtype, device=pos.device)
         for k, head in enumerate(self.entropy_heads):
             b_net = b_net + head(feats[k]).sum()
-        a = a + self.kj_per_kcal * a_net + self.volume_term(box, n)
+        b = self.kj_per_kcal * b_net
+        if self.temperature_input:
+            volume = self.volume_term.at_temperature(box, n, self.t_ref + tau * self.t_scale)
+        else:
+            volume = self.volume_term.at_temperature(box, n, torch.full_like(tau, self.t_ref))
+            b = b + self.t_scale * self.volume_term.temperature_derivative(box, n)
+        a = a + self.kj_per_kcal * a_net + volume
         invalid = torch.where(overflow, torch.full_like(a, float("nan")), torch.ones_like(a))
-        return a, self.kj_per_kcal * b_net, invalid
+        return a, b, invalid
 
     @torch.jit.export
     def energy_entropy(self, positions: Tensor, boxvectors: Tensor) -> Tuple[Tensor, Tensor]:
@@ -342,3 +356,68 @@ def add_temperature_parameter(force: Any, metadata: dict, temperature: float | N
     check_temperature(metadata, default)
     force.addGlobalParameter(PARAMETER, default)
     return default
+
+
+# ----------------------------------------------------------------------------------------------
+# volume term
+# ----------------------------------------------------------------------------------------------
+def fit_thermal_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] | None = None, config: Any = None,
+                            verbose: bool = False) -> Any:
+    """Pressure-match a temperature-aware model directory and write its ``volume.json``
+    (:mod:`openmm_cgnn.volume`); return the :class:`~openmm_cgnn.volume.VolumeTermParams`, or None
+    (nothing written) when a training data set carries no all-atom pressures.
+
+    Like the volume fit of a plain model (``openmm_cgnn.training``), but the model's CG pressure at
+    each data set is measured at that data set's temperature (its ``temperature`` input): a short CG
+    NVT run (``config.volume_source`` "cg-nvt") or the virial on the mapped frames ("mapped").
+    ``datasets``: CG data sets with all-atom pressures (default: the model's training data sets);
+    ``config``: a :class:`~openmm_cgnn.training.TrainConfig` (default: the model's own). Export the
+    model afterwards: ``export_model`` builds the term in.
+    """
+    from .training import load_datasets, load_trained
+    from .volume import (cg_nvt_pressures, describe, fit_from_datasets, fit_volume_term, pressure_point_from_run)
+
+    model_dir = Path(model_dir)
+    loaded = load_trained(model_dir)
+    if loaded.thermal is None:
+        raise ConfigError(f"'{model_dir}' is not a temperature-aware model: fit its volume term with "
+                          "openmm_cgnn.training.fit_model_volume_term", "temperature_aware")
+    config = config or loaded.config
+    paths = [Path(p) for p in (datasets or [d["path"] for d in loaded.metadata["datasets"]])]
+    sets = load_datasets(paths)
+    if any(ds.pressure is None for ds in sets):
+        return None
+    if config.volume_source == "cg-nvt":
+        module = torch.jit.script(thermal_potential_from_trained(loaded, torch.float32))
+        points = []
+        for k, (p, ds) in enumerate(zip(paths, sets)):
+            series = cg_nvt_pressures(module, ds, ds.temperature, config.volume_nvt_ps,
+                                      config.volume_nvt_equilibration_ps, seed=config.seed + k,
+                                      temperature_aware=loaded.thermal.to_dict())
+            points.append(pressure_point_from_run(series, ds, label=p.name))
+        volume = fit_volume_term(points)
+        volume.fit["cg_pressure_from"] = (f"CG NVT run of the temperature-aware model at each reference volume and "
+                                          f"temperature ({config.volume_nvt_equilibration_ps:g} + "
+                                          f"{config.volume_nvt_ps:g} ps)")
+    else:
+        pot = thermal_potential_from_trained(loaded, torch.float64)
+
+        def energy_for(ds: Any):
+            if len(loaded.type_names) > 1:
+                pot.set_types(torch.as_tensor(ds.bead_types, dtype=torch.long))
+            t = torch.tensor(float(ds.temperature), dtype=torch.float64)
+
+            def energy(pos: np.ndarray, box: np.ndarray) -> float:
+                with torch.no_grad():
+                    return float(pot(torch.as_tensor(pos, dtype=torch.float64),
+                                     torch.as_tensor(box, dtype=torch.float64), t))
+            return energy
+
+        volume = fit_from_datasets(sets, energy_for, max_frames=config.volume_max_frames,
+                                   labels=[p.name for p in paths])
+        volume.fit["cg_pressure_from"] = ("virial of the temperature-aware model on the mapped all-atom frames, "
+                                          "at each data set's temperature")
+    volume.save(model_dir / "volume.json")
+    if verbose:
+        print(f"volume term (pressure matching): {describe(volume)} -> {model_dir / 'volume.json'}", flush=True)
+    return volume

@@ -125,11 +125,25 @@ class VolumeTerm(torch.nn.Module):
         self.temperature.fill_(temperature)
 
     def forward(self, box: Tensor, n_beads: int) -> Tensor:
+        return self.at_temperature(box, n_beads, self.temperature)
+
+    @torch.jit.export
+    def at_temperature(self, box: Tensor, n_beads: int, temperature: Tensor) -> Tensor:
+        """U_V (kJ/mol) at ``temperature`` (K, a one-element tensor) instead of the buffer's (a
+        temperature-aware model passes its run temperature, the TorchForce parameter)."""
         box = box.to(self.coeffs.dtype)
         volume = torch.abs(torch.dot(box[0], torch.linalg.cross(box[1], box[2])))
         dv = volume / n_beads - self.v0        # tensor ops only: no host synchronisation
-        per_bead = dv * (self.coeffs[0] + 0.5 * self.coeffs[1] * dv + self.coeffs[2] * (self.temperature - self.t0))
+        t = temperature.to(self.coeffs.dtype).reshape(())
+        per_bead = dv * (self.coeffs[0] + 0.5 * self.coeffs[1] * dv + self.coeffs[2] * (t - self.t0))
         return per_bead * n_beads
+
+    @torch.jit.export
+    def temperature_derivative(self, box: Tensor, n_beads: int) -> Tensor:
+        """dU_V/dT (kJ/mol/K) = N c (v - v0): U_V is linear in T."""
+        box = box.to(self.coeffs.dtype)
+        volume = torch.abs(torch.dot(box[0], torch.linalg.cross(box[1], box[2])))
+        return (volume / n_beads - self.v0) * self.coeffs[2] * n_beads
 
 
 class VolumeOnlyPotential(torch.nn.Module):
@@ -255,7 +269,8 @@ def fit_volume_term(points: Sequence[PressurePoint], rel_volume_spread: float = 
 
 def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: float, equilibration_ps: float,
                      sample_every: int = 25, timestep_ps: float = 0.002, seed: int = 0,
-                     platform: str | None = None, torch_threads: int | None = 1) -> np.ndarray:
+                     platform: str | None = None, torch_threads: int | None = 1,
+                     temperature_aware: dict | None = None) -> np.ndarray:
     """Instantaneous pressures (bar) of a CG NVT run of ``module`` (the scripted CG potential without
     volume term, or a pair force field with ``create_system``) at the mean volume of data set ``ds``,
     from its last frame scaled to that volume.
@@ -263,7 +278,9 @@ def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: fl
     Langevin (LangevinMiddle, 1/ps) at ``temperature`` K; ``equilibration_ps`` then ``production_ps``,
     a sample every ``sample_every`` steps (OpenMM's finite-difference estimator, every bead scaled).
     On the CPU platform torch runs with ``torch_threads`` intra-op threads (as the harness does; None:
-    torch's default), restored afterwards.
+    torch's default), restored afterwards. ``temperature_aware``: the ``temperature_aware`` metadata of a
+    temperature-aware module (:mod:`openmm_cgnn.thermal`), which then runs at ``temperature`` (its
+    TorchForce parameter).
     """
     import openmm
     import openmm.unit as unit
@@ -283,7 +300,11 @@ def cg_nvt_pressures(module: Any, ds: Any, temperature: float, production_ps: fl
         system = module.create_system(topology, bead_masses=ds.bead_masses, bead_types=ds.bead_types)
     else:
         metadata = {"cutoff_nm": float(module.cutoff_nm), "type_names": list(ds.type_names)}
-        system = create_system(topology, (module, metadata), masses=list(ds.bead_masses))
+        if temperature_aware is None:
+            system = create_system(topology, (module, metadata), masses=list(ds.bead_masses))
+        else:
+            system = create_system(topology, (module, {**metadata, "temperature_aware": temperature_aware}),
+                                   masses=list(ds.bead_masses), temperature=temperature)
     probe = attach_pressure_probe(system, temperature)
     integrator = openmm.LangevinMiddleIntegrator(temperature, 1.0, timestep_ps)
     integrator.setRandomNumberSeed(seed)

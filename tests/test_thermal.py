@@ -296,3 +296,92 @@ def test_cli_train_temperature_aware(dataset_paths, tmp_path, capsys):
     assert main(["train", "--data", str(dataset_paths[0]), "--temperature-form", "input",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--temperature-form needs --temperature-aware" in capsys.readouterr().err
+
+
+def test_volume_term_matches_the_pressure_at_each_training_temperature(thermal_model, datasets, tmp_path):
+    """Pressure matching of a temperature-aware model at each data set's own temperature: with the
+    fitted U_V(V, N, T) (offset a and trend c from two temperatures at one volume: an exact fit), the
+    exported model's virial pressure on the mapped frames at each training temperature equals that data
+    set's all-atom pressure, U_V follows the temperature parameter, and E(R) - T S(R) still gives U."""
+    import shutil
+
+    from openmm_cgnn.pressure import virial_pressure
+    from openmm_cgnn.thermal import fit_thermal_volume_term
+    from openmm_cgnn.volume import VolumeTermParams
+
+    model = tmp_path / "model"
+    shutil.copytree(thermal_model, model)
+    targets = {250.0: 150.0, 350.0: 420.0}                # bar: a temperature trend the model must take up
+    paths = []
+    for k, ds in enumerate(datasets):
+        ds.pressure = targets[ds.temperature] + np.random.default_rng(k).normal(scale=20.0, size=ds.n_frames)
+        paths.append(ds.save(tmp_path / f"with-pressure-{k}.npz"))
+        ds.pressure = None                                 # the module-scoped data sets stay as they were
+    config = _config(True)
+    config.volume_source = "mapped"
+    params = fit_thermal_volume_term(model, paths, config)
+    assert params.fit["terms"] == ["a", "c"] and params.c != 0.0
+    assert VolumeTermParams.load(model / "volume.json").a == params.a
+    with_volume = export_model(model, tmp_path / "with-volume.pt", dtype="float64")
+    module, meta = load_exported(with_volume)
+    assert meta["volume_term"]["c"] == params.c
+    without, _ = load_exported(export_model(thermal_model, tmp_path / "without.pt", dtype="float64"))
+    from openmm_cgnn.dataset import CGDataset
+
+    for path in paths:
+        ds = CGDataset.load(path)
+        t = torch.tensor(ds.temperature, dtype=torch.float64)
+
+        def energy(pos, box, m=module, t=t):
+            with torch.no_grad():
+                return float(m(torch.tensor(pos), torch.tensor(box), t))
+
+        p_model = virial_pressure(energy, ds.positions, ds.boxes, ds.temperature)
+        assert float(np.mean(p_model)) == pytest.approx(float(np.mean(ds.pressure)), abs=0.5)
+        # U_V is taken at the temperature given to the model (not create_system's buffer) ...
+        pos, box = torch.tensor(ds.positions[0]), torch.tensor(ds.boxes[0])
+        volume = float(abs(np.linalg.det(ds.boxes[0])))
+        for temp in (ds.temperature, 450.0):
+            tt = torch.tensor(temp, dtype=torch.float64)
+            with torch.no_grad():
+                difference = float(module(pos, box, tt)) - float(without(pos, box, tt))
+            assert difference == pytest.approx(params.energy(volume, ds.n_beads, temp), rel=1e-9, abs=1e-9)
+        # ... and the split U = E(R) - T S(R) includes it
+        e_r, s_r = (float(x) for x in module.energy_entropy(pos, box))
+        with torch.no_grad():
+            assert float(module(pos, box, t)) == pytest.approx(e_r - ds.temperature * s_r, rel=1e-9, abs=1e-7)
+
+
+def test_volume_term_from_cg_nvt_runs_at_each_temperature(thermal_model, datasets, tmp_path):
+    """The "cg-nvt" pressure matching of a temperature-aware model: a short CG NVT run at each data set's
+    volume and temperature (the model's TorchForce parameter). U_V puts no force on beads, so the same run
+    (same seed) with the fitted term added samples the same frames, and its mean pressure must then be the
+    all-atom one at both temperatures (two points, a and c: an exact fit)."""
+    import shutil
+
+    from openmm_cgnn.thermal import fit_thermal_volume_term, thermal_potential_from_trained
+    from openmm_cgnn.volume import VolumeTerm, cg_nvt_pressures
+
+    model = tmp_path / "model"
+    shutil.copytree(thermal_model, model)
+    targets = {250.0: -200.0, 350.0: 300.0}
+    paths = []
+    for k, ds in enumerate(datasets):
+        ds.pressure = np.full(ds.n_frames, targets[ds.temperature])
+        paths.append(ds.save(tmp_path / f"with-pressure-{k}.npz"))
+        ds.pressure = None
+    config = _config(True)
+    config.volume_source, config.volume_nvt_ps, config.volume_nvt_equilibration_ps = "cg-nvt", 0.2, 0.05
+    config.seed = 7           # the runs' seeds are seed + k; OpenMM takes a seed of 0 as "pick one at random"
+    params = fit_thermal_volume_term(model, paths, config)
+    points = params.fit["points"]
+    assert [p["temperature"] for p in points] == [250.0, 350.0] and params.fit["terms"] == ["a", "c"]
+    loaded = load_trained(model)
+    pot = thermal_potential_from_trained(loaded, torch.float32)
+    pot.volume_term = VolumeTerm(params, torch.float32)
+    module = torch.jit.script(pot)
+    for k, ds in enumerate(datasets):
+        rerun = cg_nvt_pressures(module, ds, ds.temperature, 0.2, 0.05, seed=config.seed + k,
+                                 temperature_aware=loaded.thermal.to_dict())
+        assert float(np.mean(rerun)) == pytest.approx(targets[ds.temperature], abs=1.0)
+        assert float(np.mean(rerun)) != pytest.approx(points[k]["p_cg"], abs=50.0)   # the term changed it
