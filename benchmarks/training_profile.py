@@ -1,6 +1,7 @@
 """Training speed and profile: frames/s of one force-matching step for the tiny, fast and paper presets,
-with each frame's pairs cached once (what ``train()`` does) and with hippynn's per-batch pair search,
-measured side by side in one process; plus a torch.profiler table of one paper-preset step each way.
+with the forces written out explicitly (``force_mode = "explicit"``) and by autograd, each frame's pairs
+cached once (what ``train()`` does) or found by hippynn's per-batch pair search, measured side by side
+(interleaved) in one process; plus a torch.profiler table of one paper-preset step per variant.
 
     python benchmarks/training_profile.py                       # CPU, a few minutes
     python benchmarks/training_profile.py --device cuda --batches paper=1,8,32
@@ -37,39 +38,54 @@ def _batch(preset: str, n_frames: int):
     return cfg, C.synthetic_frames(n, n_frames, seed=2)
 
 
-def time_steps(preset: str, n_frames: int, device: str, repeats: int) -> list[dict[str, Any]]:
-    """Median step time with cached pairs and with the per-batch pair finder, alternating."""
+#: (force_mode, cache_pairs) of each timed variant
+VARIANTS = (("explicit", True), ("autograd", True), ("autograd", False))
+
+
+def _variant_label(cfg, force_mode: str, cache: bool) -> str:
+    return f"{force_mode}, " + ("pairs cached" if cache else f"pairs per batch ({cfg.pair_finder})")
+
+
+def time_steps(preset: str, n_frames: int, device: str, repeats: int,
+               variants=VARIANTS) -> list[dict[str, Any]]:
+    """Median step time of each variant (force mode, pair cache), the variants interleaved."""
     import torch
 
     from openmm_cgnn.training import TrainingStep
 
     cfg, ds = _batch(preset, n_frames)
     steps = {}
-    for cache in (True, False):
+    for variant in variants:
         c = type(cfg).from_toml(cfg.to_toml())
-        c.cache_pairs = cache
+        c.force_mode, c.cache_pairs = variant
         torch.manual_seed(0)
-        steps[cache] = TrainingStep(c, ds, device=device)
-        steps[cache].step()  # warm-up
-    times: dict[bool, list[float]] = {True: [], False: []}
+        steps[variant] = TrainingStep(c, ds, device=device)
+        steps[variant].step()  # warm-up
+    times: dict[tuple, list[float]] = {v: [] for v in variants}
     for _ in range(repeats):
-        for cache in (True, False):  # interleaved: contention hits both alike
+        for variant in variants:  # interleaved: contention hits all alike
             t = time.perf_counter()
-            steps[cache].step()
-            times[cache].append(time.perf_counter() - t)
+            steps[variant].step()
+            times[variant].append(time.perf_counter() - t)
     rows = []
-    for cache in (True, False):
-        med = statistics.median(times[cache])
-        rows.append({"preset": preset, "beads": ds.n_beads, "batch": n_frames,
+    for variant in variants:
+        force_mode, cache = variant
+        med = statistics.median(times[variant])
+        rows.append({"preset": preset, "beads": ds.n_beads, "batch": n_frames, "forces": force_mode,
                      "pairs": "cached once" if cache else f"per batch ({cfg.pair_finder})",
-                     "step_s": med, "frames_per_s": n_frames / med, "steps_timed": len(times[cache]),
-                     "pair_cache_s_per_frame": steps[cache].pair_seconds / n_frames if cache else None,
+                     "step_s": med, "frames_per_s": n_frames / med, "steps_timed": len(times[variant]),
+                     "step_times_s": times[variant],
+                     "pair_cache_s_per_frame": steps[variant].pair_seconds / n_frames if cache else None,
                      "n_features": cfg.n_features, "n_sensitivities": cfg.n_sensitivities,
                      "cutoff_angstrom": cfg.dist_hard_max})
+    base = next((r for r in rows if r["forces"] == "autograd" and r["pairs"] == "cached once"), None)
+    for r in rows:
+        r["speedup_vs_autograd_cached"] = base["step_s"] / r["step_s"] if base else None
     return rows
 
 
-def profile_step(preset: str, n_frames: int, device: str, cache: bool, top: int = 12) -> dict[str, Any]:
+def profile_step(preset: str, n_frames: int, device: str, cache: bool, top: int = 12,
+                 force_mode: str = "autograd") -> dict[str, Any]:
     """torch.profiler operator table (self time) of one training step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -78,6 +94,7 @@ def profile_step(preset: str, n_frames: int, device: str, cache: bool, top: int 
 
     cfg, ds = _batch(preset, n_frames)
     cfg.cache_pairs = cache
+    cfg.force_mode = force_mode
     torch.manual_seed(0)
     step = TrainingStep(cfg, ds, device=device)
     step.step()
@@ -89,7 +106,8 @@ def profile_step(preset: str, n_frames: int, device: str, cache: bool, top: int 
     events = prof.key_averages(group_by_input_shape=True)
     total = sum(e.self_cpu_time_total for e in events)
     rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    return {"preset": preset, "batch": n_frames, "cached_pairs": cache, "wall_s": wall, "beads": ds.n_beads,
+    return {"preset": preset, "batch": n_frames, "cached_pairs": cache, "forces": force_mode, "wall_s": wall,
+            "beads": ds.n_beads,
             "self_cpu_total_ms": total / 1e3,
             "top_ops": [{"op": e.key, "shapes": str(e.input_shapes)[:90], "calls": e.count,
                          "self_cpu_ms": e.self_cpu_time_total / 1e3,
@@ -97,14 +115,21 @@ def profile_step(preset: str, n_frames: int, device: str, cache: bool, top: int 
 
 
 def markdown(res: dict[str, Any]) -> str:
-    out = ["## Training speed (one force-matching step: forward, forces by autograd, loss, backward, Adam)", "",
+    out = ["## Training speed (one force-matching step: forward, forces, loss, backward, Adam)", "",
            f"_{res['device']['device']}, torch threads {res['device']['torch_threads']}, {res['date']}, "
-           f"load average {res['load_before']} -> {res['load_after']}_", ""]
-    out.append(C.md_table(["preset", "beads", "batch", "pairs", "step (ms)", "frames/s"],
-                          [[r["preset"], r["beads"], r["batch"], r["pairs"], r["step_s"] * 1e3, r["frames_per_s"]]
+           f"load average {res['load_before']} -> {res['load_after']}; the variants of each row group ran "
+           f"interleaved in one process_", "",
+           "Forces: `explicit` writes the one-block network's forces out by hand (one backward pass for the loss); "
+           "`autograd` differentiates the energy with `create_graph` (a double backward).", ""]
+    out.append(C.md_table(["preset", "beads", "batch", "forces", "pairs", "step (ms)", "frames/s", "speed-up"],
+                          [[r["preset"], r["beads"], r["batch"], r.get("forces", "autograd"), r["pairs"],
+                            r["step_s"] * 1e3, r["frames_per_s"],
+                            f"{r['speedup_vs_autograd_cached']:.2f}x" if r.get("speedup_vs_autograd_cached") else ""]
                            for r in res["rows"]]))
+    out += ["", "speed-up: the step time of autograd forces with cached pairs over the row's."]
     for p in res["profiles"]:
         out += ["", f"### Profile: {p['preset']}, {p['beads']} beads, batch {p['batch']}, "
+                    f"forces {p.get('forces', 'autograd')}, "
                     f"{'cached pairs' if p['cached_pairs'] else 'per-batch pair search'} "
                     f"(step {p['wall_s'] * 1e3:.0f} ms under the profiler)", "",
                 C.md_table(["operator", "input shapes", "calls", "self CPU (ms)", "share"],
@@ -119,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--batches", nargs="+", default=["tiny=2,8", "fast=1,4", "paper=1,2"],
                    help="preset=batch,batch,... (default: tiny=2,8 fast=1,4 paper=1,2)")
+    p.add_argument("--explicit-batches", nargs="*", default=["paper=8"],
+                   help="preset=batch,... timed with explicit forces only (autograd is too slow there on a CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", default="paper=1", help="preset=batch of the profiled step ('' for none)")
     p.add_argument("--note", default="", help="a note for the results (e.g. 'contended 2-core CPU')")
@@ -131,18 +158,19 @@ def main(argv=None) -> int:
     res: dict[str, Any] = {"format": "openmm-cgnn/training-profile", "date": C.now(), "note": args.note,
                            "device": C.describe_device("CUDA" if args.device.startswith("cuda") else "CPU"),
                            "load_before": C.load_average(), "rows": [], "profiles": []}
-    for spec in args.batches:
+    specs = [(spec, VARIANTS) for spec in args.batches] + [(spec, VARIANTS[:1]) for spec in args.explicit_batches]
+    for spec, variants in specs:
         preset, sizes = spec.split("=")
         for b in (int(x) for x in sizes.split(",")):
-            rows = time_steps(preset, b, args.device, args.repeats)
+            rows = time_steps(preset, b, args.device, args.repeats, variants)
             res["rows"] += rows
             for r in rows:
-                print(f"{preset:6s} {r['beads']:5d} beads batch {b:3d} {r['pairs']:22s} "
+                print(f"{preset:6s} {r['beads']:5d} beads batch {b:3d} {r['forces']:8s} {r['pairs']:22s} "
                       f"{r['step_s'] * 1e3:9.1f} ms  {r['frames_per_s']:8.3g} frames/s", flush=True)
     if args.profile:
         preset, b = args.profile.split("=")
-        for cache in (True, False):
-            res["profiles"].append(profile_step(preset, int(b), args.device, cache))
+        for force_mode, cache in VARIANTS:
+            res["profiles"].append(profile_step(preset, int(b), args.device, cache, force_mode=force_mode))
     res["load_after"] = C.load_average()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

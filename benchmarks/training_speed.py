@@ -65,7 +65,8 @@ def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
                 last = (b, med)
                 rows.append({**row, "status": "ok", "beads_per_frame": n, "batch_s": med, "batches_timed": len(times),
                              "frames_per_s": b / med, "bead_frames_per_s": b * n / med, "setup_s": setup,
-                             "pair_cache_s": pair_s, "cache_pairs": cfg.cache_pairs, "n_features": cfg.n_features,
+                             "pair_cache_s": pair_s, "cache_pairs": cfg.cache_pairs, "force_mode": cfg.force_mode,
+                             "n_features": cfg.n_features,
                              "tensor_order": cfg.tensor_order, "device": device})
             except Exception as exc:  # noqa: BLE001
                 C.free_memory()

@@ -18,6 +18,17 @@ pair vector ``r_i - r_j + shift @ box`` shorter than the cutoff. :class:`CachedP
 batch of these rows into hippynn's full (both directions) pair list and computes the pair vectors
 and distances from the batch's coordinates, differentiably, so forces still come from autograd.
 
+Training with explicit forces (:mod:`openmm_cgnn.explicit_forces`) stores the same pairs as a full
+neighbour table per frame instead (each pair in both directions, the rows padded to the most
+neighbours ``K`` of any bead of any frame), which a batch gathers without sorting:
+
+=================  ====================  ====================================================
+key                shape / dtype         meaning
+=================  ====================  ====================================================
+``slot_j``         (F, N, K) int32       neighbours of each bead (frame-local index), -1 = empty
+``slot_shift``     (F, N, K, 3) int8     periodic image: ``r_j - r_i + shift @ box`` is the slot's vector
+=================  ====================  ====================================================
+
 Lengths are those of the positions given (angstrom inside training); the arrays hold no lengths.
 """
 
@@ -31,6 +42,7 @@ from hippynn.graphs.nodes.pairs import PeriodicPairOutputs
 from hippynn.graphs.nodes.tags import PairIndexer
 
 PAIR_KEYS = ("pair_i", "pair_j", "pair_shift")
+SLOT_KEYS = ("slot_j", "slot_shift")
 
 
 def find_frame_pairs(positions: np.ndarray, box: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,6 +100,52 @@ def add_pair_arrays(arrays: dict[str, np.ndarray], cutoff: float) -> dict[str, n
     if np.any(species[np.arange(species.shape[1])[None, :] >= n_real[:, None]] != 0):
         raise ValueError("cached pairs need every frame's padding beads (species 0) after its real beads")
     return {**arrays, **precompute_pair_arrays(arrays["coordinates"], arrays["cell"], n_real, cutoff)}
+
+
+def precompute_slot_arrays(positions: np.ndarray, boxes: np.ndarray, n_real: np.ndarray | int,
+                           cutoff: float) -> dict[str, np.ndarray]:
+    """The ``slot_j`` and ``slot_shift`` arrays (module docstring) of every frame: full neighbour tables.
+
+    :param positions: (F, N, 3) positions; beads ``n_real[f]`` and beyond of frame ``f`` are padding.
+    :param boxes: (F, 3, 3) box vectors as rows.
+    :param n_real: (F,) number of real beads per frame (or one number for all).
+    :param cutoff: pair cutoff, the unit of ``positions``.
+    """
+    halves = precompute_pair_arrays(positions, boxes, n_real, cutoff)
+    n_frames, n_max = np.asarray(positions).shape[:2]
+    rows, nbrs, shifts = [], [], []
+    for f in range(n_frames):
+        valid = halves["pair_i"][f] >= 0
+        i = halves["pair_i"][f][valid].astype(np.int64)
+        j = halves["pair_j"][f][valid].astype(np.int64)
+        s = halves["pair_shift"][f][valid]
+        # the half list's vector is r_i - r_j + s @ box: row j sees i at +s, row i sees j at -s
+        row = np.concatenate([j, i])
+        nbr = np.concatenate([i, j])
+        shift = np.concatenate([s, -s])
+        order = np.argsort(row, kind="stable")
+        rows.append(row[order])
+        nbrs.append(nbr[order])
+        shifts.append(shift[order])
+    counts = [np.bincount(r, minlength=n_max) for r in rows]
+    width = max(1, max(int(c.max()) if len(c) else 0 for c in counts))
+    slot_j = np.full((n_frames, n_max, width), -1, dtype=np.int32)
+    slot_shift = np.zeros((n_frames, n_max, width, 3), dtype=np.int8)
+    for f in range(n_frames):
+        start = np.cumsum(counts[f]) - counts[f]
+        rank = np.arange(len(rows[f])) - start[rows[f]]
+        slot_j[f, rows[f], rank] = nbrs[f]
+        slot_shift[f, rows[f], rank] = shifts[f]
+    return {"slot_j": slot_j, "slot_shift": slot_shift}
+
+
+def add_slot_arrays(arrays: dict[str, np.ndarray], cutoff: float) -> dict[str, np.ndarray]:
+    """``arrays`` (as for :func:`add_pair_arrays`) plus the cached neighbour tables ``slot_j``, ``slot_shift``."""
+    species = np.asarray(arrays["species"])
+    n_real = (species != 0).sum(axis=1)
+    if np.any(species[np.arange(species.shape[1])[None, :] >= n_real[:, None]] != 0):
+        raise ValueError("cached pairs need every frame's padding beads (species 0) after its real beads")
+    return {**arrays, **precompute_slot_arrays(arrays["coordinates"], arrays["cell"], n_real, cutoff)}
 
 
 class CachedPairs(torch.nn.Module):

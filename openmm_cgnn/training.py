@@ -23,8 +23,9 @@ Model directory written by :func:`train` (every file written atomically)::
     metrics.json    test-split force RMSE / MAE / R^2 (kJ/mol/nm) of the TOTAL model, per data set
                     and pooled, plus the per-epoch training curve
     metadata.json   units, cutoff in nm, bead type names, training state points, data sets and
-                    their frame splits, package versions, timings; ``temperature_aware`` (training
-                    temperatures, form) for temperature-aware models
+                    their frame splits, package versions, timings, ``training_forces`` ("explicit"
+                    or "autograd": how training computed the forces, see ``TrainConfig.force_mode``);
+                    ``temperature_aware`` (training temperatures, form) for temperature-aware models
     train.log       hippynn's own console output
     volume.json     the volume term U_V fitted by pressure matching (``openmm_cgnn.volume``), when
                     every data set carries all-atom pressures and ``fit_volume`` is on
@@ -77,7 +78,12 @@ _FORCE_TO_KJ_NM = KJ_PER_KCAL * ANGSTROM_PER_NM
 @dataclass
 class TrainConfig:
     """Every hyperparameter of a training run. Distances of the network are in angstrom (hippynn's
-    units); the prior's ``prior_dr`` is in nm. See :meth:`preset` for the "paper" and "tiny" sets."""
+    units); the prior's ``prior_dr`` is in nm. See :meth:`preset` for the "paper" and "tiny" sets.
+
+    ``force_mode``: "explicit" (default) computes the training forces of a one-block network as a
+    closed expression of the weights (:mod:`openmm_cgnn.explicit_forces`: one backward pass per step);
+    "autograd" differentiates hippynn's energy (a double backward). Both give the same loss and
+    gradients; deeper and temperature-aware networks always use autograd."""
 
     name: str = "paper"
     # network: HIP-NN-TS
@@ -94,6 +100,7 @@ class TrainConfig:
     cusp_reg: float = 1e-6             # HIP-NN-TS cusp regularisation (tensor_order >= 1)
     pair_finder: str = "kdtree"        # "kdtree" (orthorhombic boxes) or "periodic" (any box), for prediction
     cache_pairs: bool = True           # training: find each frame's pairs once (vesin), not in every batch
+    force_mode: str = "explicit"       # training forces: "explicit" (written out, one backward) or "autograd"
     # optimisation
     learning_rate: float = 1e-3
     batch_size: int = 1                # starting batch size, doubled on plateau ...
@@ -133,6 +140,7 @@ class TrainConfig:
         if self.tensor_order not in _NETWORK_CLASSES:
             raise ConfigError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}", "tensor_order")
         V.one_of(self.pair_finder, "pair_finder", ("kdtree", "periodic"))
+        V.one_of(self.force_mode, "force_mode", ("explicit", "autograd"))
         V.one_of(self.sensitivity_type, "sensitivity_type", ("inverse", "linear"))
         for name in ("n_features", "n_sensitivities", "n_interaction_layers", "n_atom_layers", "batch_size",
                      "max_batch_size", "plateau_patience", "max_epochs", "termination_patience", "eval_batch_size",
@@ -303,7 +311,7 @@ class _Graph:
 
 
 def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: str, cached_pairs: bool = False,
-                 thermal: Any = None) -> _Graph:
+                 thermal: Any = None, force_mode: str = "autograd") -> _Graph:
     """The hippynn graph: species/coordinates/cell inputs -> pairs -> network -> HEnergy -> -dE/dR.
 
     With ``cached_pairs`` the pairs come from the database arrays of :mod:`openmm_cgnn.pair_cache`
@@ -347,10 +355,25 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
         from .thermal import add_thermal_energy
 
         temperature, hentropy, total = add_thermal_energy(network, henergy, thermal)
-    grad = MultiGradientNode("forces", total, (positions,), signs=-1)
-    force = grad.children[0]
-    force.db_name = "forces"
+    if force_mode == "explicit" and explicit_forces_available(network.torch_module, henergy.torch_module, thermal):
+        from .explicit_forces import explicit_force_node
+
+        force = explicit_force_node("forces", network, henergy, pdx, pairs=None if cached_pairs else pairs,
+                                    positions=positions, cell=cells)
+    else:
+        grad = MultiGradientNode("forces", total, (positions,), signs=-1)
+        force = grad.children[0]
+        force.db_name = "forces"
     return _Graph(species, positions, cells, network, henergy, force, temperature, hentropy, total)
+
+
+def explicit_forces_available(network: torch.nn.Module, energy: torch.nn.Module, thermal: Any = None) -> bool:
+    """Whether ``force_mode = "explicit"`` applies to this hippynn network and HEnergy read-out: one
+    interaction block and no temperature dependence (:mod:`openmm_cgnn.explicit_forces`); otherwise
+    training falls back to autograd forces."""
+    from .explicit_forces import explicit_forces_unsupported
+
+    return thermal is None and explicit_forces_unsupported(network, energy) is None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -582,6 +605,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
                           "composition": _composition(ds),
                           "splits": {k: v.tolist() for k, v in sp.items()}}
                          for p, ds, sp in zip(paths, sets, splits)],
+            "training_forces": model_state["force_mode"],
             "versions": versions(), "train_seconds": train_seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra_metadata or {}),
@@ -693,7 +717,8 @@ def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any], t
     from hippynn.experiment.assembly import assemble_for_training
     from hippynn.graphs.nodes import loss
 
-    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs, thermal=thermal)
+    g = _build_graph(network_class, net_kw, config.pair_finder, cached_pairs=config.cache_pairs, thermal=thermal,
+                     force_mode=config.force_mode)
     force_rmse = loss.MSELoss.of_node(g.force) ** (1 / 2)
     force_mae = loss.MAELoss.of_node(g.force)
     force_rsq = loss.Rsq.of_node(g.force)
@@ -704,12 +729,16 @@ def _assemble(config: TrainConfig, network_class: str, net_kw: dict[str, Any], t
     return g, training_modules, db_info
 
 
-def _with_pair_arrays(config: TrainConfig, net_kw: dict[str, Any], arrays: dict[str, np.ndarray]):
-    if not config.cache_pairs:
-        return arrays
-    from .pair_cache import add_pair_arrays
+def _with_pair_arrays(db_info: dict[str, Any], net_kw: dict[str, Any], arrays: dict[str, np.ndarray]):
+    """``arrays`` plus the cached pairs that the graph reads (:mod:`openmm_cgnn.pair_cache`): half pair
+    lists for autograd forces, full neighbour tables for explicit forces, none without a cache."""
+    from .pair_cache import PAIR_KEYS, SLOT_KEYS, add_pair_arrays, add_slot_arrays
 
-    return add_pair_arrays(arrays, net_kw["dist_hard_max"])
+    if any(k in db_info["inputs"] for k in SLOT_KEYS):
+        return add_slot_arrays(arrays, net_kw["dist_hard_max"])
+    if any(k in db_info["inputs"] for k in PAIR_KEYS):
+        return add_pair_arrays(arrays, net_kw["dist_hard_max"])
+    return arrays
 
 
 class TrainingStep:
@@ -723,17 +752,25 @@ class TrainingStep:
     :param dataset: the frames of the batch. :param device: "auto", "cpu", "cuda", ...
     """
 
-    def __init__(self, config: TrainConfig, dataset: CGDataset, device: str = "auto", dtype: torch.dtype = torch.float32):
+    def __init__(self, config: TrainConfig, dataset: CGDataset | Sequence[CGDataset], device: str = "auto",
+                 dtype: torch.dtype = torch.float32):
         _import_hippynn()
         self.config = config
         self.device = resolve_device(device)
-        net_kw = network_kwargs(config, len(dataset.type_names))
+        sets = [dataset] if isinstance(dataset, CGDataset) else list(dataset)
+        net_kw = network_kwargs(config, len(sets[0].type_names))
         with _quiet_hippynn(io.StringIO()):
             self.graph, modules, db_info = _assemble(config, _NETWORK_CLASSES[config.tensor_order], net_kw)
         self.model = modules.model.to(self.device, dtype)
         self.loss = modules.loss.to(self.device, dtype)
         t0 = time.perf_counter()
-        arrays = _with_pair_arrays(config, net_kw, dataset.to_hippynn_arrays())
+        if len(sets) == 1:
+            frames = sets[0].to_hippynn_arrays()
+        else:  # data sets of different sizes: beads padded with species 0, as train() does
+            frames = _hippynn_arrays(sets, [ds.forces for ds in sets],
+                                     [{"train": np.arange(ds.n_frames), "valid": [], "test": []} for ds in sets],
+                                     np.float64)
+        arrays = _with_pair_arrays(db_info, net_kw, frames)
         self.pair_seconds = time.perf_counter() - t0  # cost of caching the pairs (0 without a cache)
 
         def tensor(name: str) -> torch.Tensor:
@@ -744,7 +781,13 @@ class TrainingStep:
         self.inputs = [tensor(k) for k in db_info["inputs"]]
         self.targets = [tensor(k) for k in db_info["targets"]]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.n_frames = dataset.n_frames
+        self.n_frames = sum(ds.n_frames for ds in sets)
+        # stable parameter names (those of hippynn's modules), whichever way the forces are computed
+        self._names = {}
+        for prefix, node in (("network.", self.graph.network), ("energy.", self.graph.henergy),
+                             ("entropy.", self.graph.hentropy)):
+            if node is not None:
+                self._names.update({id(p): prefix + n for n, p in node.torch_module.named_parameters()})
 
     def step(self) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -758,13 +801,15 @@ class TrainingStep:
         return float(loss.detach())
 
     def gradients(self) -> tuple[float, dict[str, torch.Tensor]]:
-        """Loss and parameter gradients at the current weights (no update): (loss, {name: grad})."""
+        """Loss and parameter gradients at the current weights (no update): (loss, {name: grad}), named
+        as in hippynn's modules (``network.<name>``, ``energy.<name>``)."""
         self.optimizer.zero_grad(set_to_none=True)
         with _quiet_hippynn(None):
             outputs = self.model(*self.inputs)
             loss = self.loss(*outputs, *self.targets)[0]
         loss.backward()
-        grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        grads = {self._names.get(id(p), n): p.grad.detach().clone() for n, p in self.model.named_parameters()
+                 if p.grad is not None}
         return float(loss.detach()), grads
 
 
@@ -776,7 +821,7 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
     from hippynn.experiment.controllers import PatienceController, RaiseBatchSizeOnPlateau
 
     g, training_modules, db_info = _assemble(config, network_class, net_kw, thermal)
-    arrays = _with_pair_arrays(config, net_kw, arrays)
+    arrays = _with_pair_arrays(db_info, net_kw, arrays)
     device = resolve_device(config.device)
     database = Database(arrays, seed=config.seed, auto_split=True, pin_memory=device.type == "cuda", quiet=True,
                         **db_info)
@@ -846,7 +891,16 @@ def _run_hippynn(config: TrainConfig, network_class: str, net_kw: dict[str, Any]
     }
     if g.hentropy is not None:
         state["entropy"] = {k: _cpu(v) for k, v in g.hentropy.torch_module.state_dict().items()}
+    state["force_mode"] = _force_mode_of(g)
     return curve, hippynn_test, state
+
+
+def _force_mode_of(g: _Graph) -> str:
+    """How the graph's training forces are computed: "explicit" or "autograd" (the fallback, see
+    :func:`explicit_forces_available`)."""
+    from .explicit_forces import ExplicitForces
+
+    return "explicit" if isinstance(getattr(g.force, "torch_module", None), ExplicitForces) else "autograd"
 
 
 def _no_plots() -> None:
