@@ -191,6 +191,9 @@ def _add_hyperparameter_options(p, preset: str, preset_help: str, what: str) -> 
     p.add_argument("--preset", default=preset, choices=["tiny", "fast", "paper"], help=preset_help)
     p.add_argument("--config", default=None, help=f"TOML file of {what} (overrides --preset)")
     p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
+    p.add_argument("--force-mode", choices=["explicit", "autograd"], default=None,
+                   help="forces in training: written out by hand for one-block networks (explicit, default; "
+                        "one backward pass) or by autograd (a double backward)")
 
 
 def _train_config(args):
@@ -200,6 +203,8 @@ def _train_config(args):
     cfg = TrainConfig.from_toml(Path(args.config)) if args.config else TrainConfig.from_preset(args.preset)
     if args.epochs is not None:
         cfg.max_epochs = args.epochs
+    if args.force_mode is not None:
+        cfg.force_mode = args.force_mode
     _apply_device_options(cfg, args)
     return cfg
 

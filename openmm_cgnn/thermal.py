@@ -392,7 +392,7 @@ def fit_thermal_volume_term(model_dir: str | Path, datasets: Sequence[str | Path
         points = []
         for k, (p, ds) in enumerate(zip(paths, sets)):
             series = cg_nvt_pressures(module, ds, ds.temperature, config.volume_nvt_ps,
-                                      config.volume_nvt_equilibration_ps, seed=config.seed + k,
+                                      config.volume_nvt_equilibration_ps, seed=config.seed + k + 1,
                                       temperature_aware=loaded.thermal.to_dict())
             points.append(pressure_point_from_run(series, ds, label=p.name))
         volume = fit_volume_term(points)

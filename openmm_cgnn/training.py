@@ -661,7 +661,7 @@ def _fit_volume(loaded: "TrainedModel", sets: list[CGDataset], paths: list[Path]
         points = []
         for k, (p, ds) in enumerate(zip(paths, sets)):
             series = cg_nvt_pressures(module, ds, ds.temperature, config.volume_nvt_ps,
-                                      config.volume_nvt_equilibration_ps, seed=config.seed + k)
+                                      config.volume_nvt_equilibration_ps, seed=config.seed + k + 1)
             points.append(pressure_point_from_run(series, ds, label=p.name))
         volume = fit_volume_term(points)
         volume.fit["cg_pressure_from"] = (f"CG NVT run of the model at each reference volume "

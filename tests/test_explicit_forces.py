@@ -145,3 +145,14 @@ def test_explicit_training_learns_and_exports_unchanged(tmp_path):
         (grad,) = torch.autograd.grad(energy, x)
         assert float(energy.detach()) == pytest.approx(e_ref[k], rel=1e-6)
         assert np.max(np.abs(-grad.numpy() - f_ref[k])) <= 1e-6 * np.max(np.abs(f_ref[k]))
+
+
+def test_force_mode_option_reaches_the_training_config():
+    from openmm_cgnn.cli import _train_config, build_parser
+
+    parser = build_parser()
+    for argv, expected in ((["--force-mode", "autograd"], "autograd"), ([], "explicit")):
+        args = parser.parse_args(["train", "--data", "d.npz", "--out", "m", *argv])
+        assert _train_config(args).force_mode == expected
+    args = parser.parse_args(["distill", "--teacher", "t", "--data", "d.npz", "--out", "s", "--force-mode", "autograd"])
+    assert _train_config(args).force_mode == "autograd"
