@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .export import _AtomLayer, _Block, _Interaction, _gather_rows
+from .export import _AtomLayer, _Block, _Interaction
 
 #: the sensitivity modules whose form the explicit forces know
 _SENSITIVITIES = ("InverseSensitivityModule", "GaussianSensitivityModule")
@@ -197,47 +197,12 @@ class ExplicitForces(torch.nn.Module):
 
 def _slot_gradient(block: _Block, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
                    head_weight: Tensor, row_features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """:meth:`openmm_cgnn.export._Block.output_and_slot_gradient` (the same mathematics and notation),
-    arranged for autograd to differentiate once with respect to the weights: the slots' tensor
-    components are constants, the sensitivities come from :class:`_SensitivityAndSlope`, and the
-    per-component planes are taken with one ``unbind`` (one backward op) rather than nine selections.
-    For a block of rows: ``vec``, ``r``, ``nbr`` and ``row_features`` are the rows', ``features`` every bead's."""
-    inter = block.interaction
-    n, k_max = r.shape
-    with torch.no_grad():
-        inv_r = 1.0 / r
-        x = vec[0] * inv_r
-        y = vec[1] * inv_r
-        z = vec[2] * inv_r
-        comps = [torch.ones_like(r)]
-        if inter.order >= 1:
-            comps += [x, y, z]
-        if inter.order >= 2:
-            xx = x * x
-            yy = y * y
-            tr = (xx + yy + z * z) / 3.0
-            comps += [xx - tr, x * y, x * z, yy - tr, y * z]
-        comp = torch.stack(comps, dim=1)  # (N, C, K)
-    sense, slope = inter.sensitivity_and_slope(r)  # (N, K, D)
-    if not inter.ones_input:  # each slot's sensitivities times its neighbour's input features (N, K, D*F)
-        f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, inter.nf_in)], 0), nbr).unsqueeze(2)
-        sense = (sense.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
-        slope = (slope.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
-    env = torch.bmm(comp, sense)  # (N, C, D*F)
-    _, grad_env = block.output_and_env_gradient(row_features, env, head_weight)
-    along = torch.bmm(grad_env, sense.transpose(1, 2)).unbind(1)  # sum_d G[c, d] s_d, C planes (N, K)
-    radial = (torch.bmm(grad_env, slope.transpose(1, 2)) * comp).sum(dim=1)  # dE/dr (N, K)
-    zero = torch.zeros_like(r)
-    wx, wy, wz = zero, zero, zero
-    if inter.order >= 1:
-        wx, wy, wz = along[1], along[2], along[3]
-    if inter.order >= 2:
-        q0, q1, q2, q3, q4 = along[4], along[5], along[6], along[7], along[8]
-        wx = wx + 2.0 * q0 * x + q1 * y + q2 * z
-        wy = wy + q1 * x + 2.0 * q3 * y + q4 * z
-        wz = wz + q2 * x + q4 * y
-    w_along = (wx * x + wy * y + wz * z - radial * r) * inv_r  # grad = w / r + u * (radial - w.u / r)
-    return wx * inv_r - w_along * x, wy * inv_r - w_along * y, wz * inv_r - w_along * z
+    """The slot gradients of :meth:`openmm_cgnn.export._Block.output_and_slot_gradient`, for autograd to
+    differentiate once with respect to the weights (the sensitivities come from the block's interaction,
+    :class:`_SensitivityAndSlope` in training). For a block of rows: ``vec``, ``r``, ``nbr`` and
+    ``row_features`` are the rows', ``features`` every bead's."""
+    _, gx, gy, gz = block.output_and_slot_gradient(features, vec, r, nbr, head_weight, row_features)
+    return gx, gy, gz
 
 
 def _empty_slots_far(vec: Tensor, empty: Tensor, hard_cutoff: float) -> tuple[Tensor, Tensor]:

@@ -75,6 +75,43 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     return torch.index_select(x, 0, index.reshape(-1)).reshape(index.shape[0], index.shape[1], x.shape[1])
 
 
+def unit_components(vec: Tensor, r: Tensor, order: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The tensor components of each slot of a neighbour table, as HIP-NN-TS uses them: (N, C, K) with
+    C = 1, 4 or 9 for ``order`` 0, 1, 2 (1; the unit vector u; traceless u u in hippynn's five
+    components), and u's planes (N, K) and 1/r. ``vec`` (3, N, K) and ``r`` (N, K) in any one unit."""
+    inv_r = 1.0 / r
+    x = vec[0] * inv_r
+    y = vec[1] * inv_r
+    z = vec[2] * inv_r
+    comps = [torch.ones_like(r)]
+    if order >= 1:
+        comps += [x, y, z]
+    if order >= 2:
+        xx = x * x
+        yy = y * y
+        tr = (xx + yy + z * z) / 3.0
+        comps += [xx - tr, x * y, x * z, yy - tr, y * z]
+    return torch.stack(comps, dim=1), x, y, z, inv_r
+
+
+def slot_gradient(along: List[Tensor], radial: Tensor, x: Tensor, y: Tensor, z: Tensor, inv_r: Tensor,
+                  r: Tensor, order: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Each slot's dE/d r_ij (three (N, K) planes) from ``along`` (C planes (N, K): sum_d G[c, d] s_d),
+    ``radial`` (N, K: sum_c Y_c sum_d G[c, d] s'_d = dE/dr at fixed direction) and the unit vector's
+    planes (:func:`unit_components`): radial u + (w - (w.u) u) / r with w = sum_c along_c dY_c/du."""
+    zero = torch.zeros_like(r)
+    wx, wy, wz = zero, zero, zero
+    if order >= 1:
+        wx, wy, wz = along[1], along[2], along[3]
+    if order >= 2:
+        q0, q1, q2, q3, q4 = along[4], along[5], along[6], along[7], along[8]
+        wx = wx + 2.0 * q0 * x + q1 * y + q2 * z
+        wy = wy + q1 * x + 2.0 * q3 * y + q4 * z
+        wz = wz + q2 * x + q4 * y
+    w_along = (wx * x + wy * y + wz * z - radial * r) * inv_r  # grad = w / r + u * (radial - w.u / r)
+    return wx * inv_r - w_along * x, wy * inv_r - w_along * y, wz * inv_r - w_along * z
+
+
 class _Interaction(torch.nn.Module):
     """One HIP-NN(-TS) interaction layer (hippynn ``InteractLayer``/``InteractLayerVec``/``InteractLayerQuad``).
 
@@ -264,8 +301,8 @@ class _Block(torch.nn.Module):
             x = layer(x)
         return x
 
-    def output_and_slot_gradient(self, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
-                                 head_weight: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def output_and_slot_gradient(self, features: Tensor, vec: Tensor, r: Tensor, nbr: Tensor, head_weight: Tensor,
+                                 row_features: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """For a network of this one block: its output features (N, nf_out) and the gradient of the read-out
         (output x ``head_weight`` (1, nf_out), summed over beads) with respect to each slot's displacement
         r_j - r_i, as three (N, K) planes (x, y, z) per angstrom. ``features`` (N, nf_in) one-hot input;
@@ -275,50 +312,25 @@ class _Block(torch.nn.Module):
         env[i, c, d] = sum_k Y_c s_d; G = d(read-out)/d env comes from the per-bead layers by hand; then per
         slot dE/d r_ij = (sum_c Y_c sum_d G[c, d] s'_d) u + (w - (w.u) u) / r, with
         w = sum_c (sum_d G[c, d] s_d) dY_c/du. Every per-slot product over the sensitivities is a batched
-        matrix product."""
+        matrix product. ``row_features``: for a table of some beads' rows (training in blocks of rows), their
+        input features, with ``features`` those of every bead (the neighbours')."""
         inter = self.interaction
+        rows = features if row_features is None else row_features
         n = r.shape[0]
         k_max = r.shape[1]
-        inv_r = 1.0 / r
-        x = vec[0] * inv_r
-        y = vec[1] * inv_r
-        z = vec[2] * inv_r
-        comps = [torch.ones_like(r)]
-        if inter.order >= 1:
-            comps += [x, y, z]
-        if inter.order >= 2:
-            xx = x * x
-            yy = y * y
-            tr = (xx + yy + z * z) / 3.0
-            comps += [xx - tr, x * y, x * z, yy - tr, y * z]
-        comp = torch.stack(comps, dim=1)  # (N, C, K)
+        comp, x, y, z, inv_r = unit_components(vec, r, inter.order)  # (N, C, K), planes (N, K)
         sense, slope = inter.sensitivity_and_slope(r)  # (N, K, D)
         if not inter.ones_input:  # each slot's sensitivities times its neighbour's input features (N, K, D*F)
             f_pad = _gather_rows(torch.cat([features, features.new_zeros(1, inter.nf_in)], 0), nbr).unsqueeze(2)
             sense = (sense.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
             slope = (slope.unsqueeze(3) * f_pad).reshape(n, k_max, inter.n_dist * inter.nf_in)
         env = torch.bmm(comp, sense)  # (N, C, D*F)
-        output, grad_env = self.output_and_env_gradient(features, env, head_weight)
+        output, grad_env = self.output_and_env_gradient(rows, env, head_weight)
         # (N, C, K) products: for these shapes several times faster than the (N, K, C) ones
-        along = torch.bmm(grad_env, sense.transpose(1, 2))  # sum_d G[c, d] s_d
+        along = torch.bmm(grad_env, sense.transpose(1, 2)).unbind(1)  # sum_d G[c, d] s_d, C planes (N, K)
         radial = (torch.bmm(grad_env, slope.transpose(1, 2)) * comp).sum(dim=1)  # dE/dr (N, K)
-        zero = torch.zeros_like(r)
-        wx, wy, wz = zero, zero, zero
-        if inter.order >= 1:
-            wx = along[:, 1]
-            wy = along[:, 2]
-            wz = along[:, 3]
-        if inter.order >= 2:
-            q0 = along[:, 4]
-            q1 = along[:, 5]
-            q2 = along[:, 6]
-            q3 = along[:, 7]
-            q4 = along[:, 8]
-            wx = wx + 2.0 * q0 * x + q1 * y + q2 * z
-            wy = wy + q1 * x + 2.0 * q3 * y + q4 * z
-            wz = wz + q2 * x + q4 * y
-        w_along = (wx * x + wy * y + wz * z - radial * r) * inv_r  # grad = w / r + u * (radial - w.u / r)
-        return output, wx * inv_r - w_along * x, wy * inv_r - w_along * y, wz * inv_r - w_along * z
+        gx, gy, gz = slot_gradient(along, radial, x, y, z, inv_r, r, inter.order)
+        return output, gx, gy, gz
 
     def output_and_env_gradient(self, features: Tensor, env: Tensor, head_weight: Tensor) -> Tuple[Tensor, Tensor]:
         """For a network of this one block: the block's output features (N, nf_out) from the input features

@@ -372,7 +372,7 @@ def test_volume_term_from_cg_nvt_runs_at_each_temperature(thermal_model, dataset
         ds.pressure = None
     config = _config(True)
     config.volume_source, config.volume_nvt_ps, config.volume_nvt_equilibration_ps = "cg-nvt", 0.2, 0.05
-    config.seed = 7           # the runs' seeds are seed + k; OpenMM takes a seed of 0 as "pick one at random"
+    config.seed = 7           # the runs' seeds are seed + k + 1 (OpenMM takes a seed of 0 as "pick one at random")
     params = fit_thermal_volume_term(model, paths, config)
     points = params.fit["points"]
     assert [p["temperature"] for p in points] == [250.0, 350.0] and params.fit["terms"] == ["a", "c"]
@@ -381,7 +381,7 @@ def test_volume_term_from_cg_nvt_runs_at_each_temperature(thermal_model, dataset
     pot.volume_term = VolumeTerm(params, torch.float32)
     module = torch.jit.script(pot)
     for k, ds in enumerate(datasets):
-        rerun = cg_nvt_pressures(module, ds, ds.temperature, 0.2, 0.05, seed=config.seed + k,
+        rerun = cg_nvt_pressures(module, ds, ds.temperature, 0.2, 0.05, seed=config.seed + k + 1,
                                  temperature_aware=loaded.thermal.to_dict())
         assert float(np.mean(rerun)) == pytest.approx(targets[ds.temperature], abs=1.0)
         assert float(np.mean(rerun)) != pytest.approx(points[k]["p_cg"], abs=50.0)   # the term changed it
