@@ -93,7 +93,7 @@ def _stage_timer(module, positions, edge: float, device: str):
             sens = time.perf_counter() - t
             times["sensitivities and slopes"] = sens
             t = time.perf_counter()
-            module._network_energy_and_slot_gradient(types, vec_a, r_a, nbr)
+            module._network_energy_and_slot_gradient(types, vec_a, r_a, nbr, torch.zeros((), dtype=dtype))
             sync()
             times["environment, per-bead layers, slot gradients"] = time.perf_counter() - t - sens
             t = time.perf_counter()

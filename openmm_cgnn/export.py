@@ -704,29 +704,47 @@ class CGPotential(torch.nn.Module):
         slope = torch.where(inside, (-0.5 * self.prior_e0 * self.prior_a) * decay, torch.zeros_like(r_nm))
         return 0.5 * pair.sum(), slope
 
-    def _network_energy_and_slot_gradient(self, types: Tensor, vec: Tensor, r: Tensor,
-                                          nbr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The energy of a one-block network (kcal/mol) and its gradient (kcal/mol/angstrom) with respect to
-        each slot's displacement r_j - r_i, as three (N, K) planes (x, y, z); arguments as for
-        :meth:`network_energy`. See :meth:`_Block.output_and_slot_gradient`."""
-        features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
-        head_weight = torch.zeros(0)
+    def _input_features(self, types: Tensor, tau: Tensor, dtype: torch.dtype) -> Tensor:
+        """Every bead's input features (N, nf_in): the one-hot bead types (a temperature-aware subclass may
+        append tau)."""
+        return torch.nn.functional.one_hot(types, self.n_types).to(dtype)
+
+    def _read_out(self, features: Tensor, output: Tensor, tau: Tensor) -> Tensor:
+        """The network energy (kcal/mol): the hierarchical read-out of the input features and of the block's
+        output features, summed over beads (a temperature-aware subclass combines two read-outs at tau)."""
+        energy = torch.zeros((), dtype=output.dtype, device=output.device)
+        for k, head in enumerate(self.heads):
+            energy = energy + head(features if k == 0 else output).sum()
+        return energy
+
+    def _output_weight(self, tau: Tensor) -> Tensor:
+        """The weight (1, nf_out) of :meth:`_read_out` on the block's output features (it is linear in them)."""
+        weight = torch.zeros(0)
         for k, head in enumerate(self.heads):
             if k == 1:
-                head_weight = head.weight
+                weight = head.weight
+        return weight
+
+    def _network_energy_and_slot_gradient(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
+                                          tau: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The energy of a one-block network (kcal/mol) and its gradient (kcal/mol/angstrom) with respect to
+        each slot's displacement r_j - r_i, as three (N, K) planes (x, y, z); arguments as for
+        :meth:`network_energy`, ``tau`` for a temperature-aware subclass. See
+        :meth:`_Block.output_and_slot_gradient`."""
+        features = self._input_features(types, tau, vec.dtype)
         output = features
         zero = torch.zeros_like(r)
         gx, gy, gz = zero, zero, zero
         for block in self.blocks:  # one (analytic_gradient)
-            output, gx, gy, gz = block.output_and_slot_gradient(features, vec, r, nbr, head_weight)
-        energy = torch.zeros((), dtype=vec.dtype, device=vec.device)
-        for k, head in enumerate(self.heads):  # the hierarchical read-out of the input and the output
-            energy = energy + head(features if k == 0 else output).sum()
-        return energy, gx, gy, gz
+            output, gx, gy, gz = block.output_and_slot_gradient(features, vec, r, nbr, self._output_weight(tau))
+        return self._read_out(features, output, tau), gx, gy, gz
 
-    def _energy_and_gradient(self, pos: Tensor, box: Tensor, nbr: Tensor) -> Tuple[Tensor, Tensor]:
+    def _energy_and_gradient(self, pos: Tensor, box: Tensor, nbr: Tensor,
+                             tau: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Energy (kJ/mol) and its gradient (N, 3) kJ/mol/nm with respect to the positions (N, 3) nm, by
-        hand (no autograd): for a prior and at most one interaction block (``analytic_gradient``)."""
+        hand (no autograd): for a prior and at most one interaction block (``analytic_gradient``); without
+        the volume term. ``tau``: the scaled temperature of a temperature-aware subclass."""
+        t = torch.zeros((), dtype=pos.dtype, device=pos.device) if tau is None else tau
         n = pos.shape[0]
         vec_nm, r_nm = self._slot_geometry(pos, box, nbr)
         energy = torch.zeros((), dtype=pos.dtype, device=pos.device)
@@ -741,7 +759,7 @@ class CGPotential(torch.nn.Module):
         if len(self.blocks) > 0:
             types = self._bead_types(n, pos.device)
             e_net, nx, ny, nz = self._network_energy_and_slot_gradient(
-                types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr)
+                types, vec_nm * self.angstrom_per_nm, r_nm * self.angstrom_per_nm, nbr, t)
             energy = energy + self.kj_per_kcal * e_net
             to_nm = self.kj_per_kcal * self.angstrom_per_nm
             gx = gx + to_nm * nx

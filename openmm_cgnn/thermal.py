@@ -302,11 +302,52 @@ class ThermalCGPotential(CGPotential):
         entropy = -b / self.t_scale
         return (a - self.t_ref * b / self.t_scale) * invalid, entropy * invalid
 
+    def _input_features(self, types: Tensor, tau: Tensor, dtype: torch.dtype) -> Tensor:
+        """One-hot bead types, and tau as one more input of every bead in the input form."""
+        features = torch.nn.functional.one_hot(types, self.n_types).to(dtype)
+        if self.temperature_input:
+            column = tau.to(device=features.device, dtype=dtype).reshape(1, 1).expand(features.shape[0], 1)
+            features = torch.cat([features, column], dim=1)
+        return features
+
+    def _read_out(self, features: Tensor, output: Tensor, tau: Tensor) -> Tensor:
+        """A + tau B of the network (kcal/mol): the two read-outs of the same features."""
+        energy = torch.zeros((), dtype=output.dtype, device=output.device)
+        for k, head in enumerate(self.heads):
+            energy = energy + head(features if k == 0 else output).sum()
+        for k, head in enumerate(self.entropy_heads):
+            energy = energy + tau * head(features if k == 0 else output).sum()
+        return energy
+
+    def _output_weight(self, tau: Tensor) -> Tensor:
+        weight = torch.zeros(0)
+        for k, head in enumerate(self.heads):
+            if k == 1:
+                weight = head.weight
+        for k, head in enumerate(self.entropy_heads):
+            if k == 1:
+                weight = weight + tau * head.weight
+        return weight
+
+    def _volume(self, box: Tensor, n: int, tau: Tensor) -> Tensor:
+        """The volume term at tau (kJ/mol), as :meth:`_parts` adds it to A + tau B."""
+        if self.temperature_input:
+            return self.volume_term.at_temperature(box, n, self.t_ref + tau * self.t_scale)
+        return self.volume_term.at_temperature(box, n, torch.full_like(tau, self.t_ref)) \
+            + tau * self.t_scale * self.volume_term.temperature_derivative(box, n)
+
     def forward(self, positions: Tensor, boxvectors: Tensor, temperature: Tensor) -> Tensor:
         pos = positions.to(self._dtype_ref.dtype)
         box = boxvectors.to(self._dtype_ref.dtype)
         # a no-op where openmm-torch already hands the parameter over on the model's device
         tau = (temperature.to(device=pos.device, dtype=pos.dtype).sum() - self.t_ref) / self.t_scale
+        if self.analytic_gradient:  # forces by hand, handed to autograd as CGPotential.energy_from_table does
+            nbr, overflow = self._table(pos, box)
+            with torch.no_grad():
+                fixed = pos.clone()
+                energy, grad = self._energy_and_gradient(fixed, box.clone(), nbr, tau)
+            energy = energy + ((pos - fixed) * grad).sum() + self._volume(box, pos.shape[0], tau)
+            return energy * torch.where(overflow, torch.full_like(energy, float("nan")), torch.ones_like(energy))
         a, b, invalid = self._parts(pos, box, tau)
         return (a + tau * b) * invalid
 
