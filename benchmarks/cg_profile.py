@@ -33,33 +33,27 @@ def _stage_timer(module, positions, edge: float, device: str):
 
     module.configure(n, box, 0)
 
+    def timed(fn):
+        """(fn(), seconds), synchronised on both sides."""
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return out, time.perf_counter() - t
+
     def once() -> dict[str, float]:
         if bool(module.analytic_gradient):
             return once_by_hand()
         times: dict[str, float] = {}
         pos = pos0.detach().requires_grad_(True)
-        sync()
-        t = time.perf_counter()
-        nbr, overflow = module.neighbour_table(pos, box)
-        sync()
-        times["neighbour_table"] = time.perf_counter() - t
-        t = time.perf_counter()
-        vec, r = module._slot_geometry(pos, box, nbr)
-        sync()
-        times["slot_geometry"] = time.perf_counter() - t
-        t = time.perf_counter()
-        energy = module.prior_energy(r) if module.has_prior else torch.zeros((), dtype=dtype, device=device)
-        sync()
-        times["prior"] = time.perf_counter() - t
-        t = time.perf_counter()
-        e_net = module.network_energy(types, vec * module.angstrom_per_nm, r * module.angstrom_per_nm, nbr)
+        (nbr, _), times["neighbour_table"] = timed(lambda: module.neighbour_table(pos, box))
+        (vec, r), times["slot_geometry"] = timed(lambda: module._slot_geometry(pos, box, nbr))
+        energy, times["prior"] = timed(lambda: module.prior_energy(r) if module.has_prior
+                                       else torch.zeros((), dtype=dtype, device=device))
+        e_net, times["network_forward"] = timed(lambda: module.network_energy(
+            types, vec * module.angstrom_per_nm, r * module.angstrom_per_nm, nbr))
         energy = energy + module.kj_per_kcal * e_net
-        sync()
-        times["network_forward"] = time.perf_counter() - t
-        t = time.perf_counter()
-        (grad,) = torch.autograd.grad(energy, pos)
-        sync()
-        times["backward_autograd"] = time.perf_counter() - t
+        _, times["backward_autograd"] = timed(lambda: torch.autograd.grad(energy, pos))
         times["pairs"] = float((nbr != n).sum())
         times["table_slots"] = float(nbr.numel())
         return times
@@ -68,38 +62,21 @@ def _stage_timer(module, positions, edge: float, device: str):
         """The stages of the hand-written gradient (one interaction block): the sensitivities are also
         timed alone; the network stage includes them again and is reported net of them."""
         times: dict[str, float] = {}
+        zero = torch.zeros((), dtype=dtype, device=device)
         with torch.no_grad():
             pos = pos0.clone()
-            sync()
-            t = time.perf_counter()
-            nbr, overflow = module.neighbour_table(pos, box)
-            sync()
-            times["neighbour_table"] = time.perf_counter() - t
-            t = time.perf_counter()
-            vec, r = module._slot_geometry(pos, box, nbr)
-            sync()
-            times["slot_geometry"] = time.perf_counter() - t
-            t = time.perf_counter()
-            if module.has_prior:
-                module.prior_energy_and_slope(r)
-            sync()
-            times["prior (energy and slope)"] = time.perf_counter() - t
+            (nbr, _), times["neighbour_table"] = timed(lambda: module.neighbour_table(pos, box))
+            (vec, r), times["slot_geometry"] = timed(lambda: module._slot_geometry(pos, box, nbr))
+            _, times["prior (energy and slope)"] = timed(lambda: module.prior_energy_and_slope(r)
+                                                         if module.has_prior else None)
             r_a = r * module.angstrom_per_nm
             vec_a = vec * module.angstrom_per_nm
-            t = time.perf_counter()
-            for name, block in module.blocks.named_children():  # scripted ModuleList: no iteration
-                block.interaction.sensitivity_and_slope(r_a)
-            sync()
-            sens = time.perf_counter() - t
+            blocks = [block for _, block in module.blocks.named_children()]  # scripted ModuleList: no iteration
+            _, sens = timed(lambda: [block.interaction.sensitivity_and_slope(r_a) for block in blocks])
             times["sensitivities and slopes"] = sens
-            t = time.perf_counter()
-            module._network_energy_and_slot_gradient(types, vec_a, r_a, nbr, torch.zeros((), dtype=dtype))
-            sync()
-            times["environment, per-bead layers, slot gradients"] = time.perf_counter() - t - sens
-            t = time.perf_counter()
-            module._energy_and_gradient(pos, box, nbr)
-            sync()
-            whole_s = time.perf_counter() - t
+            _, network = timed(lambda: module._network_energy_and_slot_gradient(types, vec_a, r_a, nbr, zero))
+            times["environment, per-bead layers, slot gradients"] = network - sens
+            _, whole_s = timed(lambda: module._energy_and_gradient(pos, box, nbr))
         times["scatter to beads (the rest of energy and gradient)"] = max(
             whole_s - sum(v for k, v in times.items() if k != "neighbour_table"), 0.0)
         times["pairs"] = float((nbr != n).sum())

@@ -183,7 +183,7 @@ def measure_speed(model: C.ModelEntry, n: int, platform, settings: C.Settings, s
             cpu_step[name].append((time.process_time() - c) / steps[name])
         if budget.remaining() < 0:
             break
-    clock = "cpu" if platform.getName() == "CPU" else "wall"
+    clock = C.step_clock(platform)
     out: dict[str, Any] = {"n_beads": n, "box_nm": edge, "clock": clock,
                            "timing": "alternating chunks, median per step; ns/day from "
                                      + ("process CPU time (1 thread)" if clock == "cpu" else "wall time")}

@@ -15,13 +15,12 @@ checkpoint stay as they are; autograd differentiates the expression once for the
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .export import _AtomLayer, _Block, _Interaction
+from .export import _AtomLayer, _Block, _Interaction, cutoff_and_slope, park_empty_slots
 
 #: the sensitivity modules whose form the explicit forces know
 _SENSITIVITIES = ("InverseSensitivityModule", "GaussianSensitivityModule")
@@ -60,10 +59,7 @@ class _SensitivityAndSlope(torch.autograd.Function):
         sigma2 = torch.square(sigma)
         offset = inv_r - 1.0 / mu
         gauss = torch.square(offset).mul_(-0.5 * sigma2).clamp_(min=floor).exp_()
-        angle = (math.pi / 2 / hard_cutoff) * r
-        inside = (r <= hard_cutoff).to(r.dtype)
-        cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
-        cut_slope = (torch.sin(2.0 * angle) * inside * (-math.pi / 2 / hard_cutoff)).unsqueeze(2)
+        cut, cut_slope = cutoff_and_slope(r, hard_cutoff)
         h = torch.square(inv_r) * cut  # c / r^2 (N, K, 1)
         slope = (offset * sigma2).mul_(h).add_(cut_slope).mul_(gauss)
         sense = gauss * cut
@@ -205,13 +201,6 @@ def _slot_gradient(block: _Block, features: Tensor, vec: Tensor, r: Tensor, nbr:
     return gx, gy, gz
 
 
-def _empty_slots_far(vec: Tensor, empty: Tensor, hard_cutoff: float) -> tuple[Tensor, Tensor]:
-    """``vec`` (3, N, K) with empty slots moved to twice the cutoff along x, and the distances (N, K)."""
-    vec = torch.where(empty.unsqueeze(0), torch.zeros_like(vec), vec)
-    vec[0].masked_fill_(empty, 2.0 * hard_cutoff)
-    return vec, torch.sqrt(torch.square(vec).sum(dim=0))
-
-
 class TableFromPairs(torch.nn.Module):
     """A neighbour table (``nbr`` (N, K), empty slots = N; slot vectors r_j - r_i (3, N, K); distances
     (N, K)) from a hippynn full pair list (``pair_coord`` = r[first] - r[second] + periodic offset):
@@ -235,7 +224,7 @@ class TableFromPairs(torch.nn.Module):
             vec = pair_coord.new_zeros(3, n_atoms * k)
             vec[:, flat] = -pair_coord.detach()[order].t()
             nbr = nbr.reshape(n_atoms, k)
-            vec, r = _empty_slots_far(vec.reshape(3, n_atoms, k), nbr == n_atoms, self.hard_cutoff)
+            vec, r = park_empty_slots(vec.reshape(3, n_atoms, k), nbr == n_atoms, 2.0 * self.hard_cutoff)
         return nbr, vec, r
 
 
@@ -262,7 +251,7 @@ class TableFromSlots(torch.nn.Module):
             shift = slot_shift.reshape(n_mol * n_max, k, 3)[real_atoms].to(pos.dtype)
             images = torch.bmm(shift, cell.detach()[mol].to(pos.dtype))  # (N, K, 3)
             vec = (pos_pad[nbr] - pos.unsqueeze(1) + images).permute(2, 0, 1)
-            vec, r = _empty_slots_far(vec, empty, self.hard_cutoff)
+            vec, r = park_empty_slots(vec, empty, 2.0 * self.hard_cutoff)
         return nbr, vec, r
 
 

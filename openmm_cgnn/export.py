@@ -94,6 +94,34 @@ def unit_components(vec: Tensor, r: Tensor, order: int) -> Tuple[Tensor, Tensor,
     return torch.stack(comps, dim=1), x, y, z, inv_r
 
 
+def input_features(types: Tensor, n_types: int, dtype: torch.dtype, extra: Optional[Tensor] = None) -> Tensor:
+    """Every bead's input features (N, n_types [+ 1]): its one-hot type, and ``extra`` (a number, e.g. the
+    scaled temperature of a model trained with it as an input) appended when given."""
+    features = torch.nn.functional.one_hot(types, n_types).to(dtype)
+    if extra is not None:
+        column = extra.to(device=features.device, dtype=dtype).reshape(1, 1).expand(features.shape[0], 1)
+        features = torch.cat([features, column], dim=1)
+    return features
+
+
+def cutoff_and_slope(r: Tensor, hard_cutoff: float) -> Tuple[Tensor, Tensor]:
+    """hippynn's CosCutoff ``cos^2(pi r / 2 r_c)`` (zero beyond r_c) and its derivative with respect to r,
+    both (N, K, 1) for distances ``r`` (N, K) in the unit of ``hard_cutoff``."""
+    angle = (math.pi / 2 / hard_cutoff) * r
+    inside = (r <= hard_cutoff).to(r.dtype)
+    cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
+    cut_slope = (torch.sin(2.0 * angle) * inside * (-math.pi / 2 / hard_cutoff)).unsqueeze(2)
+    return cut, cut_slope
+
+
+def park_empty_slots(vec: Tensor, empty: Tensor, distance: float) -> Tuple[Tensor, Tensor]:
+    """``vec`` (3, N, K) with the ``empty`` (N, K) slots moved to ``distance`` along x, where every term of
+    the model is zero, and the distances (N, K)."""
+    vec = torch.where(empty.unsqueeze(0), torch.zeros_like(vec), vec)
+    vec[0].masked_fill_(empty, distance)
+    return vec, torch.sqrt(torch.square(vec).sum(dim=0))
+
+
 def slot_gradient(along: List[Tensor], radial: Tensor, x: Tensor, y: Tensor, z: Tensor, inv_r: Tensor,
                   r: Tensor, order: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Each slot's dE/d r_ij (three (N, K) planes) from ``along`` (C planes (N, K): sum_d G[c, d] s_d),
@@ -169,10 +197,7 @@ class _Interaction(torch.nn.Module):
         offset = torch.sub(inv_r, 1.0 / self.mu, out=self.workspace[size : 2 * size].view(shape))
         gauss = torch.mul(offset, offset, out=self.workspace[:size].view(shape)).mul_(-0.5 * sigma2) \
             .clamp_(min=self.exponent_floor).exp_()
-        angle = (math.pi / 2 / self.hard_cutoff) * r
-        inside = (r <= self.hard_cutoff).to(r.dtype)
-        cut = (torch.square(torch.cos(angle)) * inside).unsqueeze(2)
-        cut_slope = (torch.sin(2.0 * angle) * inside * (-math.pi / 2 / self.hard_cutoff)).unsqueeze(2)
+        cut, cut_slope = cutoff_and_slope(r, self.hard_cutoff)
         # d/dr = gauss * (cut * (1/r - 1/mu) sigma^2 / r^2 + cut'); where the floor holds, the first term
         # is below exp(EXPONENT_FLOOR) relative to the others: negligible, and cheaper than masking it
         slope = offset.mul_(sigma2).mul_(torch.square(inv_r) * cut).add_(cut_slope).mul_(gauss)
@@ -574,12 +599,7 @@ class CGPotential(torch.nn.Module):
         """Differentiable components r_j - r_i, stacked as (3, N, K), and distances (N, K) in nm of the
         table's slots; empty slots sit at twice the cutoff along x, where every term of the model is zero."""
         dx, dy, dz = self._displacements(pos, box, nbr)
-        empty = nbr == pos.shape[0]
-        dx = torch.where(empty, torch.full_like(dx, 2.0 * self.cutoff_nm), dx)
-        dy = torch.where(empty, torch.zeros_like(dy), dy)
-        dz = torch.where(empty, torch.zeros_like(dz), dz)
-        r = torch.sqrt(dx * dx + dy * dy + dz * dz)
-        return torch.stack([dx, dy, dz]), r
+        return park_empty_slots(torch.stack([dx, dy, dz]), nbr == pos.shape[0], 2.0 * self.cutoff_nm)
 
     @torch.jit.export
     def configure(self, n: int, box: Tensor, neighbour_capacity: int = 0) -> None:
@@ -689,15 +709,12 @@ class CGPotential(torch.nn.Module):
     # -------------------------------------------------------------------------------------------
     def prior_energy(self, r_nm: Tensor) -> Tensor:
         """Prior energy (kJ/mol) of a full neighbour table (each pair twice), distances (N, K) in nm."""
-        inside = r_nm < self.prior_cutoff
-        # clamp so that pairs beyond the prior's cutoff (masked out below) never underflow exp()
-        x = torch.clamp(r_nm, max=self.prior_cutoff) - self.prior_taper
-        pair = self.prior_e0 * (torch.exp(-self.prior_a * x) - self.prior_shift)
-        return 0.5 * torch.where(inside, pair, torch.zeros_like(pair)).sum()
+        return self.prior_energy_and_slope(r_nm)[0]
 
     def prior_energy_and_slope(self, r_nm: Tensor) -> Tuple[Tensor, Tensor]:
         """:meth:`prior_energy` and its derivative (N, K) with respect to each slot's distance, kJ/mol/nm."""
         inside = r_nm < self.prior_cutoff
+        # clamp so that pairs beyond the prior's cutoff (masked out below) never underflow exp()
         x = torch.clamp(r_nm, max=self.prior_cutoff) - self.prior_taper
         decay = torch.exp(-self.prior_a * x)
         pair = torch.where(inside, self.prior_e0 * (decay - self.prior_shift), torch.zeros_like(r_nm))
@@ -707,23 +724,32 @@ class CGPotential(torch.nn.Module):
     def _input_features(self, types: Tensor, tau: Tensor, dtype: torch.dtype) -> Tensor:
         """Every bead's input features (N, nf_in): the one-hot bead types (a temperature-aware subclass may
         append tau)."""
-        return torch.nn.functional.one_hot(types, self.n_types).to(dtype)
+        return input_features(types, self.n_types, dtype)
 
-    def _read_out(self, features: Tensor, output: Tensor, tau: Tensor) -> Tensor:
-        """The network energy (kcal/mol): the hierarchical read-out of the input features and of the block's
-        output features, summed over beads (a temperature-aware subclass combines two read-outs at tau)."""
+    def _heads_read_out(self, features: Tensor, output: Tensor) -> Tensor:
+        """The hierarchical read-out (kcal/mol) of the input features and of one block's output features,
+        summed over beads."""
         energy = torch.zeros((), dtype=output.dtype, device=output.device)
         for k, head in enumerate(self.heads):
             energy = energy + head(features if k == 0 else output).sum()
         return energy
 
-    def _output_weight(self, tau: Tensor) -> Tensor:
-        """The weight (1, nf_out) of :meth:`_read_out` on the block's output features (it is linear in them)."""
+    def _heads_output_weight(self) -> Tensor:
+        """The weight (1, nf_out) of :meth:`_heads_read_out` on the output features (it is linear in them)."""
         weight = torch.zeros(0)
         for k, head in enumerate(self.heads):
             if k == 1:
                 weight = head.weight
         return weight
+
+    def _read_out(self, features: Tensor, output: Tensor, tau: Tensor) -> Tensor:
+        """The network energy (kcal/mol) of a one-block network (a temperature-aware subclass combines two
+        read-outs at tau)."""
+        return self._heads_read_out(features, output)
+
+    def _output_weight(self, tau: Tensor) -> Tensor:
+        """The weight (1, nf_out) of :meth:`_read_out` on the block's output features."""
+        return self._heads_output_weight()
 
     def _network_energy_and_slot_gradient(self, types: Tensor, vec: Tensor, r: Tensor, nbr: Tensor,
                                           tau: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -785,25 +811,8 @@ class CGPotential(torch.nn.Module):
         """The features (N, nf) of every level (one-hot input, then each interaction block), the
         arguments as for :meth:`network_energy`. ``extra_input``: a number appended to every bead's
         one-hot input (a network trained with the temperature as an input, ``openmm_cgnn.thermal``)."""
-        # Tensor components of each slot, as (N, C, K): 1, r-hat (l=1), traceless r-hat r-hat in 5
-        # components (l=2)
-        comps = [torch.ones_like(r)]
-        if self.max_order >= 1:
-            inv_r = 1.0 / r
-            x = vec[0] * inv_r
-            y = vec[1] * inv_r
-            z = vec[2] * inv_r
-            comps += [x, y, z]
-            if self.max_order >= 2:
-                xx = x * x
-                yy = y * y
-                tr = (xx + yy + z * z) / 3.0
-                comps += [xx - tr, x * y, x * z, yy - tr, y * z]
-        comp = torch.stack(comps, dim=1)
-        features = torch.nn.functional.one_hot(types, self.n_types).to(vec.dtype)
-        if extra_input is not None:
-            column = extra_input.to(device=vec.device, dtype=vec.dtype).reshape(1, 1).expand(features.shape[0], 1)
-            features = torch.cat([features, column], dim=1)
+        comp = unit_components(vec, r, self.max_order)[0]  # (N, C, K)
+        features = input_features(types, self.n_types, vec.dtype, extra_input)
         feats = [features]
         for block in self.blocks:
             features = block(features, r, comp, nbr)
@@ -829,12 +838,8 @@ class CGPotential(torch.nn.Module):
             self.verlet_ready = True
         dx, dy, dz = self._displacements(pos, box, self.verlet_list)
         inside = (dx * dx + dy * dy + dz * dz < self.cutoff_nm * self.cutoff_nm) & (self.verlet_list != n)
-        # rows as wide as the fullest one this step, not the whole capacity: on a CPU the shapes may change,
-        # and the empty slots of a table sized for the densest training frame are wasted work
-        counts = inside.sum(dim=1)
-        width = min(max(int(counts.max()), 1), self.table_capacity) if self.narrow_on_cpu else self.table_capacity
-        nbr, _ = self._compact(self.verlet_list, inside, width)
-        return nbr, (counts > self.table_capacity).any() | self.verlet_overflow
+        nbr, count = self._compact(self.verlet_list, inside, self.table_capacity)
+        return nbr, (count > self.table_capacity).any() | self.verlet_overflow
 
     @torch.jit.export
     def energy_of_layout(self, pos: Tensor, box: Tensor) -> Tensor:
@@ -843,12 +848,10 @@ class CGPotential(torch.nn.Module):
         the table comes from a Verlet list reused between steps where the box has room for it, and is
         as wide as its fullest row."""
         if pos.device.type == "cpu":
-            if self.reuse_on_cpu:
-                nbr, overflow = self._reused_table(pos, box)
-            elif self.narrow_on_cpu:
-                nbr, overflow = self._narrowed(self.neighbour_table(pos, box))
-            else:
-                nbr, overflow = self.neighbour_table(pos, box)
+            table = self._reused_table(pos, box) if self.reuse_on_cpu else self.neighbour_table(pos, box)
+            if self.narrow_on_cpu:
+                table = self._narrowed(table)
+            nbr, overflow = table
         else:
             nbr, overflow = self.neighbour_table(pos, box)
         return self.energy_from_table(pos, box, nbr, overflow)
@@ -873,7 +876,7 @@ class CGPotential(torch.nn.Module):
             # then have a zero gradient). No derivative w.r.t. the box (pressures are finite differences).
             with torch.no_grad():
                 fixed = pos.clone()
-                energy, grad = self._energy_and_gradient(fixed, box.clone(), nbr)
+                energy, grad = self._energy_and_gradient(fixed, box, nbr)
             energy = energy + ((pos - fixed) * grad).sum()
         else:
             types = self._bead_types(n, pos.device)

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
-from .export import CGPotential, potential_from_hippynn
+from .export import CGPotential, input_features, potential_from_hippynn
 
 PARAMETER = "temperature"  # name of the TorchForce global parameter (K)
 # a run temperature further than this fraction of the training spread (at least 10 % of the nearest
@@ -279,13 +279,9 @@ class ThermalCGPotential(CGPotential):
         b_net = torch.zeros((), dtype=pos.dtype, device=pos.device)
         for k, head in enumerate(self.entropy_heads):
             b_net = b_net + head(feats[k]).sum()
-        b = self.kj_per_kcal * b_net
-        if self.temperature_input:
-            volume = self.volume_term.at_temperature(box, n, self.t_ref + tau * self.t_scale)
-        else:
-            volume = self.volume_term.at_temperature(box, n, torch.full_like(tau, self.t_ref))
-            b = b + self.t_scale * self.volume_term.temperature_derivative(box, n)
-        a = a + self.kj_per_kcal * a_net + volume
+        volume_a, volume_b = self._volume_parts(box, n, tau)
+        b = self.kj_per_kcal * b_net + volume_b
+        a = a + self.kj_per_kcal * a_net + volume_a
         invalid = torch.where(overflow, torch.full_like(a, float("nan")), torch.ones_like(a))
         return a, b, invalid
 
@@ -304,37 +300,29 @@ class ThermalCGPotential(CGPotential):
 
     def _input_features(self, types: Tensor, tau: Tensor, dtype: torch.dtype) -> Tensor:
         """One-hot bead types, and tau as one more input of every bead in the input form."""
-        features = torch.nn.functional.one_hot(types, self.n_types).to(dtype)
-        if self.temperature_input:
-            column = tau.to(device=features.device, dtype=dtype).reshape(1, 1).expand(features.shape[0], 1)
-            features = torch.cat([features, column], dim=1)
-        return features
+        return input_features(types, self.n_types, dtype, tau if self.temperature_input else None)
 
     def _read_out(self, features: Tensor, output: Tensor, tau: Tensor) -> Tensor:
         """A + tau B of the network (kcal/mol): the two read-outs of the same features."""
-        energy = torch.zeros((), dtype=output.dtype, device=output.device)
-        for k, head in enumerate(self.heads):
-            energy = energy + head(features if k == 0 else output).sum()
+        entropy = torch.zeros((), dtype=output.dtype, device=output.device)
         for k, head in enumerate(self.entropy_heads):
-            energy = energy + tau * head(features if k == 0 else output).sum()
-        return energy
+            entropy = entropy + head(features if k == 0 else output).sum()
+        return self._heads_read_out(features, output) + tau * entropy
 
     def _output_weight(self, tau: Tensor) -> Tensor:
-        weight = torch.zeros(0)
-        for k, head in enumerate(self.heads):
-            if k == 1:
-                weight = head.weight
+        weight = self._heads_output_weight()
         for k, head in enumerate(self.entropy_heads):
             if k == 1:
                 weight = weight + tau * head.weight
         return weight
 
-    def _volume(self, box: Tensor, n: int, tau: Tensor) -> Tensor:
-        """The volume term at tau (kJ/mol), as :meth:`_parts` adds it to A + tau B."""
+    def _volume_parts(self, box: Tensor, n: int, tau: Tensor) -> Tuple[Tensor, Tensor]:
+        """The volume term (kJ/mol) as the model's two parts: (at t_ref, its tau coefficient) in the split
+        form (U_V is linear in T), (at tau, 0) in the input form."""
         if self.temperature_input:
-            return self.volume_term.at_temperature(box, n, self.t_ref + tau * self.t_scale)
-        return self.volume_term.at_temperature(box, n, torch.full_like(tau, self.t_ref)) \
-            + tau * self.t_scale * self.volume_term.temperature_derivative(box, n)
+            return self.volume_term.at_temperature(box, n, self.t_ref + tau * self.t_scale), torch.zeros_like(tau)
+        return (self.volume_term.at_temperature(box, n, torch.full_like(tau, self.t_ref)),
+                self.t_scale * self.volume_term.temperature_derivative(box, n))
 
     def forward(self, positions: Tensor, boxvectors: Tensor, temperature: Tensor) -> Tensor:
         pos = positions.to(self._dtype_ref.dtype)
@@ -345,8 +333,9 @@ class ThermalCGPotential(CGPotential):
             nbr, overflow = self._table(pos, box)
             with torch.no_grad():
                 fixed = pos.clone()
-                energy, grad = self._energy_and_gradient(fixed, box.clone(), nbr, tau)
-            energy = energy + ((pos - fixed) * grad).sum() + self._volume(box, pos.shape[0], tau)
+                energy, grad = self._energy_and_gradient(fixed, box, nbr, tau)
+            volume_a, volume_b = self._volume_parts(box, pos.shape[0], tau)
+            energy = energy + ((pos - fixed) * grad).sum() + volume_a + tau * volume_b
             return energy * torch.where(overflow, torch.full_like(energy, float("nan")), torch.ones_like(energy))
         a, b, invalid = self._parts(pos, box, tau)
         return (a + tau * b) * invalid
