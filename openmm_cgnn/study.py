@@ -176,10 +176,6 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     if variant.temperature_aware:     # U(R, T) = E(R) - T S(R), as 'openmm-cgnn train --temperature-aware'
         tc.temperature_aware, tc.temperature_form = True, "split"
     train(datasets, tc, folder / "model", overwrite=True, verbose=verbose)
-    if variant.temperature_aware and tc.fit_volume:   # training fits no volume term for these models
-        from .thermal import fit_thermal_volume_term
-
-        fit_thermal_volume_term(folder / "model", config=tc, verbose=verbose)
     return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
 
 

@@ -391,30 +391,16 @@ def add_temperature_parameter(force: Any, metadata: dict, temperature: float | N
 # ----------------------------------------------------------------------------------------------
 # volume term
 # ----------------------------------------------------------------------------------------------
-def fit_thermal_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] | None = None, config: Any = None,
-                            verbose: bool = False) -> Any:
-    """Pressure-match a temperature-aware model directory and write its ``volume.json``
-    (:mod:`openmm_cgnn.volume`); return the :class:`~openmm_cgnn.volume.VolumeTermParams`, or None
-    (nothing written) when a training data set carries no all-atom pressures.
+def thermal_volume_term(loaded: Any, sets: Sequence[Any], paths: Sequence[Path], config: Any) -> Any:
+    """The volume term of a loaded temperature-aware model (a :class:`~openmm_cgnn.volume.VolumeTermParams`),
+    or None when a data set carries no all-atom pressures; ``sets`` are the CG data sets at ``paths``.
 
     Like the volume fit of a plain model (``openmm_cgnn.training``), but the model's CG pressure at
     each data set is measured at that data set's temperature (its ``temperature`` input): a short CG
     NVT run (``config.volume_source`` "cg-nvt") or the virial on the mapped frames ("mapped").
-    ``datasets``: CG data sets with all-atom pressures (default: the model's training data sets);
-    ``config``: a :class:`~openmm_cgnn.training.TrainConfig` (default: the model's own). Export the
-    model afterwards: ``export_model`` builds the term in.
     """
-    from .training import load_datasets, load_trained
-    from .volume import (cg_nvt_pressures, describe, fit_from_datasets, fit_volume_term, pressure_point_from_run)
+    from .volume import cg_nvt_pressures, fit_from_datasets, fit_volume_term, pressure_point_from_run
 
-    model_dir = Path(model_dir)
-    loaded = load_trained(model_dir)
-    if loaded.thermal is None:
-        raise ConfigError(f"'{model_dir}' is not a temperature-aware model: fit its volume term with "
-                          "openmm_cgnn.training.fit_model_volume_term", "temperature_aware")
-    config = config or loaded.config
-    paths = [Path(p) for p in (datasets or [d["path"] for d in loaded.metadata["datasets"]])]
-    sets = load_datasets(paths)
     if any(ds.pressure is None for ds in sets):
         return None
     if config.volume_source == "cg-nvt":
@@ -447,6 +433,33 @@ def fit_thermal_volume_term(model_dir: str | Path, datasets: Sequence[str | Path
                                    labels=[p.name for p in paths])
         volume.fit["cg_pressure_from"] = ("virial of the temperature-aware model on the mapped all-atom frames, "
                                           "at each data set's temperature")
+    return volume
+
+
+def fit_thermal_volume_term(model_dir: str | Path, datasets: Sequence[str | Path] | None = None, config: Any = None,
+                            verbose: bool = False) -> Any:
+    """Pressure-match a temperature-aware model directory and write its ``volume.json``
+    (:mod:`openmm_cgnn.volume`); return the :class:`~openmm_cgnn.volume.VolumeTermParams`, or None
+    (nothing written) when a training data set carries no all-atom pressures.
+
+    ``train`` does this itself when its data carry pressures; call it to refit, e.g. on other data sets.
+    ``datasets``: CG data sets with all-atom pressures (default: the model's training data sets);
+    ``config``: a :class:`~openmm_cgnn.training.TrainConfig` (default: the model's own). Export the
+    model afterwards: ``export_model`` builds the term in.
+    """
+    from .training import load_datasets, load_trained
+    from .volume import describe
+
+    model_dir = Path(model_dir)
+    loaded = load_trained(model_dir)
+    if loaded.thermal is None:
+        raise ConfigError(f"'{model_dir}' is not a temperature-aware model: fit its volume term with "
+                          "openmm_cgnn.training.fit_model_volume_term", "temperature_aware")
+    config = config or loaded.config
+    paths = [Path(p) for p in (datasets or [d["path"] for d in loaded.metadata["datasets"]])]
+    volume = thermal_volume_term(loaded, load_datasets(paths), paths, config)
+    if volume is None:
+        return None
     volume.save(model_dir / "volume.json")
     if verbose:
         print(f"volume term (pressure matching): {describe(volume)} -> {model_dir / 'volume.json'}", flush=True)

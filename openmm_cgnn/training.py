@@ -128,7 +128,7 @@ class TrainConfig:
     volume_nvt_equilibration_ps: float = 2.0
     volume_max_frames: int = 100       # "mapped": frames per data set used for the CG virial pressure
     # temperature-aware model U(R, T) = E(R) - T S(R) on data sets at two or more temperatures
-    # (openmm_cgnn.thermal); the volume term is not fitted for such models
+    # (openmm_cgnn.thermal); its volume term is pressure-matched at each data set's own temperature
     temperature_aware: bool = False
     temperature_form: str = "split"    # "split": U = E(R) - T S(R); "input": T is an input feature of the network
 
@@ -513,7 +513,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
     Training runs on ``config.device`` ("auto": the GPU when there is one). Each frame's neighbour
     pairs are found once before training when ``config.cache_pairs`` (:mod:`openmm_cgnn.pair_cache`).
     With ``config.temperature_aware`` the model is U(R, T) (:mod:`openmm_cgnn.thermal`): the data sets
-    must span two or more state temperatures, and the volume term is not fitted.
+    must span two or more state temperatures, and its volume term is fitted at each data set's temperature.
     """
     out_dir = check_output_path(out_dir, overwrite)
     config.validate()
@@ -619,7 +619,7 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         metrics = {"units": "kJ/mol/nm", "test": _test_metrics(loaded, sets, splits, paths),
                    "hippynn_final": hippynn_test, "curve": curve, "train_seconds": train_seconds}
         write_json_atomic(stage / "metrics.json", metrics)
-        volume = _fit_volume(loaded, sets, paths, config) if config.fit_volume and thermal is None else None
+        volume = _fit_volume(loaded, sets, paths, config) if config.fit_volume else None
         if volume is not None:
             volume.save(stage / "volume.json")
         if out_dir.exists():
@@ -634,8 +634,6 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
         from .volume import describe
 
         print(f"volume term (pressure matching): {describe(volume)}", file=out, flush=True)
-    elif verbose and config.fit_volume and thermal is not None:
-        print("volume term: not fitted (not supported for temperature-aware models yet)", file=out, flush=True)
     elif verbose and config.fit_volume:
         print("volume term: not fitted (the data sets carry no all-atom pressures)", file=out, flush=True)
     if verbose:
@@ -648,11 +646,16 @@ def train(datasets: Sequence[str | Path], config: TrainConfig, out_dir: str | Pa
 def _fit_volume(loaded: "TrainedModel", sets: list[CGDataset], paths: list[Path], config: TrainConfig):
     """Pressure-match the trained model (network + prior) at the data sets' state points; None when
     a data set has no all-atom pressures. ``config.volume_source``: "cg-nvt" measures the model's
-    pressure in a short CG NVT run at each reference volume, "mapped" on the mapped frames."""
+    pressure in a short CG NVT run at each reference volume, "mapped" on the mapped frames. A
+    temperature-aware model is measured at each data set's own temperature (``thermal_volume_term``)."""
     from .export import potential_from_hippynn
     from .volume import (cg_nvt_pressures, fit_from_datasets, fit_volume_term, pressure_point_from_run,
                          torch_energy_function)
 
+    if loaded.thermal is not None:
+        from .thermal import thermal_volume_term
+
+        return thermal_volume_term(loaded, sets, paths, config)
     if any(ds.pressure is None for ds in sets):
         return None
     if config.volume_source == "cg-nvt":

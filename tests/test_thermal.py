@@ -393,3 +393,38 @@ def test_volume_term_from_cg_nvt_runs_at_each_temperature(thermal_model, dataset
                                  temperature_aware=loaded.thermal.to_dict())
         assert float(np.mean(rerun)) == pytest.approx(targets[ds.temperature], abs=1.0)
         assert float(np.mean(rerun)) != pytest.approx(points[k]["p_cg"], abs=50.0)   # the term changed it
+
+
+def test_cli_train_temperature_aware_fits_the_volume_term(datasets, tmp_path):
+    """`train --temperature-aware` on data with all-atom pressures writes the volume term pressure-matched at
+    each data set's own temperature: the exported model's virial pressure equals the all-atom one at both
+    training temperatures, and a refit with fit_thermal_volume_term gives the same coefficients."""
+    from openmm_cgnn.cli import main
+    from openmm_cgnn.pressure import virial_pressure
+    from openmm_cgnn.thermal import fit_thermal_volume_term
+    from openmm_cgnn.volume import VolumeTermParams
+
+    targets = {250.0: -100.0, 350.0: 250.0}                # bar
+    paths = []
+    for k, ds in enumerate(datasets):
+        ds.pressure = np.full(ds.n_frames, targets[ds.temperature])
+        paths.append(ds.save(tmp_path / f"with-pressure-{k}.npz"))
+        ds.pressure = None
+    out = tmp_path / "model"
+    assert main(["train", "--data", *map(str, paths), "--temperature-aware", "--preset", "tiny", "--epochs", "1",
+                 "--volume-from", "mapped", "--out", str(out)]) == 0
+    fitted = VolumeTermParams.load(out / "volume.json")
+    assert fitted.fit["terms"] == ["a", "c"] and "each data set's temperature" in fitted.fit["cg_pressure_from"]
+    refit = fit_thermal_volume_term(out, paths)
+    assert (refit.a, refit.c) == pytest.approx((fitted.a, fitted.c), rel=1e-9)
+    module, meta = load_exported(export_model(out, tmp_path / "model.pt", dtype="float64"))
+    assert meta["volume_term"]["c"] == pytest.approx(fitted.c, rel=1e-12)
+    for ds in datasets:
+        t = torch.tensor(ds.temperature, dtype=torch.float64)
+
+        def energy(pos, box, t=t):
+            with torch.no_grad():
+                return float(module(torch.tensor(pos), torch.tensor(box), t))
+
+        pressure = float(np.mean(virial_pressure(energy, ds.positions, ds.boxes, ds.temperature)))
+        assert pressure == pytest.approx(targets[ds.temperature], abs=0.5)
