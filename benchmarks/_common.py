@@ -76,8 +76,8 @@ class Settings:
     @classmethod
     def from_preset(cls, mode: str) -> "Settings":
         if mode == "quick":
-            return cls(mode="quick", archs=["tiny", "paper"], budget_s=300.0, warmup_steps=5, min_time_s=2.0,
-                       max_chunks=5, model_frames={"tiny": 10, "paper": 5},
+            return cls(mode="quick", archs=["tiny", "fast", "paper"], budget_s=300.0, warmup_steps=5,
+                       min_time_s=2.0, max_chunks=5, model_frames={"tiny": 10, "fast": 5, "paper": 5},
                        throughput_sizes=[64, 512], drift_timesteps_fs=[2.0, 4.0, 5.0, 6.0, 8.0], drift_min_beads=64,
                        drift_equilibration_ps=0.4, drift_nve_ps=1.0, drift_threshold=0.1, drift_samples=20,
                        overhead_sizes=[512], scaling_sizes=[256, 512, 1024, 2048], scaling_aa=True,
@@ -85,8 +85,8 @@ class Settings:
                        training_timed_batches=3, profile_size=512)
         if mode == "full":
             # sized for a 10-minute window on one H100/H200 (about 1.5 min per benchmark)
-            return cls(mode="full", archs=["tiny", "paper"], budget_s=90.0, warmup_steps=20, min_time_s=3.0,
-                       max_chunks=5, model_frames={"tiny": 6, "paper": 6},
+            return cls(mode="full", archs=["tiny", "fast", "paper"], budget_s=90.0, warmup_steps=20,
+                       min_time_s=3.0, max_chunks=5, model_frames={"tiny": 6, "fast": 6, "paper": 6},
                        throughput_sizes=[512, 4096], drift_timesteps_fs=[2.0, 4.0, 5.0, 6.0, 8.0], drift_min_beads=512,
                        drift_equilibration_ps=2.0, drift_nve_ps=4.0, drift_threshold=0.1, drift_samples=50,
                        overhead_sizes=[512, 4096], scaling_sizes=[512, 1024, 2048, 4096, 8192, 16384, 32768],

@@ -16,7 +16,7 @@ Benchmarks (``--only`` names):
 * ``mts``         multiple time stepping: largest stable outer step (NVE drift), speed against one
   time step, RDF MAD against single-step runs.
 
-The speed models are the "tiny" and "paper" presets trained for one epoch on synthetic lattice
+The speed models are the "tiny", "fast" (the distillation student) and "paper" presets trained for one epoch on synthetic lattice
 frames (speed does not depend on the weights; ``--model-dir`` uses a trained model instead).
 Each benchmark prints its JSON and a Markdown table; all of them go to
 ``<out>/<date>-<device>-<mode>.json`` and ``.md`` (written atomically; benchmarks of an earlier run
@@ -77,10 +77,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--total-budget", type=float, default=None,
                    help="wall-time budget of the whole run, s (after the models are trained): each benchmark "
                         "gets at most its share of what is left, e.g. 480 for a 10-minute GPU window")
-    p.add_argument("--archs", nargs="+", choices=["tiny", "paper"], default=None,
-                   help="network sizes to benchmark (TrainConfig presets; default: tiny and paper)")
+    p.add_argument("--archs", nargs="+", choices=["tiny", "fast", "paper"], default=None,
+                   help="network sizes to benchmark (TrainConfig presets; default: tiny, fast and paper)")
     p.add_argument("--model-dir", default=None,
-                   help="benchmark this trained model directory instead of 1-epoch tiny/paper models")
+                   help="benchmark this trained model directory instead of 1-epoch tiny/fast/paper models")
     p.add_argument("--workdir", default=None,
                    help="keep the benchmark models and data here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=None,

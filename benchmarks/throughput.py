@@ -18,7 +18,8 @@ import numpy as np
 from . import _common as C
 
 NAME = "throughput"
-TARGETS = {"cg_over_aa_gpu_at_4096": 10.0, "cg_over_aa_cpu": 1.0}
+TARGETS = {"cg_over_aa_gpu_at_4096": 10.0, "cg_over_aa_cpu": 1.0, "student_over_teacher": 5.0}
+STUDENT, TEACHER = "fast", "paper"   # the distillation student preset and its teacher
 
 
 def _drift_size(ctx: C.BenchmarkContext, model: C.ModelEntry) -> int:
@@ -140,7 +141,22 @@ def run(ctx: C.BenchmarkContext) -> dict[str, Any]:
         rows.append(row)
     return {"drift": drift, "rows": rows, "archs": archs, "sizes": list(s.throughput_sizes),
             "aa_timestep_fs": C.AA_TIMESTEP_PS * 1e3, "cg_timestep_fs": ctx.shared["cg_timestep_fs"],
-            "targets": TARGETS, "target_check": _targets(ctx, rows, archs)}
+            "targets": TARGETS, "target_check": _targets(ctx, rows, archs),
+            "student_vs_teacher": student_vs_teacher(rows)}
+
+
+def student_vs_teacher(rows: list[dict]) -> list[dict[str, Any]]:
+    """Per size where both ran: how much faster the `fast` student runs than the `paper` teacher, by step
+    time (the same time step) and by ns/day at each model's chosen time step."""
+    out = []
+    for row in rows:
+        st, te = row.get(f"cg_{STUDENT}", {}), row.get(f"cg_{TEACHER}", {})
+        if st.get("status") == "ok" and te.get("status") == "ok":
+            ratio = te["step_s"] / st["step_s"]
+            out.append({"n_molecules": row["n_molecules"], "step_time_ratio": ratio,
+                        "ns_per_day_ratio": st["ns_per_day"] / te["ns_per_day"],
+                        "target": TARGETS["student_over_teacher"], "met": ratio >= TARGETS["student_over_teacher"]})
+    return out
 
 
 def _targets(ctx: C.BenchmarkContext, rows: list[dict], archs: list[str]) -> dict[str, Any]:
@@ -194,6 +210,13 @@ def markdown(res: dict[str, Any]) -> str:
             drows.append([a, "", "", "", d["note"], "", "", "", ""])
     out.append(C.md_table(["model", "beads", "dt (fs)", "NVE ps", "drift (kT/ns/DOF)", "+-", "dE_tot/dE_kin",
                            "T (K)", ""], drows))
+    if res.get("student_vs_teacher"):
+        out += [f"The `{STUDENT}` student against the `{TEACHER}` teacher (target: >= "
+                f"{TARGETS['student_over_teacher']:g}x by step time):", ""]
+        out.append(C.md_table(["molecules", "step-time ratio", "ns/day ratio (each at its chosen step)", "met"],
+                              [[r["n_molecules"], r["step_time_ratio"], r["ns_per_day_ratio"],
+                                "yes" if r["met"] else "no"] for r in res["student_vs_teacher"]]))
+        out.append("")
     thr = next((d.get("threshold_kT_per_ns_per_dof") for d in res["drift"].values() if "rows" in d), None)
     out += ["", f"Time step rule: the largest tested time step with |drift| < {thr} kT/ns per degree of freedom "
                 "and no blow-up, every smaller tested one passing too (drift: least-squares slope of the total "

@@ -90,3 +90,24 @@ def test_budget_skips_instead_of_running(tmp_path):
     series = results["benchmarks"]["scaling"]["series"]
     assert all(r["status"].startswith("skipped") for rows in series.values() for r in rows)
     assert (tmp_path / results["files"]["json"].split("/")[-1]).exists()
+
+
+def test_student_against_teacher_compares_rows_where_both_ran():
+    """The `fast` student's speed-up over the `paper` teacher, per size: step-time ratio against the 5x target,
+    ns/day ratio at each model's own time step; sizes where one of them did not run are left out."""
+    from benchmarks.throughput import markdown, student_vs_teacher
+
+    rows = [{"n_molecules": 64, "aa": {"status": "ok", "ns_per_day": 1.0},
+             "cg_fast": {"status": "skipped: box"}, "cg_paper": {"status": "ok", "step_s": 0.1, "ns_per_day": 3.0}},
+            {"n_molecules": 512, "aa": {"status": "ok", "ns_per_day": 1.0},
+             "cg_fast": {"status": "ok", "step_s": 0.01, "ns_per_day": 40.0, "ns_per_day_at_2fs": 17.0},
+             "cg_paper": {"status": "ok", "step_s": 0.06, "ns_per_day": 8.0, "ns_per_day_at_2fs": 3.0}}]
+    result = student_vs_teacher(rows)
+    assert [r["n_molecules"] for r in result] == [512]
+    assert result[0]["step_time_ratio"] == pytest.approx(6.0) and result[0]["met"]
+    assert result[0]["ns_per_day_ratio"] == pytest.approx(5.0)
+    rows[1]["cg_fast"]["step_s"] = 0.02
+    assert not student_vs_teacher(rows)[0]["met"]
+    text = markdown({"archs": [], "rows": [], "drift": {}, "cg_timestep_fs": {}, "target_check": {},
+                     "student_vs_teacher": result})
+    assert "`fast` student against the `paper` teacher" in text
