@@ -210,13 +210,6 @@ def markdown(res: dict[str, Any]) -> str:
             drows.append([a, "", "", "", d["note"], "", "", "", ""])
     out.append(C.md_table(["model", "beads", "dt (fs)", "NVE ps", "drift (kT/ns/DOF)", "+-", "dE_tot/dE_kin",
                            "T (K)", ""], drows))
-    if res.get("student_vs_teacher"):
-        out += [f"The `{STUDENT}` student against the `{TEACHER}` teacher (target: >= "
-                f"{TARGETS['student_over_teacher']:g}x by step time):", ""]
-        out.append(C.md_table(["molecules", "step-time ratio", "ns/day ratio (each at its chosen step)", "met"],
-                              [[r["n_molecules"], r["step_time_ratio"], r["ns_per_day_ratio"],
-                                "yes" if r["met"] else "no"] for r in res["student_vs_teacher"]]))
-        out.append("")
     thr = next((d.get("threshold_kT_per_ns_per_dof") for d in res["drift"].values() if "rows" in d), None)
     out += ["", f"Time step rule: the largest tested time step with |drift| < {thr} kT/ns per degree of freedom "
                 "and no blow-up, every smaller tested one passing too (drift: least-squares slope of the total "
@@ -225,4 +218,10 @@ def markdown(res: dict[str, Any]) -> str:
               f"{'met' if c['met'] else ('not met' if c['met'] is not None else 'not measured')}"
               for a, c in res["target_check"].items()]
     out += ["Targets: " + "; ".join(checks)]
+    if res.get("student_vs_teacher"):
+        out += ["", f"The `{STUDENT}` student against the `{TEACHER}` teacher (target: >= "
+                f"{TARGETS['student_over_teacher']:g}x by step time):", ""]
+        out.append(C.md_table(["molecules", "step-time ratio", "ns/day ratio (each at its chosen step)", "met"],
+                              [[r["n_molecules"], r["step_time_ratio"], r["ns_per_day_ratio"],
+                                "yes" if r["met"] else "no"] for r in res["student_vs_teacher"]]))
     return "\n".join(out)
