@@ -105,17 +105,26 @@ class ExplicitForces(torch.nn.Module):
     """Forces (n_molecules, n_atoms_max, 3) of a one-block hippynn network with an HEnergy read-out,
     written out by hand, differentiable with respect to the network's weights (not the positions).
 
+    With ``entropy`` (the second HEnergy read-out B of a temperature-aware model of the "split" form,
+    :mod:`openmm_cgnn.thermal`) the energy is U = A + tau B with each frame's tau = (T - t_ref) / t_scale:
+    the read-out weight of every bead is then A's plus its frame's tau times B's. (The "input" form needs
+    nothing here: its tau is one more input feature, given with the others.)
+
     The hippynn modules are held by reference: every parameter is hippynn's own Parameter object.
     """
 
-    def __init__(self, network: torch.nn.Module, energy: torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, energy: torch.nn.Module, entropy: torch.nn.Module | None = None,
+                 t_ref: float = 0.0, t_scale: float = 1.0):
         super().__init__()
-        why = explicit_forces_unsupported(network, energy)
-        if why is not None:
-            raise NotImplementedError(f"explicit forces are not available for this network: {why}")
+        for read_out in (energy, entropy):
+            why = None if read_out is None else explicit_forces_unsupported(network, read_out)
+            if why is not None:
+                raise NotImplementedError(f"explicit forces are not available for this network: {why}")
         # registered first, so that every parameter is named (and moved between devices) as in hippynn's modules
         self.network = network
         self.energy = energy
+        self.entropy = entropy
+        self.t_ref, self.t_scale = float(t_ref), float(t_scale)
         resnet = bool(network.resnet)
         block = network.blocks[0]
         wrapped = block[0]
@@ -151,12 +160,21 @@ class ExplicitForces(torch.nn.Module):
             int_res, int_adjust = torch.nn.Identity(), torch.nn.Identity()
         self.block = _Block(inter, atoms, resnet, int_res, int_adjust)
         self.head = energy.layers[1]   # the read-out of the block's features; the input's has no force
+        self.entropy_head = entropy.layers[1] if entropy is not None else None
         self.hard_cutoff = float(lay.sensitivity.hard_max_dist)
 
-    def atom_forces(self, features: Tensor, nbr: Tensor, vec: Tensor, r: Tensor) -> Tensor:
+    def head_weights(self, temperature: Tensor, mol_index: Tensor) -> Tensor:
+        """(N, nf_out) the read-out weight of each real atom of a temperature-aware model: A's plus tau B's,
+        with tau from its frame's temperature ``temperature`` (n_molecules, 1) K; ``mol_index`` (N,) frames."""
+        tau = (temperature.reshape(-1).to(self.head.weight.dtype) - self.t_ref) / self.t_scale
+        return self.head.weight + tau[mol_index].unsqueeze(1) * self.entropy_head.weight
+
+    def atom_forces(self, features: Tensor, nbr: Tensor, vec: Tensor, r: Tensor,
+                    head_weight: Tensor | None = None) -> Tensor:
         """Forces (N, 3) on the batch's real atoms from their input features (N, nf_in) and their neighbour
         table: ``nbr`` (N, K) (empty slots = N), the slots' vectors r_j - r_i (3, N, K) and distances (N, K),
-        angstrom, with empty slots at twice the cutoff (see :class:`TableFromPairs`).
+        angstrom, with empty slots at twice the cutoff (see :class:`TableFromPairs`). ``head_weight``: the
+        read-out weight per atom (N, nf_out) (:meth:`head_weights`); None: the energy read-out's, for all.
 
         Every term but the final scatter belongs to one row (bead) of the table, so large batches are
         worked through in blocks of rows (:data:`ROW_BLOCK_ELEMENTS`): on a CPU, tensors above a few tens
@@ -173,8 +191,9 @@ class ExplicitForces(torch.nn.Module):
         try:
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
-                gx, gy, gz = _slot_gradient(self.block, features, vec[:, block], r[block], nbr[block],
-                                            self.head.weight, features[block])
+                head = self.head.weight if head_weight is None else head_weight[block]
+                gx, gy, gz = _slot_gradient(self.block, features, vec[:, block], r[block], nbr[block], head,
+                                            features[block])
                 # each slot's vector r_j - r_i: dE/dr_j = +g (scattered; empty slots land on row N), dE/dr_i = -g
                 slot_grad = torch.stack([gx, gy, gz], dim=2)  # (rows, K, 3)
                 grad = grad.index_add(0, nbr[block].reshape(-1), slot_grad.reshape(-1, 3))
@@ -184,9 +203,12 @@ class ExplicitForces(torch.nn.Module):
         return torch.cat(own) - grad[:n]   # -dE/dr
 
     def forward(self, features: Tensor, nbr: Tensor, vec: Tensor, r: Tensor, real_atoms: Tensor,
-                n_molecules: int, n_atoms_max: int) -> Tensor:
-        """Forces (n_molecules, n_atoms_max, 3), zero on padding atoms, as hippynn's -dE/dR."""
-        f = self.atom_forces(features, nbr, vec, r)
+                n_molecules: int, n_atoms_max: int, temperature: Tensor | None = None,
+                mol_index: Tensor | None = None) -> Tensor:
+        """Forces (n_molecules, n_atoms_max, 3), zero on padding atoms, as hippynn's -dE/dR; a model with
+        an entropy read-out takes each frame's ``temperature`` (n_molecules, 1) K and ``mol_index`` (N,)."""
+        head = None if self.entropy_head is None else self.head_weights(temperature, mol_index)
+        f = self.atom_forces(features, nbr, vec, r, head)
         out = f.new_zeros(n_molecules * n_atoms_max, 3).index_copy(0, real_atoms, f)
         return out.reshape(n_molecules, n_atoms_max, 3)
 
@@ -256,10 +278,16 @@ class TableFromSlots(torch.nn.Module):
 
 
 def explicit_force_node(name: str, network_node: Any, henergy_node: Any, padding_indexer: Any, pairs: Any = None,
-                        positions: Any = None, cell: Any = None) -> Any:
+                        positions: Any = None, cell: Any = None, features: Any = None, thermal: Any = None,
+                        hentropy_node: Any = None, temperature: Any = None) -> Any:
     """A hippynn node computing :class:`ExplicitForces` of ``network_node`` (its module, by reference) and
     ``henergy_node``, with the same index state (and the same database name, ``forces``) as the
     positions' gradient that ``MultiGradientNode`` makes.
+
+    ``features``: the network's input features node (default: the padding indexer's one-hot types; the
+    "input" form of a temperature-aware model gives its [types, tau] node). A "split" temperature-aware
+    model gives ``thermal`` (its :class:`~openmm_cgnn.thermal.TemperatureScale`), its second read-out
+    ``hentropy_node`` and the per-frame ``temperature`` input node.
 
     The neighbours come from ``pairs`` (a hippynn pair indexer) or, when it is None, from the cached
     tables ``slot_j``/``slot_shift`` of the database (:func:`openmm_cgnn.pair_cache.add_slot_arrays`)
@@ -272,6 +300,7 @@ def explicit_force_node(name: str, network_node: Any, henergy_node: Any, padding
 
     network = network_node.torch_module
     hard = float(network.dist_hard_max)
+    features = padding_indexer.indexed_features if features is None else features
 
     class NeighbourTable(MultiNode):
         _output_names = ("nbr", "vec", "r")
@@ -279,7 +308,7 @@ def explicit_force_node(name: str, network_node: Any, henergy_node: Any, padding
 
     if pairs is not None:
         NeighbourTable._input_names = ("features", "pair_first", "pair_second", "pair_coord")
-        table = NeighbourTable(f"{name}.table", (padding_indexer.indexed_features, pairs.pair_first,
+        table = NeighbourTable(f"{name}.table", (features, pairs.pair_first,
                                                   pairs.pair_second, pairs.pair_coord),
                                module=TableFromPairs(hard))
     else:
@@ -289,16 +318,21 @@ def explicit_force_node(name: str, network_node: Any, henergy_node: Any, padding
                                                   padding_indexer.inv_real_atoms, *arrays),
                                module=TableFromSlots(hard))
 
+    split = hentropy_node is not None
+
     class ExplicitForceNode(SingleNode):
         _index_state = IdxType.MolAtom
-        _input_names = ("features", "nbr", "vec", "r", "real_atoms", "n_molecules", "n_atoms_max")
+        _input_names = ("features", "nbr", "vec", "r", "real_atoms", "n_molecules", "n_atoms_max") + (
+            ("temperature", "mol_index") if split else ())
 
     # the export's layers that ExplicitForces builds (and fills with hippynn's) draw initial weights: keep
     # the random stream (batch order, ...) what it is with autograd forces
     with torch.random.fork_rng(devices=[]):
-        module = ExplicitForces(network, henergy_node.torch_module)
-    parents = (padding_indexer.indexed_features, table.nbr, table.vec, table.r, padding_indexer.real_atoms,
-               padding_indexer.n_molecules, padding_indexer.n_atoms_max)
+        module = (ExplicitForces(network, henergy_node.torch_module, hentropy_node.torch_module, thermal.t_ref,
+                                 thermal.t_scale) if split else ExplicitForces(network, henergy_node.torch_module))
+    parents = (features, table.nbr, table.vec, table.r, padding_indexer.real_atoms,
+               padding_indexer.n_molecules, padding_indexer.n_atoms_max) + (
+        (temperature, padding_indexer.mol_index) if split else ())
     node = ExplicitForceNode(name, parents, module=module)
     node.db_name = "forces"
     return node

@@ -83,7 +83,7 @@ class TrainConfig:
     ``force_mode``: "explicit" (default) computes the training forces of a one-block network as a
     closed expression of the weights (:mod:`openmm_cgnn.explicit_forces`: one backward pass per step);
     "autograd" differentiates hippynn's energy (a double backward). Both give the same loss and
-    gradients; deeper and temperature-aware networks always use autograd."""
+    gradients; networks of two or more interaction blocks always use autograd."""
 
     name: str = "paper"
     # network: HIP-NN-TS
@@ -355,11 +355,14 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
         from .thermal import add_thermal_energy
 
         temperature, hentropy, total = add_thermal_energy(network, henergy, thermal)
-    if force_mode == "explicit" and explicit_forces_available(network.torch_module, henergy.torch_module, thermal):
+    entropy = hentropy.torch_module if hentropy is not None else None
+    if force_mode == "explicit" and explicit_forces_available(network.torch_module, henergy.torch_module, entropy):
         from .explicit_forces import explicit_force_node
 
+        with_tau = thermal is not None and thermal.form == "input"   # the network's input features include tau
         force = explicit_force_node("forces", network, henergy, pdx, pairs=None if cached_pairs else pairs,
-                                    positions=positions, cell=cells)
+                                    positions=positions, cell=cells, features=features if with_tau else None,
+                                    thermal=thermal, hentropy_node=hentropy, temperature=temperature)
     else:
         grad = MultiGradientNode("forces", total, (positions,), signs=-1)
         force = grad.children[0]
@@ -367,13 +370,14 @@ def _build_graph(network_class: str, net_kwargs: dict[str, Any], pair_finder: st
     return _Graph(species, positions, cells, network, henergy, force, temperature, hentropy, total)
 
 
-def explicit_forces_available(network: torch.nn.Module, energy: torch.nn.Module, thermal: Any = None) -> bool:
-    """Whether ``force_mode = "explicit"`` applies to this hippynn network and HEnergy read-out: one
-    interaction block and no temperature dependence (:mod:`openmm_cgnn.explicit_forces`); otherwise
-    training falls back to autograd forces."""
+def explicit_forces_available(network: torch.nn.Module, energy: torch.nn.Module,
+                              entropy: torch.nn.Module | None = None) -> bool:
+    """Whether ``force_mode = "explicit"`` applies to this hippynn network and HEnergy read-out (and the
+    entropy read-out of a temperature-aware model of the "split" form): one interaction block
+    (:mod:`openmm_cgnn.explicit_forces`); otherwise training falls back to autograd forces."""
     from .explicit_forces import explicit_forces_unsupported
 
-    return thermal is None and explicit_forces_unsupported(network, energy) is None
+    return all(explicit_forces_unsupported(network, r) is None for r in (energy, entropy) if r is not None)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -762,8 +766,13 @@ class TrainingStep:
         self.device = resolve_device(device)
         sets = [dataset] if isinstance(dataset, CGDataset) else list(dataset)
         net_kw = network_kwargs(config, len(sets[0].type_names))
+        thermal = None
+        if config.temperature_aware:  # the data sets' temperatures, each frame's an input (as train() does)
+            from .thermal import temperature_scale
+
+            thermal = temperature_scale(sets, form=config.temperature_form)
         with _quiet_hippynn(io.StringIO()):
-            self.graph, modules, db_info = _assemble(config, _NETWORK_CLASSES[config.tensor_order], net_kw)
+            self.graph, modules, db_info = _assemble(config, _NETWORK_CLASSES[config.tensor_order], net_kw, thermal)
         self.model = modules.model.to(self.device, dtype)
         self.loss = modules.loss.to(self.device, dtype)
         t0 = time.perf_counter()
@@ -773,6 +782,10 @@ class TrainingStep:
             frames = _hippynn_arrays(sets, [ds.forces for ds in sets],
                                      [{"train": np.arange(ds.n_frames), "valid": [], "test": []} for ds in sets],
                                      np.float64)
+        if thermal is not None:
+            from .thermal import frame_temperatures
+
+            frames["temperature"] = frame_temperatures(sets)
         arrays = _with_pair_arrays(db_info, net_kw, frames)
         self.pair_seconds = time.perf_counter() - t0  # cost of caching the pairs (0 without a cache)
 

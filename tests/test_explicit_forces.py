@@ -74,17 +74,39 @@ def test_explicit_gradients_with_two_bead_types_and_padded_frames(row_block, mon
                                    msg=name)
 
 
-def test_two_interaction_blocks_and_temperature_aware_models_fall_back_to_autograd():
+def test_two_interaction_blocks_fall_back_to_autograd():
     from openmm_cgnn.training import explicit_forces_available
 
     ds = make_synthetic_dataset(None, n_frames=1, n_side=4, box_nm=1.6, seed=3)
     steps = _steps(ds, n_interaction_layers=2)
     assert not isinstance(getattr(steps["explicit"].graph.force, "torch_module", None), ExplicitForces)
     assert steps["explicit"].gradients()[0] == pytest.approx(steps["autograd"].gradients()[0], rel=1e-12)
+    assert not explicit_forces_available(steps["explicit"].graph.network.torch_module,
+                                         steps["explicit"].graph.henergy.torch_module)
     one_block = _steps(ds)["explicit"].graph
-    network, energy = one_block.network.torch_module, one_block.henergy.torch_module
-    assert explicit_forces_available(network, energy)
-    assert not explicit_forces_available(network, energy, thermal=object())
+    assert explicit_forces_available(one_block.network.torch_module, one_block.henergy.torch_module)
+
+
+@pytest.mark.parametrize("form", ["split", "input"])
+def test_temperature_aware_explicit_loss_and_gradients_equal_autograd(form):
+    """A batch of frames at two temperatures of a temperature-aware model: U = A + tau B ("split": the
+    read-out weight of each bead depends on its frame's temperature) or tau as an input feature ("input").
+    The loss and every parameter gradient (entropy read-out included) equal those of autograd forces."""
+    sets = [make_synthetic_dataset(None, n_frames=1, n_side=5, box_nm=2.0, seed=3 + k, temperature_K=t)
+            for k, t in enumerate((250.0, 350.0))]
+    steps = _steps(sets, temperature_aware=True, temperature_form=form)
+    graph = steps["explicit"].graph
+    assert isinstance(graph.force.torch_module, ExplicitForces)
+    assert (graph.hentropy is not None) == (form == "split")
+    loss_a, grads_a = steps["autograd"].gradients()
+    loss_e, grads_e = steps["explicit"].gradients()
+    assert loss_e == pytest.approx(loss_a, rel=1e-10)
+    assert grads_a.keys() == grads_e.keys()
+    if form == "split":
+        assert any(name.startswith("entropy.") and grads_a[name].abs().max() > 0 for name in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_e[name], grads_a[name], rtol=1e-8, atol=1e-12 * grads_a[name].abs().max(),
+                                   msg=name)
 
 
 def test_slot_tables_hold_every_pair_in_both_directions():
