@@ -128,6 +128,15 @@ def _training_labels(config: StudyConfig) -> list[str]:
     return list(dict.fromkeys(config.train_states + (config.multi_train_states if multi else [])))
 
 
+def _evaluation_only_labels(config: StudyConfig) -> list[str]:
+    """The evaluation state points that no training reference covers: their all-atom references run
+    beside the trainings (the harness then takes them as given data sets)."""
+    from .statepoints import parse_state_point
+
+    covered = {parse_state_point(label).label() for label in _training_labels(config)}
+    return [label for label in dict.fromkeys(config.eval_states) if parse_state_point(label).label() not in covered]
+
+
 def _training_reference(label: str, config: StudyConfig, data: Path, progress: bool) -> Path:
     """The all-atom run and CG data set at one training state point (reused when present)."""
     from .statepoints import parse_state_point
@@ -212,15 +221,16 @@ def _fit_pair_at_gnn_cutoff(datasets: list[Path], config: StudyConfig, folder: P
 
 
 def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True) -> tuple[list, list]:
-    """The study's first stage as pieces (:mod:`openmm_cgnn.cluster`): one all-atom reference per training
-    state point, then every model's training (the pair baseline after the first GNN, whose cutoff it
-    takes). Returns (pieces, models): models are (name, key of the piece that returns its file, training
-    state points), in the order of the study's table."""
+    """The study's first stage as pieces (:mod:`openmm_cgnn.cluster`): one all-atom reference per state
+    point (training and evaluation), and every model's training after its data (the pair baseline after
+    the first GNN, whose cutoff it takes). Returns (pieces, models): models are (name, key of the piece
+    that returns its file, training state points), in the order of the study's table."""
     from .cluster import Piece, Result
 
     out = Path(out)
     pieces = [Piece(f"data/{label}", _training_reference, (label, config, out / "data", progress), gpu=True,
-                    label=f"all-atom reference {label}") for label in _training_labels(config)]
+                    label=f"all-atom reference {label}")
+              for label in _training_labels(config) + _evaluation_only_labels(config)]
 
     def data(labels: list[str]) -> list:
         return [Result(f"data/{label}") for label in labels]
@@ -251,12 +261,12 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
 
     ``cluster``: where the pieces run (:mod:`openmm_cgnn.cluster`): None in this process, one after the
     other; a ``ClusterConfig`` on Dask (a local cluster sized to the machine, or ``scheduler=``). The
-    training references and the models' trainings run first (in parallel where they can), then every
-    model's comparison at every state point as one graph; the all-atom reference of a state point is
-    run once and shared by every model, as in the serial order.
+    all-atom references of every state point (in ``data/``) and the models' trainings run first (in
+    parallel where they can: the evaluation references beside the trainings), then every model's
+    comparison at every state point as one graph, each taking the references as given data sets.
     """
     from .files import make_output_dir
-    from .cluster import failures, runner_for
+    from .cluster import PieceFailure, failures, runner_for
 
     config = config or StudyConfig()
     out = Path(out)
@@ -271,12 +281,14 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
             pieces, models = training_pieces(config, out.absolute(), progress=False)
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
-        for failure in failures(trained).values():   # every model needs its data: stop at the first error
-            if failure.cause is None:
+        evaluation_only = {f"data/{label}" for label in _evaluation_only_labels(config)}
+        for key, failure in failures(trained).items():   # every model needs its data: stop at the first error
+            if failure.cause is None and key not in evaluation_only:  # (the harness retries those and records it)
                 failure.reraise()
-        refs = {label: trained[f"data/{label}"] for label in _training_labels(config)}
+        refs = [Path(trained[f"data/{label}"]) for label in _training_labels(config) + _evaluation_only_labels(config)
+                if not isinstance(trained[f"data/{label}"], PieceFailure)]
         paths = [(name, Path(trained[key]), states) for name, key, states in models]
-        reports = _compare_all(paths, config, out, list(refs.values()), runner, progress)
+        reports = _compare_all(paths, config, out, refs, runner, progress)
     rows: list[dict[str, Any]] = []
     for (name, _, trained_at), report in zip(paths, reports):
         rows.extend(_rows(name, trained_at, report))
@@ -305,8 +317,9 @@ def _log_failure(piece: Any, value: Any) -> list[str]:
 def _compare_all(models: list[tuple[str, Path, list[str]]], config: StudyConfig, out: Path, known_refs: list[Path],
                  runner: Any, progress: bool) -> list[dict[str, Any]]:
     """Every model's harness report at the evaluation state points: existing reports are read, the others
-    compared in one graph. The first model compared runs the all-atom references that no data set covers;
-    the others use them (as given references) once they exist, as the serial study did."""
+    compared in one graph. ``known_refs``: the study's reference data sets (normally one per state point,
+    from :func:`training_pieces`); the first model compared runs any reference that none covers (one that
+    failed there), and the others use it (as a given reference) once it exists."""
     from .cluster import Result
     from .harness import plan_comparison
     from .statepoints import parse_state_points
@@ -321,7 +334,7 @@ def _compare_all(models: list[tuple[str, Path, list[str]]], config: StudyConfig,
         report_dir = out / "models" / name / "report"
         if (report_dir / "report.json").exists():
             reports[name] = json.loads((report_dir / "report.json").read_text())
-            _add_computed_refs(reports[name], report_dir, known_refs)
+            _add_computed_refs(reports[name], report_dir, known_refs, points)
             continue
         plan = plan_comparison(path, points, report_dir, harness_config, reference_datasets=known_refs,
                                overwrite=True, progress=progress, key_prefix=f"{name}/",
@@ -347,14 +360,25 @@ def _compare_all(models: list[tuple[str, Path, list[str]]], config: StudyConfig,
     return [reports[name] for name, _, _ in models]
 
 
-def _add_computed_refs(report: dict[str, Any], report_dir: Path, known_refs: list[Path]) -> None:
-    """The reference data sets a finished report computed (or reused), for the models compared after it."""
+def _add_computed_refs(report: dict[str, Any], report_dir: Path, known_refs: list[Path], points: list) -> None:
+    """The reference data sets a finished report computed (or reused), for the models compared after it,
+    where no known data set serves that state point already (a study begun before the evaluation
+    references ran beside the trainings has them in its first model's report). ``points``: the
+    evaluation state points."""
+    from .harness import _dataset_metadata
+
+    def served(path: Path) -> set[int]:
+        state = _dataset_metadata(path).get("state", {})
+        return {i for i, sp in enumerate(points) if sp.matches(state)}
+
+    taken = set().union(*(served(p) for p in known_refs)) if known_refs else set()
     for sp in report["state_points"]:
         ds = (sp.get("reference") or {}).get("dataset")
         if ds and sp["reference"].get("source") != "given":
             candidate = report_dir / ds
-            if candidate.exists() and candidate not in known_refs:
+            if candidate.exists() and candidate not in known_refs and not served(candidate) & taken:
                 known_refs.append(candidate)
+                taken |= served(candidate)
 
 
 def _rows(name: str, trained_at: list[str], report: dict[str, Any]) -> list[dict[str, Any]]:

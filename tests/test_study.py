@@ -30,15 +30,15 @@ def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
     for name in ("rdf_mad_vs_T.png", "adf_l1_vs_T.png", "relative_error.png"):
         assert mpimg.imread(tmp_path / "study" / name).shape[0] > 100
     assert "![RDF MAD vs T](rdf_mad_vs_T.png)" in (tmp_path / "study" / "study.md").read_text()
-    # each all-atom reference ran once: the first model's comparison ran those no training data set covers,
-    # the pair baseline's used them
+    # each all-atom reference ran once, in the study's first stage (beside the trainings): every comparison
+    # took them as given data sets and ran none of its own
     sources = {m: [sp["reference"]["source"] for sp in json.loads(
         (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
         for m in ("hipnn-ts-l2", THERMAL, "pair-fm")}
-    assert sources == {"hipnn-ts-l2": ["given", "given", "computed", "computed"], THERMAL: ["given"] * 4,
-                       "pair-fm": ["given"] * 4}
-    assert not (tmp_path / "study" / "models" / "pair-fm" / "report" / "state_points" / "450K_0.787gcm3"
-                / "reference-aa.npz").exists()
+    assert sources == {"hipnn-ts-l2": ["given"] * 4, THERMAL: ["given"] * 4, "pair-fm": ["given"] * 4}
+    assert sorted(p.name for p in (tmp_path / "study" / "data").glob("*-cg.npz")) == [
+        "300K_0.787gcm3-cg.npz", "300K_1bar-cg.npz", "400K_0.787gcm3-cg.npz", "450K_0.787gcm3-cg.npz"]
+    assert not list((tmp_path / "study" / "models").glob("*/report/state_points/*/reference-aa.npz"))
     _check_thermal_model(tmp_path / "study", result)
 
 
@@ -84,6 +84,9 @@ def test_study_pieces_train_every_model_after_its_data(tmp_path):
     needs = {p.key: set(p.needs()) for p in pieces}
     assert [m[0] for m in models] == [v.name for v in cfg.variants] + ["hipnn-ts-l2-multi", THERMAL, "pair-fm"]
     assert needs["data/300K:0.787g/cm3"] == needs["data/400K:0.787g/cm3"] == set()
+    # the evaluation state points' references need nothing either: they run beside the trainings
+    assert {k for k in needs if k.startswith("data/")} == {f"data/{s}" for s in cfg.eval_states + ["400K:0.787g/cm3"]}
+    assert all(needs[f"data/{s}"] == set() for s in cfg.eval_states)
     for v in cfg.variants:
         assert needs[f"train/{v.name}"] == {"data/300K:0.787g/cm3"}
     assert needs["train/hipnn-ts-l2-multi"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
