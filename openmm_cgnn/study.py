@@ -128,13 +128,21 @@ def _training_labels(config: StudyConfig) -> list[str]:
     return list(dict.fromkeys(config.train_states + (config.multi_train_states if multi else [])))
 
 
-def _evaluation_only_labels(config: StudyConfig) -> list[str]:
+def _evaluation_only_labels(config: StudyConfig, out: Path) -> list[str]:
     """The evaluation state points that no training reference covers: their all-atom references run
-    beside the trainings (the harness then takes them as given data sets)."""
+    beside the trainings (the harness then takes them as given data sets). Left out: those whose
+    reference a model's report in ``out`` already holds (a study begun before this order; the
+    comparisons reuse it)."""
     from .statepoints import parse_state_point
 
     covered = {parse_state_point(label).label() for label in _training_labels(config)}
-    return [label for label in dict.fromkeys(config.eval_states) if parse_state_point(label).label() not in covered]
+    labels = []
+    for label in dict.fromkeys(config.eval_states):
+        sp = parse_state_point(label)
+        if sp.label() not in covered and not any(
+                (out / "models").glob(f"*/report/state_points/{sp.slug()}/reference-cg.npz")):
+            labels.append(label)
+    return labels
 
 
 def _training_reference(label: str, config: StudyConfig, data: Path, progress: bool) -> Path:
@@ -230,7 +238,7 @@ def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True)
     out = Path(out)
     pieces = [Piece(f"data/{label}", _training_reference, (label, config, out / "data", progress), gpu=True,
                     label=f"all-atom reference {label}")
-              for label in _training_labels(config) + _evaluation_only_labels(config)]
+              for label in _training_labels(config) + _evaluation_only_labels(config, out)]
 
     def data(labels: list[str]) -> list:
         return [Result(f"data/{label}") for label in labels]
@@ -274,6 +282,7 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     write_json_atomic(out / "study_config.json", asdict(config))
     started = time.perf_counter()
     pieces, models = training_pieces(config, out, progress)
+    evaluation_only = [f"data/{label}" for label in _evaluation_only_labels(config, out)]
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
     with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
         if runner.parallel:       # workers do not print (the runner prints a line per finished piece), and
@@ -281,12 +290,11 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
             pieces, models = training_pieces(config, out.absolute(), progress=False)
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
-        evaluation_only = {f"data/{label}" for label in _evaluation_only_labels(config)}
         for key, failure in failures(trained).items():   # every model needs its data: stop at the first error
             if failure.cause is None and key not in evaluation_only:  # (the harness retries those and records it)
                 failure.reraise()
-        refs = [Path(trained[f"data/{label}"]) for label in _training_labels(config) + _evaluation_only_labels(config)
-                if not isinstance(trained[f"data/{label}"], PieceFailure)]
+        refs = [Path(trained[key]) for key in [f"data/{label}" for label in _training_labels(config)] + evaluation_only
+                if not isinstance(trained[key], PieceFailure)]
         paths = [(name, Path(trained[key]), states) for name, key, states in models]
         reports = _compare_all(paths, config, out, refs, runner, progress)
     rows: list[dict[str, Any]] = []

@@ -95,6 +95,12 @@ def test_study_pieces_train_every_model_after_its_data(tmp_path):
     assert needs["train/pair-fm"] == {"data/300K:0.787g/cm3", f"train/{cfg.variants[0].name}"}
     assert graph_width(pieces) == len(cfg.variants) + 2          # every GNN trains at the same time
     assert not list(tmp_path.iterdir())                          # planning runs nothing
+    # a study begun when the first model's comparison ran these references: the one it holds is not run again
+    held = tmp_path / "models" / "hipnn-l0" / "report" / "state_points" / "500K_0.787gcm3" / "reference-cg.npz"
+    held.parent.mkdir(parents=True)
+    held.touch()
+    keys = {p.key for p in training_pieces(cfg, tmp_path)[0]}
+    assert "data/500K:0.787g/cm3" not in keys and "data/250K:0.787g/cm3" in keys
 
 
 def _row(model, state, mad, se, trained=False, floor=0.02, floor_se=0.002):
