@@ -461,8 +461,9 @@ def _add_study(sub) -> None:
     studies = p.add_subparsers(dest="study", required=True)
     t = studies.add_parser("transfer", help="HIP-NN(-TS) variants against a pairwise force-matched baseline",
                            description="Train HIP-NN (l=0), HIP-NN-TS (l=1, 2; 1 and 2 interaction layers), an l=2 "
-                                       "model on two state points, a temperature-aware model U(R, T) on the same two "
-                                       "and a pair force-matching baseline, then compare all of them with the "
+                                       "model on two state points, a temperature-aware model U(R, T) on the same two, "
+                                       "a fast student distilled from the l=2 model (full preset) and a pair "
+                                       "force-matching baseline, then compare all of them with the "
                                        "harness across temperatures and at constant pressure.")
     t.add_argument("--preset", default="small", choices=["toy", "small", "medium", "full"],
                    help="toy: under a minute (tests); small: a CPU hour; medium: a few hours on a CPU (216 "

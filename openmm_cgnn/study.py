@@ -44,6 +44,8 @@ class Variant:
 
 MULTI_VARIANT = "hipnn-ts-l2-multi"      # HIP-NN-TS l=2 trained on multi_train_states, no temperature input
 THERMAL_VARIANT = "hipnn-ts-l2-thermal"  # the temperature-aware model, trained on multi_train_states
+TEACHER, STUDENT = "hipnn-ts-l2", "hipnn-ts-l2-student"   # the distillation (student_preset): teacher -> student
+STUDENT_TARGET = 1.2                     # a student's RDF MAD and ADF L1 within 20 % of its teacher's
 GROWTH_TARGET = 1.3                      # issue target: error growth <= 1.3x to the farthest temperature
 
 
@@ -67,6 +69,8 @@ class StudyConfig:
     thermal_variant: bool = True             # also train the temperature-aware model on multi_train_states
     pair_baseline: bool = True
     pair_cutoff: float | None = None         # nm; None: the GNN's cutoff, capped at half the box
+    student_preset: str | None = None        # distil hipnn-ts-l2 into this TrainConfig preset ("fast") as one more
+    #                                          model, hipnn-ts-l2-student, on the teacher's training data
     train_preset: str = "tiny"
     max_epochs: int | None = 6
     harness_preset: str = "default"
@@ -77,22 +81,24 @@ class StudyConfig:
 
     @classmethod
     def from_preset(cls, name: str) -> "StudyConfig":
-        """``"toy"``: under a minute (tests: HIP-NN-TS l=2, the temperature-aware model and the pair
-        baseline at four state points); ``"small"``: a CPU hour (64 molecules, tiny networks for 6
-        epochs, 35 ps CG runs); ``"medium"``: a few hours on a 2-core CPU (216 molecules, the ``fast``
-        student network for up to 40 epochs, 20 + 100 ps all-atom references, 5 + 50 ps CG runs: see
-        ``MEDIUM``); ``"full"``: the paper network and sizes, for a GPU."""
+        """``"toy"``: about a minute (tests: HIP-NN-TS l=2, a student distilled from it, the
+        temperature-aware model and the pair baseline at four state points); ``"small"``: a CPU hour (64
+        molecules, tiny networks for 6 epochs, 35 ps CG runs); ``"medium"``: a few hours on a 2-core CPU
+        (216 molecules, the ``fast`` student network for up to 40 epochs, 20 + 100 ps all-atom references,
+        5 + 50 ps CG runs: see ``MEDIUM``); ``"full"``: the paper network and sizes, and the ``fast``
+        student distilled from it, for a GPU."""
         if name == "small":
             return cls()
         if name == "medium":
             return cls(preset="medium", **copy.deepcopy(MEDIUM))
-        if name == "toy":  # the test suite: three models, four state points, seconds each
+        if name == "toy":  # the test suite: four models, four state points, seconds each
             return cls(preset="toy", variants=[Variant("hipnn-ts-l2", 2)], multi_variant=False,
                        eval_states=["300K:0.787g/cm3", "400K:0.787g/cm3", "450K:0.787g/cm3", "300K:1bar"],
-                       max_epochs=1,
+                       max_epochs=1, student_preset="tiny",
                        harness_preset="tiny")
         if name == "full":
             return cls(preset="full", n_molecules=512, train_preset="paper", max_epochs=None, harness_preset="full",
+                       student_preset="fast",
                        eval_states=["250K:0.787g/cm3", "300K:0.787g/cm3", "350K:0.787g/cm3", "400K:0.787g/cm3",
                                     "450K:0.787g/cm3", "500K:0.787g/cm3", "300K:1bar", "350K:1bar",
                                     "400K:1bar"])
@@ -196,6 +202,24 @@ def _train_variant(variant: Variant, datasets: list[Path], config: StudyConfig, 
     return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
 
 
+def _distil_student(teacher_pt: Path, datasets: list[Path], config: StudyConfig, folder: Path,
+                    verbose: bool = True) -> Path:
+    """The ``student_preset`` network trained on the forces of the teacher (the model directory beside its
+    exported ``teacher_pt``) over the teacher's training frames (:func:`openmm_cgnn.distill.distill`)."""
+    from .distill import distill
+    from .export import export_model
+    from .training import TrainConfig
+
+    model_pt = folder / "model.pt"
+    if model_pt.exists():
+        return model_pt
+    tc = TrainConfig.from_preset(config.student_preset)
+    if config.max_epochs is not None:
+        tc.max_epochs = config.max_epochs
+    distill(Path(teacher_pt).parent / "model", datasets, tc, folder / "model", overwrite=True, verbose=verbose)
+    return export_model(folder / "model", model_pt, dtype="float32", overwrite=True)
+
+
 def _fit_pair(datasets: list[Path], config: StudyConfig, folder: Path, gnn_cutoff_nm: float) -> Path:
     from .baselines import fit_pair_force_matching
     from .dataset import CGDataset
@@ -254,6 +278,14 @@ def training_pieces(config: StudyConfig, out: str | Path, progress: bool = True)
         pieces.append(Piece(key, _train_variant, (v, data(states), config, out / "models" / v.name, progress),
                             gpu=True, label=f"training {v.name}"))
         models.append((v.name, key, states))
+    if config.student_preset is not None:
+        if f"train/{TEACHER}" not in {key for _, key, _ in models}:
+            raise ConfigError(f"student_preset needs the teacher {TEACHER!r} among the variants", "student_preset")
+        key = f"train/{STUDENT}"
+        pieces.append(Piece(key, _distil_student, (Result(f"train/{TEACHER}"), data(config.train_states), config,
+                                                   out / "models" / STUDENT, progress),
+                            gpu=True, label=f"distilling {STUDENT} from {TEACHER}"))
+        models.append((STUDENT, key, config.train_states))
     if config.pair_baseline:
         first = Result(models[0][1]) if models else None
         pieces.append(Piece("train/pair-fm", _fit_pair_at_gnn_cutoff,
@@ -659,13 +691,40 @@ def _conclude(rows: list[dict[str, Any]], config: StudyConfig) -> dict[str, Any]
             line += (f" The same data without the temperature ({MULTI_VARIANT}): "
                      f"{_pm(multi['growth'], multi['growth_se'], '.2f')}x to {multi['farthest_K']:g} K.")
         lines.append(line)
+    student = _student_line(per_model)
+    if student is not None:
+        lines.append(student["line"])
     if config.preset in ("toy", "small", "medium"):
         lines.append(f"Preset '{config.preset}': {config.n_molecules} molecules, CPU-sized runs and networks. "
                      "The error bars cover the sampling noise of the runs only, not the spread between networks "
                      "trained again (compare the variants); use --preset full on a GPU for a conclusion.")
     return {"per_model": per_model, "lines": lines, "n_sigma": N_SIGMA, "claim": claim,
             "gnn_to_pair_ratio": ratio, "gnn_to_pair_ratio_se": ratio_se,
-            "thermal_growth": thermal_growth, "thermal_claim": thermal_claim, "growth_target": GROWTH_TARGET}
+            "thermal_growth": thermal_growth, "thermal_claim": thermal_claim, "growth_target": GROWTH_TARGET,
+            "student": student}
+
+
+def _student_line(per_model: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The distilled student's mean off-training RDF MAD against its teacher's: the ratio with its
+    propagated standard error, "within" the 1.2x target only when ratio + 2 SE <= 1.2, "beyond" only when
+    ratio - 2 SE > 1.2 (otherwise the data cannot tell)."""
+    st, te = per_model.get(STUDENT), per_model.get(TEACHER)
+    if not st or not te or st["off_rdf_mad_mean"] is None or not te["off_rdf_mad_mean"]:
+        return None
+    ratio = st["off_rdf_mad_mean"] / te["off_rdf_mad_mean"]
+    se = _ratio_se(st["off_rdf_mad_mean"], st["off_rdf_mad_mean_se"], te["off_rdf_mad_mean"],
+                   te["off_rdf_mad_mean_se"])
+    if se is None:
+        verdict = None
+    else:
+        verdict = 1 if ratio + N_SIGMA * se <= STUDENT_TARGET else (-1 if ratio - N_SIGMA * se > STUDENT_TARGET else 0)
+    words = {1: f"within the {STUDENT_TARGET:g}x target beyond {N_SIGMA:g} sigma",
+             -1: f"beyond the {STUDENT_TARGET:g}x target by more than {N_SIGMA:g} sigma",
+             0: f"the data cannot tell whether it is within {STUDENT_TARGET:g}x", None: "no error bars"}[verdict]
+    line = (f"Distilled student ({STUDENT}, from {TEACHER}): off-training RDF MAD "
+            f"{_pm(st['off_rdf_mad_mean'], st['off_rdf_mad_mean_se'])} vs the teacher's "
+            f"{_pm(te['off_rdf_mad_mean'], te['off_rdf_mad_mean_se'])}, ratio {_pm(ratio, se, '.2f')}: {words}.")
+    return {"ratio": ratio, "ratio_se": se, "target": STUDENT_TARGET, "verdict": verdict, "line": line}
 
 
 def _per_state_verdicts(rows: list[dict[str, Any]]) -> str:

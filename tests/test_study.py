@@ -1,13 +1,16 @@
 """The transferability study runs end to end at toy size and writes its table, plots and conclusion."""
 
 import json
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
 
+from openmm_cgnn.errors import ConfigError
 from openmm_cgnn.study import StudyConfig, conclude, error_growth, run_transfer_study
 
 THERMAL = "hipnn-ts-l2-thermal"
+STUDENT = "hipnn-ts-l2-student"
 
 
 @pytest.mark.slow
@@ -15,11 +18,18 @@ def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
     cfg = StudyConfig.from_preset("toy")
     result = run_transfer_study(tmp_path / "study", cfg, progress=False)
     models = {r["model"] for r in result["rows"]}
-    assert models == {"hipnn-ts-l2", THERMAL, "pair-fm"}
-    assert len(result["rows"]) == 3 * len(cfg.eval_states)
+    assert models == {"hipnn-ts-l2", STUDENT, THERMAL, "pair-fm"}
+    assert len(result["rows"]) == 4 * len(cfg.eval_states)
     trained = {(r["model"], r["state"]) for r in result["rows"] if r["in_training"]}
     assert trained == {("hipnn-ts-l2", "300K:0.787g/cm3"), ("pair-fm", "300K:0.787g/cm3"),
-                       (THERMAL, "300K:0.787g/cm3"), (THERMAL, "400K:0.787g/cm3")}
+                       (STUDENT, "300K:0.787g/cm3"), (THERMAL, "300K:0.787g/cm3"), (THERMAL, "400K:0.787g/cm3")}
+    # the student learnt from the teacher's forces (not the mapped ones), and the conclusion compares the two
+    from openmm_cgnn.distill import distillation_info
+
+    info = distillation_info(tmp_path / "study" / "models" / STUDENT / "model")
+    assert Path(info["teacher"]) == tmp_path / "study" / "models" / "hipnn-ts-l2" / "model"
+    student = result["conclusion"]["student"]
+    assert student["line"] in result["conclusion"]["lines"] and student["ratio"] > 0
     for r in result["rows"]:
         if r["status"] == "complete":
             assert r["rdf_mad"] is not None and r["rdf_mad"] >= 0
@@ -34,8 +44,8 @@ def test_toy_study_writes_rows_for_every_model_and_state(tmp_path):
     # took them as given data sets and ran none of its own
     sources = {m: [sp["reference"]["source"] for sp in json.loads(
         (tmp_path / "study" / "models" / m / "report" / "report.json").read_text())["state_points"]]
-        for m in ("hipnn-ts-l2", THERMAL, "pair-fm")}
-    assert sources == {"hipnn-ts-l2": ["given"] * 4, THERMAL: ["given"] * 4, "pair-fm": ["given"] * 4}
+        for m in ("hipnn-ts-l2", STUDENT, THERMAL, "pair-fm")}
+    assert all(s == ["given"] * 4 for s in sources.values())
     assert sorted(p.name for p in (tmp_path / "study" / "data").glob("*-cg.npz")) == [
         "300K_0.787gcm3-cg.npz", "300K_1bar-cg.npz", "400K_0.787gcm3-cg.npz", "450K_0.787gcm3-cg.npz"]
     assert not list((tmp_path / "study" / "models").glob("*/report/state_points/*/reference-aa.npz"))
@@ -91,6 +101,14 @@ def test_study_pieces_train_every_model_after_its_data(tmp_path):
         assert needs[f"train/{v.name}"] == {"data/300K:0.787g/cm3"}
     assert needs["train/hipnn-ts-l2-multi"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
     assert needs[f"train/{THERMAL}"] == {"data/300K:0.787g/cm3", "data/400K:0.787g/cm3"}
+    # a distilled student waits for its teacher; without a teacher among the variants it is refused
+    student = StudyConfig.from_preset("small")
+    student.student_preset = "tiny"
+    needs_student = {p.key: set(p.needs()) for p in training_pieces(student, tmp_path)[0]}
+    assert needs_student[f"train/{STUDENT}"] == {"train/hipnn-ts-l2", "data/300K:0.787g/cm3"}
+    student.variants = [v for v in student.variants if v.name != "hipnn-ts-l2"]
+    with pytest.raises(ConfigError, match="student_preset needs the teacher"):
+        training_pieces(student, tmp_path)
     # the pair baseline takes the first GNN's cutoff, so it waits for that model
     assert needs["train/pair-fm"] == {"data/300K:0.787g/cm3", f"train/{cfg.variants[0].name}"}
     assert graph_width(pieces) == len(cfg.variants) + 2          # every GNN trains at the same time
@@ -270,3 +288,20 @@ def test_error_growth_says_when_its_errors_are_sampling_noise():
     assert noisy["thermal_growth"]["farthest_above_floor"] == 0
     line = next(x for x in noisy["lines"] if x.startswith("Temperature-aware model"))
     assert "its error at 500 K is not above the noise floor by 2 sigma" in line
+
+
+def test_student_is_within_its_target_only_beyond_two_sigma():
+    """The student's off-training RDF MAD over its teacher's, against 1.2x: within only when ratio + 2 SE <= 1.2,
+    beyond only when ratio - 2 SE > 1.2, otherwise the data cannot tell."""
+    def verdict(student, se):
+        rows = [_row("hipnn-ts-l2", "300K:0.787g/cm3", 0.05, 0.002, trained=True),
+                _row("hipnn-ts-l2", "400K:0.787g/cm3", 0.10, 0.002),
+                _row(STUDENT, "300K:0.787g/cm3", 0.05, 0.002, trained=True),
+                _row(STUDENT, "400K:0.787g/cm3", student, se)]
+        return conclude(rows, StudyConfig.from_preset("small"))["student"]
+
+    assert verdict(0.105, 0.002)["verdict"] == 1
+    assert verdict(0.105, 0.002)["ratio"] == pytest.approx(1.05)
+    assert verdict(0.150, 0.002)["verdict"] == -1
+    assert verdict(0.118, 0.004)["verdict"] == 0
+    assert "cannot tell" in verdict(0.118, 0.004)["line"]
