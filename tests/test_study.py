@@ -258,7 +258,7 @@ def test_medium_preset_has_every_cpu_model_at_five_temperatures(tmp_path):
     assert cfg.preset == "medium" and cfg.n_molecules == 216 and cfg.train_preset == "fast"
     _, models = training_pieces(cfg, tmp_path)
     assert [m[0] for m in models] == ["hipnn-l0", "hipnn-ts-l1", "hipnn-ts-l2", "hipnn-ts-l2-multi", THERMAL,
-                                      "pair-fm"]
+                                      STUDENT, "pair-fm"]
     assert [s for s in cfg.eval_states if s.endswith("g/cm3")] == [
         f"{t}K:0.787g/cm3" for t in (250, 300, 350, 400, 500)]
     hc = _harness_config(cfg)
