@@ -35,7 +35,8 @@ from .training import TrainConfig, TrainedModel, load_datasets, load_trained, pr
 
 def teacher_labels(teacher: TrainedModel | str | Path, dataset: CGDataset, batch_size: int = 8) -> CGDataset:
     """``dataset`` with its forces and potential energies replaced by the teacher's predictions
-    (network + prior, plus the bonded terms of multi-bead molecules; kJ/mol/nm and kJ/mol)."""
+    (network + prior, plus the bonded terms of multi-bead molecules; kJ/mol/nm and kJ/mol). The frames'
+    all-atom pressures stay: the student's volume term is pressure-matched to them, as any model's."""
     if not isinstance(teacher, TrainedModel):
         teacher = load_trained(teacher)
     if list(dataset.type_names) != teacher.type_names:
@@ -53,7 +54,7 @@ def teacher_labels(teacher: TrainedModel | str | Path, dataset: CGDataset, batch
     meta = dict(dataset.metadata)
     meta["labels"] = {"kind": "teacher", "teacher": str(teacher.model_dir)}
     return CGDataset(dataset.positions, forces, dataset.boxes, energies, dataset.bead_types, dataset.type_names,
-                     dataset.bead_masses, dataset.bead_residues, meta)
+                     dataset.bead_masses, dataset.bead_residues, meta, pressure=dataset.pressure)
 
 
 def frames_of_cg_run(run_dir: str | Path, like: CGDataset) -> CGDataset:

@@ -191,3 +191,20 @@ def test_distilled_student_is_closer_to_the_teacher_than_a_student_of_the_mapped
     distilled, mapped = rmse_to_teacher(student), rmse_to_teacher(direct)
     print(f"RMSE to the teacher on held-out frames: distilled {distilled:.4g}, direct {mapped:.4g} kJ/mol/nm")
     assert distilled < 0.8 * mapped
+
+
+def test_teacher_labels_keep_the_all_atom_pressures(tmp_path):
+    """Distillation replaces the forces (and energies), not the frames' all-atom pressures, so that the
+    student's volume term is pressure-matched to the all-atom pressure like any model's."""
+    from openmm_cgnn.distill import teacher_labels
+
+    data = tmp_path / "data.npz"
+    config = _learnable(data, noise=5.0, seed=3)
+    config.max_epochs = 1
+    teacher = train([data], config, tmp_path / "teacher", verbose=False)
+    ds = CGDataset.load(data)
+    ds.pressure = np.linspace(-50.0, 50.0, ds.n_frames)
+    labelled = teacher_labels(teacher, ds)
+    np.testing.assert_array_equal(labelled.pressure, ds.pressure)
+    _, f_teacher = predict_hippynn(teacher, ds.positions, ds.boxes, ds.bead_types)
+    np.testing.assert_allclose(labelled.forces, f_teacher, rtol=1e-6, atol=1e-6)
