@@ -152,7 +152,7 @@ def _evaluation_only_labels(config: StudyConfig, out: Path) -> list[str]:
 
 
 def _training_reference(label: str, config: StudyConfig, data: Path, progress: bool) -> Path:
-    """The all-atom run and CG data set at one training state point (reused when present)."""
+    """The all-atom run and CG data set at one state point of the study (reused when present)."""
     from .statepoints import parse_state_point
     from .mapping import map_reference
     from .reference import ReferenceConfig, run_reference
@@ -314,7 +314,8 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
     write_json_atomic(out / "study_config.json", asdict(config))
     started = time.perf_counter()
     pieces, models = training_pieces(config, out, progress)
-    evaluation_only = [f"data/{label}" for label in _evaluation_only_labels(config, out)]
+    training_refs = {f"data/{label}" for label in _training_labels(config)}
+    ref_keys = [p.key for p in pieces if p.key.startswith("data/")]   # training first, then evaluation-only
     width = max(len(pieces), (len(models) or 1) * len(config.eval_states))
     with runner_for(cluster, width, cpu_only=config.platform in ("CPU", "Reference")) as runner:
         if runner.parallel:       # workers do not print (the runner prints a line per finished piece), and
@@ -323,10 +324,9 @@ def run_transfer_study(out: str | Path, config: StudyConfig | None = None, progr
         trained = runner.run(pieces, progress=progress and runner.parallel,
                              on_done=_log_failure if runner.parallel else None)
         for key, failure in failures(trained).items():   # every model needs its data: stop at the first error
-            if failure.cause is None and key not in evaluation_only:  # (the harness retries those and records it)
+            if failure.cause is None and key in training_refs:   # (the harness retries the others and records it)
                 failure.reraise()
-        refs = [Path(trained[key]) for key in [f"data/{label}" for label in _training_labels(config)] + evaluation_only
-                if not isinstance(trained[key], PieceFailure)]
+        refs = [Path(trained[key]) for key in ref_keys if not isinstance(trained[key], PieceFailure)]
         paths = [(name, Path(trained[key]), states) for name, key, states in models]
         reports = _compare_all(paths, config, out, refs, runner, progress)
     rows: list[dict[str, Any]] = []
